@@ -1,0 +1,41 @@
+# m2f-lightning developer commands. `make install` sets up .venv; `make test` runs the whole suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+export WANDB_MODE ?= disabled
+
+.PHONY: install test test-fast lint format demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+test: install
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: install
+	WANDB_MODE=offline $(BIN)/python scripts/demo.py
+
+bench: install
+	$(BIN)/python scripts/bench_model.py
+	$(BIN)/python scripts/bench_criterion.py
+	$(BIN)/python scripts/bench_metrics.py
+	$(BIN)/python scripts/bench_data.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
