@@ -1,0 +1,16 @@
+"""Weights in and out: our checkpoints, Lightning checkpoints, HF directories, model-zoo .pkl."""
+
+from .d2 import convert_d2_state_dict, read_d2_pickle
+from .hf import convert_hf_state_dict, hf_config_to_ours, read_hf_checkpoint
+from .io import load_model, load_state_strict, save_model
+
+__all__ = [
+    "convert_d2_state_dict",
+    "convert_hf_state_dict",
+    "hf_config_to_ours",
+    "load_model",
+    "load_state_strict",
+    "read_d2_pickle",
+    "read_hf_checkpoint",
+    "save_model",
+]

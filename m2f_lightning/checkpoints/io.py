@@ -1,0 +1,102 @@
+"""Save and load models: our checkpoints, Lightning checkpoints, HF directories, model-zoo .pkl."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..modeling import Mask2Former
+from .d2 import convert_d2_state_dict, read_d2_pickle
+from .hf import convert_hf_state_dict, read_hf_checkpoint
+
+FORMAT_VERSION = 1
+
+
+def save_model(
+    model: Mask2Former, path: str | Path, class_names: list[str] | None = None, **extra: Any
+) -> Path:
+    """Write `{"model_config", "state_dict", "class_names", ...}`, loadable with weights_only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": "m2f_lightning",
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "class_names": list(class_names) if class_names is not None else None,
+        **extra,
+    }
+    torch.save(payload, path)
+    return path
+
+
+def load_state_strict(model: Mask2Former, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load every parameter and buffer of `model`; list missing/unexpected keys in the error."""
+    result = model.load_state_dict(state_dict, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing keys ({len(result.missing_keys)}): {result.missing_keys[:20]}")
+    if result.unexpected_keys:
+        problems.append(
+            f"unexpected keys ({len(result.unexpected_keys)}): {result.unexpected_keys[:20]}"
+        )
+    if problems:
+        raise KeyError(f"weights from {source} do not fit the model: " + "; ".join(problems))
+
+
+def _lightning_model_state(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    hparams = ckpt.get("hyper_parameters") or {}
+    config = hparams.get("model_config") or hparams.get("model")
+    if not isinstance(config, dict):
+        raise KeyError(
+            "Lightning checkpoint has no 'model_config' hyper-parameter to rebuild the model"
+        )
+    state = {
+        k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
+    }
+    return dict(config), state
+
+
+def load_model(
+    path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
+) -> Mask2Former:
+    """A ready `Mask2Former` in eval mode from any supported weights source.
+
+    - our checkpoint file (from `save_model`) or a Lightning `.ckpt` of this project;
+    - a Hugging Face `Mask2FormerForUniversalSegmentation` directory (config.json + weights);
+    - an original detectron2 model-zoo `.pkl` (give `num_classes`, `backbone`, ... as overrides,
+      since the file does not carry the architecture).
+    `overrides` replace entries of the stored model config.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    class_names = None
+    if path.is_dir():
+        config, hf_state, class_names = read_hf_checkpoint(path)
+        state = convert_hf_state_dict(hf_state)
+    elif path.suffix == ".pkl":
+        if "num_classes" not in overrides:
+            raise ValueError(
+                f"{path} is a model-zoo .pkl, which does not store the architecture: pass "
+                "num_classes=... (and backbone=..., num_queries=... if not the R50 defaults)"
+            )
+        config = {}
+        state = convert_d2_state_dict(read_d2_pickle(path))
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict):
+            raise ValueError(f"{path} is not a checkpoint dict")
+        if ckpt.get("format") == "m2f_lightning":
+            config, state = dict(ckpt["model_config"]), ckpt["state_dict"]
+            class_names = ckpt.get("class_names")
+        elif "state_dict" in ckpt and "pytorch-lightning_version" in ckpt:
+            config, state = _lightning_model_state(ckpt)
+            class_names = (ckpt.get("hyper_parameters") or {}).get("class_names")
+        else:
+            raise ValueError(f"{path}: unknown checkpoint format (keys: {sorted(ckpt)[:10]})")
+    config = {**config, **overrides, "backbone_pretrained": False}
+    model = Mask2Former(**config)
+    load_state_strict(model, state, str(path))
+    model.class_names = class_names
+    return model.to(map_location).eval()

@@ -1,0 +1,132 @@
+"""Mask2Former: backbone → pixel decoder → masked-attention decoder, with normalisation and
+padding done inside the model so callers feed plain 0..255 RGB images of any size."""
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import TimmBackbone
+from .pixel_decoder import MSDeformAttnPixelDecoder
+from .transformer_decoder import MaskedAttentionDecoder
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Mask2Former(nn.Module):
+    """The universal segmentation model of Cheng et al. (CVPR 2022).
+
+    Every size is a keyword argument; `model.config` is the dict that rebuilds the model through
+    `Mask2Former.from_config`. The defaults are the paper's (R50, 100 queries, 9 decoder layers).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        backbone: str = "resnet50",
+        backbone_pretrained: bool | str = False,
+        backbone_kwargs: dict[str, Any] | None = None,
+        num_queries: int = 100,
+        hidden_dim: int = 256,
+        mask_dim: int = 256,
+        pixel_decoder_dim: int = 256,
+        encoder_layers: int = 6,
+        encoder_ffn_dim: int = 1024,
+        encoder_heads: int = 8,
+        encoder_points: int = 4,
+        decoder_layers: int = 9,
+        decoder_heads: int = 8,
+        decoder_ffn_dim: int = 2048,
+        norm_groups: int = 32,
+        size_divisibility: int = 32,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        backbone_kwargs = dict(backbone_kwargs or {})
+        self.config: dict[str, Any] = {
+            "num_classes": num_classes,
+            "backbone": backbone,
+            "backbone_pretrained": False,  # weights live in the state dict once built
+            "backbone_kwargs": backbone_kwargs,
+            "num_queries": num_queries,
+            "hidden_dim": hidden_dim,
+            "mask_dim": mask_dim,
+            "pixel_decoder_dim": pixel_decoder_dim,
+            "encoder_layers": encoder_layers,
+            "encoder_ffn_dim": encoder_ffn_dim,
+            "encoder_heads": encoder_heads,
+            "encoder_points": encoder_points,
+            "decoder_layers": decoder_layers,
+            "decoder_heads": decoder_heads,
+            "decoder_ffn_dim": decoder_ffn_dim,
+            "norm_groups": norm_groups,
+            "size_divisibility": size_divisibility,
+        }
+        self.num_classes = num_classes
+        self.size_divisibility = size_divisibility
+        self.backbone = TimmBackbone(backbone, pretrained=backbone_pretrained, **backbone_kwargs)
+        self.pixel_decoder = MSDeformAttnPixelDecoder(
+            self.backbone.channels,
+            conv_dim=pixel_decoder_dim,
+            mask_dim=mask_dim,
+            encoder_layers=encoder_layers,
+            encoder_ffn_dim=encoder_ffn_dim,
+            encoder_heads=encoder_heads,
+            encoder_points=encoder_points,
+            norm_groups=norm_groups,
+        )
+        self.transformer_decoder = MaskedAttentionDecoder(
+            in_channels=pixel_decoder_dim,
+            num_classes=num_classes,
+            hidden_dim=hidden_dim,
+            num_queries=num_queries,
+            nheads=decoder_heads,
+            dim_feedforward=decoder_ffn_dim,
+            num_layers=decoder_layers,
+            mask_dim=mask_dim,
+        )
+        self.register_buffer(
+            "pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False
+        )
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **overrides: Any) -> "Mask2Former":
+        """Rebuild a model from `model.config` (optionally overriding entries)."""
+        return cls(**{**config, **overrides})
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+            raise ValueError(f"images must be a [B, 3, H, W] tensor, got {shape}")
+        if images.shape[1] != 3:
+            raise ValueError(f"images must have 3 (RGB) channels, got {images.shape[1]}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be float RGB in 0..255, got dtype {images.dtype}")
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalise with the ImageNet mean/std, then zero-pad bottom/right to the divisibility."""
+        self._check_images(images)
+        x = (images - self.pixel_mean) / self.pixel_std
+        div = self.size_divisibility
+        pad_h = (div - x.shape[2] % div) % div
+        pad_w = (div - x.shape[3] % div) % div
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return x
+
+    def forward(self, images: torch.Tensor) -> dict[str, Any]:
+        """images: float [B, 3, H, W] RGB in 0..255. Returns the outputs dict of the contract."""
+        x = self.preprocess(images)
+        features = self.backbone(x)
+        mask_features, multi_scale = self.pixel_decoder(features)
+        outputs = self.transformer_decoder(multi_scale, mask_features)
+        outputs["image_size"] = (int(images.shape[2]), int(images.shape[3]))
+        outputs["padded_size"] = (int(x.shape[2]), int(x.shape[3]))
+        return outputs

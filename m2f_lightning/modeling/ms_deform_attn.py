@@ -1,0 +1,120 @@
+"""Multi-scale deformable attention (Deformable DETR), in pure PyTorch.
+
+No compiled operator: sampling is one bilinear `grid_sample` per feature level with all heads
+folded into the batch, which is the same arithmetic as the CUDA kernel of the original.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def ms_deform_attn_core(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Sample `value` at the given locations and mix the samples with the attention weights.
+
+    value [B, S, heads, head_dim]; sampling_locations [B, Lq, heads, levels, points, 2] in [0, 1]
+    as (x, y); attention_weights [B, Lq, heads, levels, points]. Returns [B, Lq, heads * head_dim].
+    """
+    batch, _, heads, head_dim = value.shape
+    _, num_queries, _, levels, points, _ = sampling_locations.shape
+    value_per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
+    grids = 2 * sampling_locations - 1
+    sampled = []
+    for level, (height, width) in enumerate(spatial_shapes):
+        # [B, HW, heads, D] -> [B*heads, D, H, W]
+        value_l = (
+            value_per_level[level]
+            .permute(0, 2, 3, 1)
+            .reshape(batch * heads, head_dim, height, width)
+        )
+        # [B, Lq, heads, P, 2] -> [B*heads, Lq, P, 2]
+        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        sampled.append(
+            F.grid_sample(
+                value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
+        )  # [B*heads, D, Lq, P]
+    # [B*heads, D, Lq, levels*P] weighted by [B*heads, 1, Lq, levels*P]
+    samples = torch.stack(sampled, dim=-2).flatten(-2)
+    weights = attention_weights.transpose(1, 2).reshape(
+        batch * heads, 1, num_queries, levels * points
+    )
+    output = (samples * weights).sum(-1).view(batch, heads * head_dim, num_queries)
+    return output.transpose(1, 2).contiguous()
+
+
+class MSDeformAttn(nn.Module):
+    """Deformable attention over `n_levels` feature maps, `n_points` samples per head and level."""
+
+    def __init__(self, d_model: int = 256, n_levels: int = 3, n_heads: int = 8, n_points: int = 4):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The original initialisation: offsets start on a ring of directions, one per head."""
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.n_heads, 1, 1, 2)
+        grid = grid.repeat(1, self.n_levels, self.n_points, 1)
+        for i in range(self.n_points):
+            grid[:, :, i, :] *= i + 1
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.constant_(self.value_proj.bias, 0.0)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.constant_(self.output_proj.bias, 0.0)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        value_input: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        """query [B, Lq, C]; reference_points [B, Lq, levels, 2] in [0, 1]; value_input [B, S, C]."""
+        batch, num_queries, _ = query.shape
+        if sum(h * w for h, w in spatial_shapes) != value_input.shape[1]:
+            raise ValueError("spatial_shapes do not add up to the length of value_input")
+        value = self.value_proj(value_input).view(
+            batch, -1, self.n_heads, self.d_model // self.n_heads
+        )
+        offsets = self.sampling_offsets(query).view(
+            batch, num_queries, self.n_heads, self.n_levels, self.n_points, 2
+        )
+        weights = self.attention_weights(query).view(
+            batch, num_queries, self.n_heads, self.n_levels * self.n_points
+        )
+        weights = weights.softmax(-1).view(
+            batch, num_queries, self.n_heads, self.n_levels, self.n_points
+        )
+        # offsets are in pixels of each level: normalise by (W, H)
+        normalizer = torch.tensor(
+            [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device
+        )
+        locations = (
+            reference_points[:, :, None, :, None, :]
+            + offsets / normalizer[None, None, None, :, None, :]
+        )
+        output = ms_deform_attn_core(value, spatial_shapes, locations, weights)
+        return self.output_proj(output)
