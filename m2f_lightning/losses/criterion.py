@@ -1,0 +1,155 @@
+"""The set criterion: CE on classes, BCE + dice on point-sampled masks, deep supervision."""
+
+import re
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .matcher import HungarianMatcher, Match
+from .point_sampling import point_sample, uncertain_point_coords_with_randomness
+
+
+def global_num_masks(targets: list[dict[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """Number of target masks averaged over DDP ranks (all-reduce), at least 1."""
+    num = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(num)
+        num = num / dist.get_world_size()
+    return num.clamp(min=1.0)
+
+
+def sigmoid_bce_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_masks: torch.Tensor
+) -> torch.Tensor:
+    """BCE averaged over points, summed over masks, divided by the number of masks."""
+    loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return loss.mean(1).sum() / num_masks
+
+
+def dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_masks: torch.Tensor) -> torch.Tensor:
+    """1 − (2·Σpt + 1)/(Σp + Σt + 1), summed over masks, divided by the number of masks."""
+    probs = logits.sigmoid()
+    numerator = 2 * (probs * labels).sum(-1)
+    denominator = probs.sum(-1) + labels.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+class SetCriterion(nn.Module):
+    """Mask2Former's training loss.
+
+    Every prediction set (the last layer's and, with deep supervision, the 9 earlier ones) is
+    matched to the targets on its own, then scored with a weighted cross-entropy (no-object
+    weight 0.1) and, for matched queries, BCE + dice on `num_points` importance-sampled points
+    (a different set per pair), or on full masks when `point_sampled=False` (the memory
+    baseline of the paper). `forward` returns every weighted term and their sum under `loss`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        no_object_weight: float = 0.1,
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+        deep_supervision: bool = True,
+        point_sampled: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.weights = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.deep_supervision = deep_supervision
+        self.point_sampled = point_sampled
+        self.matcher = HungarianMatcher(
+            class_weight, mask_weight, dice_weight, num_points, point_sampled=point_sampled
+        )
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = no_object_weight
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
+        self.rand = torch.rand
+
+    def loss_labels(
+        self, logits: torch.Tensor, targets: list[dict[str, torch.Tensor]], matches: list[Match]
+    ) -> torch.Tensor:
+        logits = logits.float()
+        target_classes = torch.full(
+            logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+        )
+        for i, (src, tgt) in enumerate(matches):
+            target_classes[i, src.to(logits.device)] = targets[i]["labels"][tgt.to(logits.device)]
+        return F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
+
+    def loss_masks(
+        self,
+        pred_masks: torch.Tensor,
+        targets: list[dict[str, torch.Tensor]],
+        matches: list[Match],
+        num_masks: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        device = pred_masks.device
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(matches)])
+        src_idx = torch.cat([src for src, _ in matches])
+        if len(src_idx) == 0:
+            zero = pred_masks.sum() * 0.0
+            return zero, zero
+        preds = pred_masks[batch_idx.to(device), src_idx.to(device)][:, None].float()
+        masks = torch.cat(
+            [t["masks"][tgt.to(device)] for t, (_, tgt) in zip(targets, matches, strict=True)]
+        )[:, None].to(preds.dtype)
+        if self.point_sampled:
+            with torch.no_grad():
+                coords = uncertain_point_coords_with_randomness(
+                    preds,
+                    self.num_points,
+                    self.oversample_ratio,
+                    self.importance_sample_ratio,
+                    rand=self.rand,
+                )
+                labels = point_sample(masks, coords)[:, 0]
+            logits = point_sample(preds, coords)[:, 0]
+        else:
+            logits = F.interpolate(
+                preds, size=masks.shape[-2:], mode="bilinear", align_corners=False
+            ).flatten(1)
+            labels = masks.flatten(1)
+        return sigmoid_bce_loss(logits, labels, num_masks), dice_loss(logits, labels, num_masks)
+
+    def _set_losses(
+        self,
+        outputs: dict[str, torch.Tensor],
+        targets: list[dict[str, torch.Tensor]],
+        num_masks: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        matches = self.matcher(outputs, targets)
+        loss_mask, loss_dice = self.loss_masks(outputs["pred_masks"], targets, matches, num_masks)
+        loss_ce = self.loss_labels(outputs["pred_logits"], targets, matches)
+        return {"loss_mask": loss_mask, "loss_dice": loss_dice, "loss_ce": loss_ce}
+
+    def forward(
+        self, outputs: dict[str, object], targets: list[dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        if len(targets) != outputs["pred_logits"].shape[0]:
+            raise ValueError(
+                f"{len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]} images"
+            )
+        device = outputs["pred_logits"].device
+        device_type = device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            num_masks = global_num_masks(targets, device)
+            raw = self._set_losses(outputs, targets, num_masks)
+            if self.deep_supervision:
+                for i, aux in enumerate(outputs.get("aux_outputs", [])):
+                    for name, value in self._set_losses(aux, targets, num_masks).items():
+                        raw[f"{name}_{i}"] = value
+        losses = {
+            name: value * self.weights[re.sub(r"_\d+$", "", name)] for name, value in raw.items()
+        }
+        losses["loss"] = sum(losses.values())
+        return losses
