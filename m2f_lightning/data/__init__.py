@@ -1,0 +1,17 @@
+"""Data: category catalogs, dataset readers, augmentation, targets and the DataModule."""
+
+from .catalog import DatasetMetadata, get_metadata
+from .datamodule import SegmentationDataModule, SegmentationDataset, collate
+from .datasets import TASKS, build_reader, check_task, metadata_for
+
+__all__ = [
+    "TASKS",
+    "DatasetMetadata",
+    "SegmentationDataModule",
+    "SegmentationDataset",
+    "build_reader",
+    "check_task",
+    "collate",
+    "get_metadata",
+    "metadata_for",
+]

@@ -1,0 +1,266 @@
+"""Datasets and the LightningDataModule that serves them in padded batches."""
+
+import math
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..modeling.mask2former import PIXEL_MEAN
+from .catalog import DatasetMetadata
+from .datasets import build_reader, check_task, metadata_for
+from .datasets.base import Reader
+from .io import read_image
+from .targets import IGNORE, eval_targets, semantic_from_panoptic, train_targets
+from .transforms import build_train_transform, eval_resize
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
+
+
+class SegmentationDataset(Dataset):
+    """A reader + augmentation + per-task targets. Training items carry augmented targets;
+    evaluation items carry the resized image and ground truth at the original size."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        task: str,
+        metadata: DatasetMetadata,
+        transform,
+        train: bool,
+        max_samples: int | None = None,
+    ) -> None:
+        self.reader = reader
+        self.task = task
+        self.metadata = metadata
+        self.transform = transform
+        self.train = train
+        self.length = len(reader) if max_samples is None else min(len(reader), max_samples)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.reader[index]
+        height, width = sample.image.shape[:2]
+        item: dict[str, Any] = {
+            "file_name": sample.file_name,
+            "image_id": sample.image_id,
+            "orig_size": (height, width),
+        }
+        if self.train:
+            image, target = self._augment(sample)
+            item["targets"] = target
+        else:
+            image = self.transform(image=sample.image)["image"]
+            item.update(eval_targets(self.task, self.metadata, sample))
+        item["image"] = _to_tensor(image)
+        item["image_size"] = tuple(image.shape[:2])
+        return item
+
+    def _augment(self, sample) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+        if sample.id_map is not None:
+            if self.task == "semantic":
+                sem = semantic_from_panoptic(sample.id_map, sample.segments)
+                out = self.transform(image=sample.image, mask=sem)
+                return out["image"], train_targets(self.task, self.metadata, sem_seg=out["mask"])
+            out = self.transform(image=sample.image, mask=sample.id_map)
+            return out["image"], train_targets(
+                self.task, self.metadata, id_map=out["mask"], segments=sample.segments
+            )
+        if sample.masks is not None:
+            if len(sample.masks) == 0:
+                out = self.transform(image=sample.image)
+                empty = np.zeros((0, *out["image"].shape[:2]), dtype=np.uint8)
+                return out["image"], train_targets(
+                    self.task, self.metadata, masks=empty, labels=[], crowd=[]
+                )
+            out = self.transform(image=sample.image, masks=sample.masks)
+            return out["image"], train_targets(
+                self.task,
+                self.metadata,
+                masks=np.asarray(out["masks"]),
+                labels=sample.labels,
+                crowd=sample.crowd,
+            )
+        out = self.transform(image=sample.image, mask=sample.sem_seg)
+        return out["image"], train_targets(self.task, self.metadata, sem_seg=out["mask"])
+
+
+class ImageFolderDataset(Dataset):
+    """Plain images (files or folders of them) for prediction; no annotations."""
+
+    def __init__(self, paths: Sequence[str | Path], transform) -> None:
+        files: list[Path] = []
+        for path in map(Path, paths):
+            if path.is_dir():
+                files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            elif path.is_file():
+                files.append(path)
+            else:
+                raise FileNotFoundError(f"no image or folder at {path}")
+        if not files:
+            raise FileNotFoundError(f"no images found in {list(map(str, paths))}")
+        self.files = files
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = read_image(self.files[index])
+        resized = self.transform(image=image)["image"]
+        return {
+            "image": _to_tensor(resized),
+            "image_size": tuple(resized.shape[:2]),
+            "orig_size": tuple(image.shape[:2]),
+            "file_name": str(self.files[index]),
+            "image_id": self.files[index].stem,
+        }
+
+
+def collate(items: list[dict[str, Any]], size_divisibility: int = 32) -> dict[str, Any]:
+    """Pad images (with the ImageNet mean, i.e. 0 after normalisation) and target masks (False)
+    to a common size that is a multiple of `size_divisibility`."""
+    max_h = max(item["image"].shape[1] for item in items)
+    max_w = max(item["image"].shape[2] for item in items)
+    pad_h = int(math.ceil(max_h / size_divisibility) * size_divisibility)
+    pad_w = int(math.ceil(max_w / size_divisibility) * size_divisibility)
+    images = (
+        torch.tensor(PIXEL_MEAN, dtype=torch.float32)
+        .view(1, 3, 1, 1)
+        .repeat(len(items), 1, pad_h, pad_w)
+    )
+    for i, item in enumerate(items):
+        _, h, w = item["image"].shape
+        images[i, :, :h, :w] = item["image"].float()
+    batch: dict[str, Any] = {"images": images}
+    for key in items[0]:
+        if key == "image":
+            continue
+        values = [item[key] for item in items]
+        if key == "targets":
+            padded = []
+            for target in values:
+                masks = target["masks"]
+                full = torch.zeros((len(masks), pad_h, pad_w), dtype=torch.bool)
+                full[:, : masks.shape[1], : masks.shape[2]] = masks
+                padded.append({"labels": target["labels"], "masks": full})
+            values = padded
+        batch[key + "s" if key in ("image_size", "orig_size", "file_name", "image_id") else key] = (
+            values
+        )
+    return batch
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Train/val/test/predict loaders for one dataset and task.
+
+    Args:
+        dataset: coco | ade20k | cityscapes | mapillary_vistas | synthetic.
+        task: panoptic | instance | semantic (checked against what the dataset annotates).
+        root: datasets root (default $M2F_DATASETS or ./datasets).
+        batch_size / eval_batch_size: images per device for training / evaluation.
+        num_workers, pin_memory, persistent_workers: DataLoader settings.
+        train_aug: {"recipe": "lsj" | "semantic" | "none", ...recipe sizes} (see transforms.py).
+        test_min_size / test_max_size: evaluation resize (short side / long-side cap).
+        max_train_samples / max_val_samples: use only the first N images (quick runs).
+        predict_paths: image files or folders for `predict`.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        task: str,
+        root: str | None = None,
+        batch_size: int = 2,
+        eval_batch_size: int = 1,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = False,
+        train_aug: dict[str, Any] | None = None,
+        test_min_size: int = 800,
+        test_max_size: int = 1333,
+        max_train_samples: int | None = None,
+        max_val_samples: int | None = None,
+        predict_paths: Sequence[str] | None = None,
+        size_divisibility: int = 32,
+    ) -> None:
+        super().__init__()
+        check_task(dataset, task)
+        self.dataset_name = dataset
+        self.task = task
+        self.root = root
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.train_aug = dict(train_aug or {"recipe": "lsj"})
+        self.test_min_size = test_min_size
+        self.test_max_size = test_max_size
+        self.max_train_samples = max_train_samples
+        self.max_val_samples = max_val_samples
+        self.predict_paths = list(predict_paths) if predict_paths else None
+        self.size_divisibility = size_divisibility
+        self.metadata: DatasetMetadata = metadata_for(dataset, task)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.predict_set: Dataset | None = None
+
+    def _mask_pad(self) -> int:
+        reader_kind_is_semantic = self.task == "semantic"
+        return IGNORE if reader_kind_is_semantic else 0
+
+    def setup(self, stage: str | None = None) -> None:
+        eval_transform = eval_resize(self.test_min_size, self.test_max_size)
+        if stage in (None, "fit") and self.train_set is None:
+            aug = dict(self.train_aug)
+            recipe = aug.pop("recipe", "lsj")
+            reader = build_reader(self.dataset_name, self.task, "train", self.root)
+            transform = build_train_transform(recipe, mask_pad=self._mask_pad(), **aug)
+            self.train_set = SegmentationDataset(
+                reader, self.task, self.metadata, transform, True, self.max_train_samples
+            )
+        if stage in (None, "fit", "validate", "test") and self.val_set is None:
+            reader = build_reader(self.dataset_name, self.task, "val", self.root)
+            self.val_set = SegmentationDataset(
+                reader, self.task, self.metadata, eval_transform, False, self.max_val_samples
+            )
+        if stage == "predict" and self.predict_set is None:
+            if not self.predict_paths:
+                raise ValueError("predict needs data.predict_paths (image files or folders)")
+            self.predict_set = ImageFolderDataset(self.predict_paths, eval_transform)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers,
+            collate_fn=partial(collate, size_divisibility=self.size_divisibility),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_set, self.eval_batch_size, shuffle=False)

@@ -1,0 +1,68 @@
+"""Reading images and annotation PNGs with clear errors (file named) instead of bad samples."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class DataError(ValueError):
+    """A problem with a file on disk (missing, corrupt, inconsistent); the message names it."""
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise DataError(f"missing file: {path}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"corrupt or unreadable image {path}: {err}") from err
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 [H, W, 3]. Grayscale, palette, RGBA and 16-bit images are converted.
+
+    EXIF orientation is deliberately ignored: annotations of COCO, ADE20K, Cityscapes and
+    Mapillary are drawn on the stored pixel grid, as detectron2 reads them.
+    """
+    image = _open(Path(path))
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() if array.max() > 0 else 1.0
+        array = (array / max(peak, 255.0) * 255.0).clip(0, 255).astype(np.uint8)
+        return np.repeat(array[..., None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """A label PNG as stored (uint8/uint16/int32 [H, W], or [H, W, 3] for RGB-encoded ids)."""
+    image = _open(Path(path))
+    if image.mode == "P":
+        return np.asarray(image)  # palette index = label
+    return np.asarray(image)
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO panoptic PNG colour → segment id (id = R + 256·G + 256²·B)."""
+    rgb = rgb.astype(np.int32)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """Segment ids → COCO panoptic PNG colours."""
+    ids = ids.astype(np.int64)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def check_same_size(
+    image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path
+) -> None:
+    if image.shape[:2] != label.shape[:2]:
+        raise DataError(
+            f"annotation {label_path} is {label.shape[1]}x{label.shape[0]} but its image "
+            f"{image_path} is {image.shape[1]}x{image.shape[0]}"
+        )

@@ -1,0 +1,115 @@
+"""From a (possibly augmented) annotation to what the criterion and the metrics need, per task.
+
+Training targets: `{"labels": int64 [N], "masks": bool [N, H, W]}` — one mask per non-crowd
+segment (panoptic), per non-crowd thing instance (instance) or per class present (semantic).
+Evaluation targets, at the original image size: `sem_seg`, `panoptic` + `panoptic_crowd`, and
+`instances`, whichever the task's metrics use.
+"""
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .catalog import DatasetMetadata
+
+IGNORE = 255
+VOID_CATEGORY = -1
+
+
+def semantic_from_panoptic(id_map: np.ndarray, segments: list[dict]) -> np.ndarray:
+    """Class per pixel (crowd segments keep their class), 255 where void."""
+    sem = np.full(id_map.shape, IGNORE, dtype=np.uint8)
+    for seg in segments:
+        sem[id_map == seg["id"]] = seg["category"]
+    return sem
+
+
+def _stack(masks: list[np.ndarray], shape: tuple[int, int]) -> torch.Tensor:
+    if not masks:
+        return torch.zeros((0, *shape), dtype=torch.bool)
+    return torch.from_numpy(np.stack(masks)).bool()
+
+
+def train_targets(
+    task: str,
+    metadata: DatasetMetadata,
+    *,
+    id_map=None,
+    segments=None,
+    masks=None,
+    labels=None,
+    crowd=None,
+    sem_seg=None,
+) -> dict[str, torch.Tensor]:
+    """Per-segment binary masks and their classes for the criterion. Segments emptied by a crop
+    are dropped."""
+    things = set(metadata.thing_ids)
+    out_masks, out_labels = [], []
+    if id_map is not None:
+        shape = id_map.shape
+        if task == "semantic":
+            sem_seg = semantic_from_panoptic(id_map, segments)
+        else:
+            for seg in segments:
+                if seg["iscrowd"] or (task == "instance" and seg["category"] not in things):
+                    continue
+                mask = id_map == seg["id"]
+                if mask.any():
+                    out_masks.append(mask)
+                    out_labels.append(seg["category"])
+    if masks is not None:
+        shape = masks.shape[1:]
+        for mask, label, is_crowd in zip(masks, labels, crowd, strict=True):
+            if not is_crowd and label in things and mask.any():
+                out_masks.append(mask.astype(bool))
+                out_labels.append(int(label))
+    if sem_seg is not None:
+        shape = sem_seg.shape
+        for cls in np.unique(sem_seg):
+            if cls != IGNORE:
+                out_masks.append(sem_seg == cls)
+                out_labels.append(int(cls))
+    return {
+        "labels": torch.tensor(out_labels, dtype=torch.int64),
+        "masks": _stack(out_masks, shape),
+    }
+
+
+def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> dict[str, Any]:
+    """Ground truth at the original size for the task's metrics (see inference.postprocess)."""
+    things = set(metadata.thing_ids)
+    out: dict[str, Any] = {}
+    if sample.id_map is not None:
+        id_map, segments = sample.id_map, sample.segments
+        if task in ("panoptic", "semantic"):
+            out["sem_seg"] = torch.from_numpy(
+                semantic_from_panoptic(id_map, segments).astype(np.int64)
+            )
+        if task == "panoptic":
+            pairs = np.full((*id_map.shape, 2), VOID_CATEGORY, dtype=np.int64)
+            crowd = np.zeros(id_map.shape, dtype=bool)
+            for seg in segments:
+                region = id_map == seg["id"]
+                pairs[region] = (seg["category"], seg["id"])
+                if seg["iscrowd"]:
+                    crowd |= region
+            out["panoptic"] = torch.from_numpy(pairs)
+            out["panoptic_crowd"] = torch.from_numpy(crowd)
+        if task in ("panoptic", "instance"):
+            thing_segments = [s for s in segments if s["category"] in things]
+            out["instances"] = {
+                "masks": _stack([id_map == s["id"] for s in thing_segments], id_map.shape),
+                "labels": torch.tensor([s["category"] for s in thing_segments], dtype=torch.int64),
+                "iscrowd": torch.tensor([s["iscrowd"] for s in thing_segments], dtype=torch.bool),
+            }
+    elif sample.masks is not None:
+        keep = [i for i, label in enumerate(sample.labels) if label in things]
+        out["instances"] = {
+            "masks": torch.from_numpy(sample.masks[keep].astype(bool)),
+            "labels": torch.from_numpy(sample.labels[keep]),
+            "iscrowd": torch.from_numpy(sample.crowd[keep]),
+        }
+    elif sample.sem_seg is not None:
+        out["sem_seg"] = torch.from_numpy(sample.sem_seg.astype(np.int64))
+    return out
