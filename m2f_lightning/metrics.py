@@ -3,6 +3,7 @@
 All are torchmetrics `Metric`s with sum-reduced states, so they synchronise across DDP ranks.
 """
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -10,6 +11,9 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision
+
+# faster-coco-eval prints its whole summary at INFO level on every compute
+logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 
 
 class PanopticQuality(Metric):
@@ -114,7 +118,9 @@ class PanopticQuality(Metric):
         tp_cat = gt_cat[1:][gt_matched]
         self.true_positives += torch.bincount(tp_cat, minlength=n)
         self.iou_sum += torch.zeros(n, dtype=torch.float64, device=iou.device).index_add_(
-            0, tp_cat, iou[gt_matched].max(1).values
+            0,
+            tp_cat,
+            (iou * matched)[gt_matched].sum(1),  # at most one match per segment
         )
         fn = ~gt_matched & ~gt_is_crowd[1:]
         self.false_negatives += torch.bincount(gt_cat[1:][fn], minlength=n)
@@ -278,7 +284,8 @@ class SegmentationMetrics(torch.nn.Module):
                 ("map_large", "APl"),
             ):
                 value = float(ap[key])
-                out[name] = 100 * value if value >= 0 else float("nan")
+                if value >= 0:  # -1: no ground truth of that size, the metric is undefined
+                    out[name] = 100 * value
         if self.miou is not None:
             out["mIoU"] = 100 * float(self.miou.compute()["miou"])
         return out

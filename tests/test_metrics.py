@@ -146,6 +146,18 @@ def test_perfect_prediction_scores_one() -> None:
     assert metric.compute()["pq"].item() == pytest.approx(1.0)
 
 
+def test_no_predicted_segments_counts_every_segment_as_missed() -> None:
+    gt, _, crowd = random_scene(np.random.default_rng(1))
+    void_pred = np.zeros_like(gt)  # category 0 is void: nothing predicted
+    metric = PanopticQuality(THINGS, STUFFS)
+    metric.update(
+        torch.from_numpy(void_pred)[None], torch.from_numpy(gt)[None], torch.from_numpy(crowd)[None]
+    )
+    out = metric.compute()
+    assert out["pq"].item() == 0.0
+    assert metric.false_negatives.sum() > 0 and metric.true_positives.sum() == 0
+
+
 def test_states_merge_like_two_ranks() -> None:
     rng = np.random.default_rng(7)
     scenes = [random_scene(rng) for _ in range(4)]

@@ -5,14 +5,13 @@ the window size *before* the cyclic shift (so any input size works and matches t
 the Hugging Face port), and a LayerNorm on each output.
 """
 
-import types
 from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import freeze_batch_norm_2d
-from timm.models.swin_transformer import window_partition, window_reverse
+from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 from torch import nn
 
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
@@ -55,6 +54,12 @@ def _swin_attn_pad_then_shift(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if any(shift):
         x = torch.roll(x, shifts=shift, dims=(1, 2))
     return x[:, :height, :width, :].contiguous()
+
+
+class PadThenShiftSwinBlock(SwinTransformerBlock):
+    """timm's Swin block with the original padding order (a class, so models stay picklable)."""
+
+    _attn = _swin_attn_pad_then_shift
 
 
 class TimmBackbone(nn.Module):
@@ -125,8 +130,8 @@ class TimmBackbone(nn.Module):
             body = freeze_batch_norm_2d(body)
         if self.is_swin:
             for module in body.modules():
-                if type(module).__name__ == "SwinTransformerBlock":
-                    module._attn = types.MethodType(_swin_attn_pad_then_shift, module)
+                if type(module) is SwinTransformerBlock:
+                    module.__class__ = PadThenShiftSwinBlock
         self.body = body
         if out_norm is None:
             out_norm = self.is_swin
