@@ -28,3 +28,44 @@ def tiny_model(num_classes: int = 5, backbone: str = "swin_t", **overrides: obje
     }
     config.update(overrides)
     return Mask2Former(**config)
+
+
+# Hydra overrides that shrink any composed config to a model that trains in milliseconds
+TINY_OVERRIDES = [
+    "backbone=swin_t",
+    "++backbone.kwargs={embed_dim: 16, depths: [1, 1, 1, 1], num_heads: [1, 1, 2, 2], window_size: 4, drop_path_rate: 0.0}",
+    "model.num_queries=6",
+    "model.hidden_dim=32",
+    "model.mask_dim=32",
+    "model.pixel_decoder_dim=32",
+    "model.encoder_layers=1",
+    "model.encoder_ffn_dim=32",
+    "model.encoder_heads=4",
+    "model.decoder_layers=3",
+    "model.decoder_heads=4",
+    "model.decoder_ffn_dim=32",
+    "model.norm_groups=8",
+    "model.criterion.num_points=64",
+    "trainer=cpu",
+    "logger=none",
+    "dataset.num_workers=0",
+    "dataset.batch_size=2",
+    "dataset.eval_batch_size=2",
+    "dataset.test_min_size=96",
+    "dataset.test_max_size=160",
+]
+
+
+def compose(config_name: str, overrides: list[str], output_dir) -> "DictConfig":  # noqa: F821
+    """Compose a real config from conf/ (as the CLI does) with outputs redirected to a tmp dir."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import open_dict
+
+    from m2f_lightning.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg

@@ -1,0 +1,100 @@
+"""Files written by `m2f-predict`: overlays, COCO-panoptic PNG + JSON, COCO instance results
+(RLE) or semantic PNGs."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from .data.catalog import DatasetMetadata
+from .data.io import id_to_rgb, read_image
+from .visualize import overlay, panoptic_class_map
+
+
+def write_predictions(
+    results: list[dict[str, Any]],
+    task: str,
+    metadata: DatasetMetadata,
+    out_dir: Path,
+    score_threshold: float = 0.5,
+) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    panoptic_annotations, instance_results = [], []
+    for result in results:
+        path = Path(result["file_name"])
+        stem = path.stem
+        image = read_image(path)
+        if task == "panoptic":
+            seg = result["panoptic_seg"].cpu().numpy()
+            segments = result["segments_info"]
+            png = out_dir / f"{stem}_panoptic.png"
+            Image.fromarray(id_to_rgb(seg)).save(png)
+            written.append(png)
+            panoptic_annotations.append(
+                {
+                    "file_name": png.name,
+                    "image_id": stem,
+                    "segments_info": [
+                        {
+                            "id": s["id"],
+                            "category_id": metadata.dataset_ids[s["category_id"]],
+                            "isthing": int(s["isthing"]),
+                            "score": s["score"],
+                            "area": int((seg == s["id"]).sum()),
+                        }
+                        for s in segments
+                    ],
+                }
+            )
+            vis = overlay(
+                image, panoptic_class_map(seg, segments), metadata.colors, segment_map=seg
+            )
+        elif task == "semantic":
+            classes = result["sem_seg"].argmax(0).cpu().numpy().astype(np.uint8)
+            png = out_dir / f"{stem}_semantic.png"
+            Image.fromarray(classes).save(png)
+            written.append(png)
+            vis = overlay(image, classes, metadata.colors)
+        else:
+            vis_map = np.full(image.shape[:2], 255, dtype=np.int64)
+        if task in ("instance",):
+            inst = result["instances"]
+            order = np.argsort(-inst["scores"].cpu().numpy())
+            for i in order:
+                mask = inst["masks"][i].cpu().numpy()
+                score = float(inst["scores"][i])
+                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                rle["counts"] = rle["counts"].decode()
+                instance_results.append(
+                    {
+                        "image_id": stem,
+                        "category_id": metadata.dataset_ids[int(inst["labels"][i])],
+                        "segmentation": rle,
+                        "score": score,
+                    }
+                )
+                if score >= score_threshold:
+                    vis_map[mask & (vis_map == 255)] = int(inst["labels"][i])
+            vis = overlay(image, vis_map, metadata.colors)
+        out = out_dir / f"{stem}_overlay.png"
+        Image.fromarray(vis).save(out)
+        written.append(out)
+    if task == "panoptic":
+        categories = [
+            {"id": d, "name": n, "isthing": int(t)}
+            for d, n, t in zip(
+                metadata.dataset_ids, metadata.class_names, metadata.is_thing, strict=True
+            )
+        ]
+        out = out_dir / "panoptic.json"
+        out.write_text(json.dumps({"annotations": panoptic_annotations, "categories": categories}))
+        written.append(out)
+    if task == "instance":
+        out = out_dir / "instances_results.json"
+        out.write_text(json.dumps(instance_results))
+        written.append(out)
+    return written

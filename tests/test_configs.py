@@ -1,0 +1,76 @@
+"""The Hydra tree: every experiment composes, the user's command lines compose, bad
+combinations fail early with the valid choices."""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from m2f_lightning.cli import CONFIG_DIR, build_datamodule, model_config, validate_config
+from tests.helpers import compose
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_resolves(experiment: str, tmp_path: Path) -> None:
+    cfg = compose("train", [f"experiment={experiment}"], tmp_path)
+    validate_config(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["trainer"]["max_steps"] > 0
+    assert resolved["scheduler"]["name"] in ("poly", "multistep")
+
+
+def test_paper_recipes_are_the_papers() -> None:
+    cfg = compose("train", ["experiment=coco_panoptic_swin_l"], "/tmp")
+    assert cfg.model.num_queries == 200 and cfg.trainer.max_steps == 737500
+    assert cfg.scheduler.name == "multistep" and cfg.dataset.train_aug.recipe == "lsj"
+    cfg = compose("train", ["experiment=ade20k_semantic_r50"], "/tmp")
+    assert cfg.scheduler.name == "poly" and cfg.trainer.max_steps == 160000
+    assert list(cfg.dataset.train_aug.crop_size) == [512, 512]
+    assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 0.05
+    assert cfg.trainer.gradient_clip_val == 0.01 and cfg.backbone.lr_multiplier == 0.1
+    assert cfg.model.criterion.num_points == 12544 and cfg.model.decoder_layers == 9
+
+
+def test_the_users_command_lines_compose(tmp_path: Path) -> None:
+    cfg = compose(
+        "train",
+        ["task=panoptic", "dataset=coco", "backbone=swin_t", "precision=bf16-mixed"],
+        tmp_path,
+    )
+    validate_config(cfg)
+    assert cfg.trainer.precision == "bf16-mixed"
+    assert model_config(cfg, 133)["backbone"] == "swin_t"
+    cfg = compose(
+        "train",
+        ["hydra/launcher=slurm", "task=semantic", "dataset=ade20k", "optimizer.lr=2e-4"],
+        tmp_path,
+    )
+    assert cfg.optimizer.lr == 2e-4
+
+
+def test_slurm_launcher_takes_tasks_and_nodes_from_the_trainer(tmp_path: Path) -> None:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(
+            "train",
+            ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4 and launcher.nodes == 2
+
+
+def test_invalid_combination_names_the_valid_choices(tmp_path: Path) -> None:
+    cfg = compose("train", ["task=instance", "dataset=mapillary_vistas"], tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=r"no annotations for task 'instance'; valid tasks: \['semantic', 'panoptic'\]",
+    ):
+        validate_config(cfg)
+    with pytest.raises(ValueError, match="no annotations for task 'instance'"):
+        build_datamodule(cfg)

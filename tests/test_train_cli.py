@@ -1,0 +1,190 @@
+"""The training system end to end on generated data: every task × dataset runs, resume
+continues, evaluate and predict write their files, precision switches, DDP on CPU, W&B offline."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from m2f_lightning.cli import evaluate, predict, train
+from m2f_lightning.data.synthetic import write_dataset
+from tests.helpers import TINY_OVERRIDES, compose
+
+FORMATS = {
+    "coco": ["coco_panoptic", "coco_instance"],
+    "ade20k": ["ade20k"],
+    "cityscapes": ["cityscapes"],
+    "mapillary_vistas": ["mapillary"],
+    "synthetic": ["demo"],
+}
+AUG = {
+    "coco": "dataset.train_aug={recipe: lsj, size: 128}",
+    "synthetic": "dataset.train_aug={recipe: lsj, size: 128}",
+    "ade20k": "dataset.train_aug={recipe: semantic, base_size: 96, crop_size: [96, 96]}",
+    "cityscapes": "dataset.train_aug={recipe: semantic, base_size: 96, crop_size: [96, 128]}",
+    "mapillary_vistas": "dataset.train_aug={recipe: semantic, base_size: 96, crop_size: [96, 96]}",
+}
+COMBINATIONS = [
+    ("coco", "panoptic"),
+    ("coco", "instance"),
+    ("coco", "semantic"),
+    ("ade20k", "semantic"),
+    ("ade20k", "panoptic"),
+    ("ade20k", "instance"),
+    ("cityscapes", "semantic"),
+    ("cityscapes", "instance"),
+    ("cityscapes", "panoptic"),
+    ("mapillary_vistas", "semantic"),
+    ("mapillary_vistas", "panoptic"),
+    ("synthetic", "panoptic"),
+]
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("datasets")
+    for i, fmt in enumerate(f for fmts in FORMATS.values() for f in fmts):
+        write_dataset(fmt, root, num=4, num_val=2, seed=i)
+    return root
+
+
+def overrides(datasets: Path, dataset: str, task: str, *extra: str) -> list[str]:
+    return [
+        f"task={task}",
+        f"dataset={dataset}",
+        *TINY_OVERRIDES,
+        f"paths.datasets_dir={datasets}",
+        AUG[dataset],
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("dataset,task", COMBINATIONS)
+def test_fast_dev_run_for_every_task_and_dataset(
+    datasets: Path, tmp_path: Path, dataset: str, task: str
+) -> None:
+    cfg = compose("train", overrides(datasets, dataset, task, "debug=fast"), tmp_path)
+    summary = train(cfg, output_dir=tmp_path)
+    assert summary["global_step"] == 1
+    expected = {"panoptic": "val/PQ", "instance": "val/AP", "semantic": "val/mIoU"}[task]
+    assert expected in summary["val"]
+
+
+def test_resume_continues_steps_and_schedule(datasets: Path, tmp_path: Path) -> None:
+    common = overrides(
+        datasets,
+        "synthetic",
+        "panoptic",
+        "checkpoint.every_n_train_steps=2",
+        "dataset.val_every_n_steps=0",
+        "test_after_training=false",
+    )
+    first = train(
+        compose("train", [*common, "dataset.max_steps=4", "trainer.max_steps=2"], tmp_path),
+        tmp_path,
+    )
+    assert first["global_step"] == 2
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2
+    # same output dir, resume=auto: continues from last.ckpt up to 4 steps of the same schedule
+    second = train(compose("train", [*common, "dataset.max_steps=4"], tmp_path), tmp_path)
+    assert second["global_step"] == 4
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    scheduler = ckpt["lr_schedulers"][0]
+    assert scheduler["last_epoch"] == 4
+    assert scheduler["_last_lr"][-1] == pytest.approx(1e-4 * (1 - 4 / 4) ** 0.9, abs=1e-12)
+
+
+@pytest.mark.parametrize("task", ["panoptic", "instance", "semantic"])
+def test_evaluate_and_predict_write_their_files(datasets: Path, tmp_path: Path, task: str) -> None:
+    common = overrides(datasets, "synthetic", task)
+    train(
+        compose(
+            "train",
+            [
+                *common,
+                "dataset.max_steps=1",
+                "dataset.val_every_n_steps=0",
+                "test_after_training=false",
+            ],
+            tmp_path / "train",
+        ),
+        tmp_path / "train",
+    )
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    results = evaluate(
+        compose("evaluate", [*common, f"checkpoint={ckpt}"], tmp_path / "eval"), tmp_path / "eval"
+    )
+    written = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    assert written["test"] == pytest.approx(results)
+    images = sorted((datasets / "synthetic" / "val2017").glob("*.jpg"))
+    files = predict(
+        compose(
+            "predict",
+            [*common, f"checkpoint={ckpt}", f"inputs=[{images[0]},{images[1]}]"],
+            tmp_path / "pred",
+        ),
+        tmp_path / "pred",
+    )
+    names = {f.name for f in files}
+    assert {f"{p.stem}_overlay.png" for p in images[:2]} <= names
+    expected = {
+        "panoptic": "panoptic.json",
+        "instance": "instances_results.json",
+        "semantic": f"{images[0].stem}_semantic.png",
+    }
+    assert expected[task] in names
+
+
+def test_bf16_mixed_precision_trains_a_step(datasets: Path, tmp_path: Path) -> None:
+    cfg = compose(
+        "train",
+        overrides(datasets, "synthetic", "panoptic", "debug=fast", "precision=bf16-mixed"),
+        tmp_path,
+    )
+    summary = train(cfg, output_dir=tmp_path)
+    assert summary["global_step"] == 1
+
+
+def test_wandb_offline_writes_a_run(datasets: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose(
+        "train",
+        [
+            *overrides(datasets, "synthetic", "panoptic"),
+            "logger=wandb",
+            "dataset.max_steps=2",
+            "dataset.val_every_n_steps=2",
+            "test_after_training=false",
+        ],
+        tmp_path,
+    )
+    train(cfg, output_dir=tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb")), "no run file"
+    media = list((runs[0] / "files" / "media").rglob("*"))
+    assert any("examples" in str(p) for p in media), "no validation overlays logged"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_trains_and_validates(datasets: Path, tmp_path: Path) -> None:
+    cfg = compose(
+        "train",
+        [
+            *overrides(datasets, "synthetic", "panoptic"),
+            "trainer.devices=2",
+            "trainer.strategy=ddp_spawn",
+            "dataset.max_steps=2",
+            "dataset.val_every_n_steps=2",
+            "test_after_training=false",
+        ],
+        tmp_path,
+    )
+    summary = train(cfg, output_dir=tmp_path)
+    # ddp_spawn trains in child processes: the step count lives in their checkpoint
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert "val/PQ" in summary["val"]
