@@ -1,0 +1,97 @@
+"""Criterion time for one batch of 2 images with 10 prediction sets (100 queries, 133 classes,
+~15 targets per image, 512x512 input → 128x128 mask logits) vs the HF port's loss, and the
+peak memory of point-sampled vs full-mask losses (the paper's 3x claim), on CPU.
+
+    python scripts/bench_criterion.py [--threads 2]
+"""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from transformers import Mask2FormerConfig
+from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import load_note, median_seconds  # noqa: E402
+
+from m2f_lightning.losses import SetCriterion  # noqa: E402
+
+
+def make_batch(size: int, queries: int = 100, classes: int = 133, targets: int = 15):
+    g = torch.Generator().manual_seed(0)
+
+    def one():
+        return {
+            "pred_logits": torch.randn(2, queries, classes + 1, generator=g, requires_grad=True),
+            "pred_masks": torch.randn(
+                2, queries, size // 4, size // 4, generator=g, requires_grad=True
+            ),
+        }
+
+    outputs = one()
+    outputs["aux_outputs"] = [one() for _ in range(9)]
+    tgts = [
+        {
+            "labels": torch.randint(0, classes, (targets,), generator=g),
+            "masks": torch.rand(targets, size, size, generator=g) > 0.7,
+        }
+        for _ in range(2)
+    ]
+    return outputs, tgts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    outputs, targets = make_batch(args.size)
+    ours = SetCriterion(133)
+    hf = Mask2FormerLoss(
+        Mask2FormerConfig(num_labels=133),
+        {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0},
+    )
+    aux = [
+        {"masks_queries_logits": a["pred_masks"], "class_queries_logits": a["pred_logits"]}
+        for a in outputs["aux_outputs"]
+    ]
+    masks = [t["masks"].float() for t in targets]
+    labels = [t["labels"] for t in targets]
+    t_ours = median_seconds(lambda: ours(outputs, targets)["loss"].backward(), args.repeats)
+    t_hf = median_seconds(
+        lambda: sum(
+            hf(outputs["pred_masks"], outputs["pred_logits"], masks, labels, aux).values()
+        ).backward(),
+        args.repeats,
+    )
+    print(
+        f"criterion, batch 2 x 10 prediction sets, 100 queries, 15 targets, {args.size}^2 ({load_note()}):"
+    )
+    print(
+        f"  forward+backward: ours {t_ours:.3f} s | HF transformers {t_hf:.3f} s | speed-up x{t_hf / t_ours:.2f}"
+    )
+    for mode in ("point", "full"):
+        here, point = str(Path(__file__).parent), mode == "point"
+        code = (
+            f"import resource, sys, torch; sys.path.insert(0, {here!r}); "
+            "from bench_criterion import make_batch; from m2f_lightning.losses import SetCriterion; "
+            f"torch.set_num_threads({args.threads}); o, t = make_batch({args.size}); "
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            f"SetCriterion(133, point_sampled={point})(o, t)['loss'].backward(); "
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
+        )
+        grown = float(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        print(f"  {mode}-mask loss: peak memory above the inputs {grown:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
