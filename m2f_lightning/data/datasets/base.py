@@ -1,0 +1,46 @@
+"""The common sample every reader returns, whatever the dataset's on-disk format."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Sample:
+    """One image and its annotation in native form.
+
+    Panoptic (and instance derived from panoptic): `id_map` (int32, 0 = void) + `segments`
+    [{id, category (contiguous), iscrowd}]. Instance (COCO JSON, overlaps allowed): `masks`
+    uint8 [N, H, W] + `labels` + `crowd`. Semantic: `sem_seg` uint8 [H, W], 255 = ignore.
+    """
+
+    image: np.ndarray
+    file_name: str
+    image_id: int | str
+    id_map: np.ndarray | None = None
+    segments: list[dict] = field(default_factory=list)
+    masks: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    crowd: np.ndarray | None = None
+    sem_seg: np.ndarray | None = None
+
+
+class Reader:
+    """A list of records and a way to turn one into a `Sample`."""
+
+    annotation_kind: str = ""  # "panoptic", "instance" or "semantic"
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Sample:
+        raise NotImplementedError
+
+
+def require_dir(path: Path, what: str, layout: str, hint: str) -> None:
+    """Fail early with the expected layout when a dataset folder is missing."""
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{what} not found: {path}\nExpected layout:\n{layout}\n{hint}"
+        )

@@ -1,0 +1,105 @@
+"""Readers for instance annotations: COCO JSON (polygons and RLE, via pycocotools) and
+Cityscapes gtFine instanceIds PNGs."""
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from ..catalog import DatasetMetadata
+from ..io import DataError, check_same_size, read_image, read_label
+from .base import Reader, Sample
+
+
+class CocoInstanceReader(Reader):
+    """COCO instances JSON: one mask per annotation (overlaps allowed), crowd flagged."""
+
+    annotation_kind = "instance"
+
+    def __init__(self, json_file: Path, image_dir: Path, metadata: DatasetMetadata) -> None:
+        if not json_file.is_file():
+            raise FileNotFoundError(f"instance annotation file not found: {json_file}")
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco = COCO(str(json_file))
+        for ann in self.coco.dataset.get("annotations", []):
+            metadata.contiguous_id(ann["category_id"], source=str(json_file))
+        self.image_ids = sorted(self.coco.imgs)
+        self.image_dir = image_dir
+        self.metadata = metadata
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        path = self.image_dir / info["file_name"]
+        image = read_image(path)
+        height, width = image.shape[:2]
+        if (info.get("height", height), info.get("width", width)) != (height, width):
+            raise DataError(
+                f"{path} is {width}x{height} but the annotation file says {info['width']}x{info['height']}"
+            )
+        anns = self.coco.imgToAnns.get(image_id, [])
+        masks = np.zeros((len(anns), height, width), dtype=np.uint8)
+        for i, ann in enumerate(anns):
+            segm = ann["segmentation"]
+            if isinstance(segm, list):
+                rles = mask_utils.frPyObjects(segm, height, width)
+                rle = mask_utils.merge(rles)
+            elif isinstance(segm.get("counts"), list):
+                rle = mask_utils.frPyObjects(segm, height, width)
+            else:
+                rle = segm
+            masks[i] = mask_utils.decode(rle)
+        return Sample(
+            image=image,
+            file_name=str(path),
+            image_id=image_id,
+            masks=masks,
+            labels=np.array(
+                [self.metadata.contiguous_id(a["category_id"], str(path)) for a in anns], dtype=np.int64
+            ),
+            crowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+        )
+
+
+class CityscapesInstanceReader(Reader):
+    """gtFine `*_instanceIds.png`: id = label_id·1000 + k for instances of thing classes; a thing
+    label id below 1000 is a crowd group."""
+
+    annotation_kind = "instance"
+
+    def __init__(self, pairs: list[tuple[Path, Path]], metadata: DatasetMetadata) -> None:
+        self.pairs = pairs
+        self.metadata = metadata
+        self.thing_label_ids = {metadata.dataset_ids[i] for i in metadata.thing_ids}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_path, label_path = self.pairs[index]
+        image = read_image(image_path)
+        ids = read_label(label_path).astype(np.int64)
+        check_same_size(image, ids, image_path, label_path)
+        masks, labels, crowd = [], [], []
+        for value in np.unique(ids):
+            label_id = value // 1000 if value >= 1000 else value
+            if label_id not in self.thing_label_ids:
+                continue
+            masks.append(ids == value)
+            labels.append(self.metadata.contiguous_id(int(label_id), str(label_path)))
+            crowd.append(value < 1000)
+        height, width = ids.shape
+        return Sample(
+            image=image,
+            file_name=str(image_path),
+            image_id=image_path.stem,
+            masks=np.stack(masks).astype(np.uint8) if masks else np.zeros((0, height, width), np.uint8),
+            labels=np.array(labels, dtype=np.int64),
+            crowd=np.array(crowd, dtype=bool),
+        )

@@ -1,0 +1,90 @@
+"""Readers for the COCO panoptic format (PNG with RGB-encoded segment ids + JSON), which COCO,
+ADE20K (prepared), Cityscapes (cityscapesScripts) and Mapillary Vistas all use."""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..catalog import DatasetMetadata
+from ..io import DataError, check_same_size, read_image, read_label, rgb_to_id
+from .base import Reader, Sample
+
+
+class PanopticReader(Reader):
+    """COCO-panoptic-format reader.
+
+    `image_path(image_info)` maps an entry of the JSON's `images` list to its image file (COCO:
+    the .png name with .jpg; Cityscapes: under a city sub-folder).
+    """
+
+    annotation_kind = "panoptic"
+
+    def __init__(
+        self,
+        json_file: Path,
+        panoptic_dir: Path,
+        image_path: Callable[[dict], Path],
+        metadata: DatasetMetadata,
+    ) -> None:
+        if not json_file.is_file():
+            raise FileNotFoundError(f"panoptic annotation file not found: {json_file}")
+        data = json.loads(json_file.read_text())
+        images = {img["id"]: img for img in data.get("images", [])}
+        self.records = []
+        for ann in data["annotations"]:
+            info = images.get(ann["image_id"])
+            if info is None:
+                raise DataError(f"{json_file}: annotation for unknown image id {ann['image_id']}")
+            for seg in ann["segments_info"]:
+                metadata.contiguous_id(seg["category_id"], source=f"{json_file} ({ann['file_name']})")
+            self.records.append(
+                {
+                    "image": image_path(info),
+                    "png": panoptic_dir / ann["file_name"],
+                    "image_id": ann["image_id"],
+                    "segments_info": ann["segments_info"],
+                }
+            )
+        self.metadata = metadata
+        self.json_file = json_file
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Sample:
+        record = self.records[index]
+        image = read_image(record["image"])
+        png = read_label(record["png"])
+        if png.ndim != 3 or png.shape[2] < 3:
+            raise DataError(f"panoptic PNG {record['png']} must be RGB-encoded ids, got shape {png.shape}")
+        id_map = rgb_to_id(png[..., :3])
+        check_same_size(image, id_map, record["image"], record["png"])
+        present = set(np.unique(id_map).tolist()) - {0}
+        listed = {s["id"] for s in record["segments_info"]}
+        if listed - present:
+            raise DataError(
+                f"{record['png']}: segment ids {sorted(listed - present)} listed in {self.json_file} "
+                "are absent from the PNG"
+            )
+        if present - listed:
+            raise DataError(
+                f"{record['png']}: segment ids {sorted(present - listed)} in the PNG are not listed in "
+                f"{self.json_file}"
+            )
+        segments = [
+            {
+                "id": int(s["id"]),
+                "category": self.metadata.contiguous_id(s["category_id"], str(record["png"])),
+                "iscrowd": bool(s.get("iscrowd", 0)),
+            }
+            for s in record["segments_info"]
+        ]
+        return Sample(
+            image=image,
+            file_name=str(record["image"]),
+            image_id=record["image_id"],
+            id_map=id_map.astype(np.int32),
+            segments=segments,
+        )
