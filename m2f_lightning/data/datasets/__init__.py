@@ -3,4 +3,12 @@
 from .base import Reader, Sample
 from .registry import TASKS, build_reader, check_task, datasets_root, metadata_for
 
-__all__ = ["TASKS", "Reader", "Sample", "build_reader", "check_task", "datasets_root", "metadata_for"]
+__all__ = [
+    "TASKS",
+    "Reader",
+    "Sample",
+    "build_reader",
+    "check_task",
+    "datasets_root",
+    "metadata_for",
+]

@@ -41,6 +41,4 @@ class Reader:
 def require_dir(path: Path, what: str, layout: str, hint: str) -> None:
     """Fail early with the expected layout when a dataset folder is missing."""
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"{what} not found: {path}\nExpected layout:\n{layout}\n{hint}"
-        )
+        raise FileNotFoundError(f"{what} not found: {path}\nExpected layout:\n{layout}\n{hint}")

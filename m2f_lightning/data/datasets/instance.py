@@ -61,7 +61,8 @@ class CocoInstanceReader(Reader):
             image_id=image_id,
             masks=masks,
             labels=np.array(
-                [self.metadata.contiguous_id(a["category_id"], str(path)) for a in anns], dtype=np.int64
+                [self.metadata.contiguous_id(a["category_id"], str(path)) for a in anns],
+                dtype=np.int64,
             ),
             crowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
         )
@@ -99,7 +100,9 @@ class CityscapesInstanceReader(Reader):
             image=image,
             file_name=str(image_path),
             image_id=image_path.stem,
-            masks=np.stack(masks).astype(np.uint8) if masks else np.zeros((0, height, width), np.uint8),
+            masks=np.stack(masks).astype(np.uint8)
+            if masks
+            else np.zeros((0, height, width), np.uint8),
             labels=np.array(labels, dtype=np.int64),
             crowd=np.array(crowd, dtype=bool),
         )

@@ -38,7 +38,9 @@ class PanopticReader(Reader):
             if info is None:
                 raise DataError(f"{json_file}: annotation for unknown image id {ann['image_id']}")
             for seg in ann["segments_info"]:
-                metadata.contiguous_id(seg["category_id"], source=f"{json_file} ({ann['file_name']})")
+                metadata.contiguous_id(
+                    seg["category_id"], source=f"{json_file} ({ann['file_name']})"
+                )
             self.records.append(
                 {
                     "image": image_path(info),
@@ -58,7 +60,9 @@ class PanopticReader(Reader):
         image = read_image(record["image"])
         png = read_label(record["png"])
         if png.ndim != 3 or png.shape[2] < 3:
-            raise DataError(f"panoptic PNG {record['png']} must be RGB-encoded ids, got shape {png.shape}")
+            raise DataError(
+                f"panoptic PNG {record['png']} must be RGB-encoded ids, got shape {png.shape}"
+            )
         id_map = rgb_to_id(png[..., :3])
         check_same_size(image, id_map, record["image"], record["png"])
         present = set(np.unique(id_map).tolist()) - {0}

@@ -96,7 +96,9 @@ def build_reader(dataset: str, task: str, split: str, root: str | Path | None = 
 def _coco_like(root: Path, task: str, split: str, meta: DatasetMetadata) -> Reader:
     images = root / f"{split}2017"
     if task == "instance" and (root / "annotations" / f"instances_{split}2017.json").is_file():
-        return CocoInstanceReader(root / "annotations" / f"instances_{split}2017.json", images, meta)
+        return CocoInstanceReader(
+            root / "annotations" / f"instances_{split}2017.json", images, meta
+        )
     return PanopticReader(
         root / "annotations" / f"panoptic_{split}2017.json",
         root / f"panoptic_{split}2017",
@@ -110,7 +112,9 @@ def _ade20k(root: Path, task: str, split: str, meta: DatasetMetadata) -> Reader:
     images = root / "images" / folder
     if task == "semantic":
         prepared = root / "annotations_detectron2" / folder
-        labels, transform = (prepared, None) if prepared.is_dir() else (root / "annotations" / folder, shift_ade20k)
+        labels, transform = (
+            (prepared, None) if prepared.is_dir() else (root / "annotations" / folder, shift_ade20k)
+        )
         pairs = paired_files(images, labels, "*.jpg", lambda p: p.with_suffix(".png").name)
         return SemanticReader(pairs, meta.num_classes, transform)
     if task == "instance":
@@ -134,7 +138,9 @@ def _cityscapes(root: Path, task: str, split: str, meta: DatasetMetadata) -> Rea
         pairs = paired_files(images, gt, "*/*_leftImg8bit.png", gt_name("labelTrainIds"))
         return SemanticReader(pairs, meta.num_classes)
     if task == "instance":
-        return CityscapesInstanceReader(paired_files(images, gt, "*/*_leftImg8bit.png", gt_name("instanceIds")), meta)
+        return CityscapesInstanceReader(
+            paired_files(images, gt, "*/*_leftImg8bit.png", gt_name("instanceIds")), meta
+        )
     return PanopticReader(
         root / "gtFine" / f"cityscapes_panoptic_{split}.json",
         root / "gtFine" / f"cityscapes_panoptic_{split}",
@@ -146,8 +152,12 @@ def _cityscapes(root: Path, task: str, split: str, meta: DatasetMetadata) -> Rea
 def _mapillary(root: Path, task: str, split: str, meta: DatasetMetadata) -> Reader:
     folder = root / {"train": "training", "val": "validation"}[split]
     if task == "semantic":
-        pairs = paired_files(folder / "images", folder / "labels", "*.jpg", lambda p: p.with_suffix(".png").name)
-        return SemanticReader(pairs, meta.num_classes, remap_ignore(int(meta.extra.get("file_ignore_label", 65))))
+        pairs = paired_files(
+            folder / "images", folder / "labels", "*.jpg", lambda p: p.with_suffix(".png").name
+        )
+        return SemanticReader(
+            pairs, meta.num_classes, remap_ignore(int(meta.extra.get("file_ignore_label", 65)))
+        )
     return PanopticReader(
         folder / "panoptic" / "panoptic_2018.json",
         folder / "panoptic",

@@ -48,7 +48,9 @@ class SemanticReader(Reader):
         image = read_image(image_path)
         labels = read_label(label_path)
         if labels.ndim != 2:
-            raise DataError(f"semantic label {label_path} must be single-channel, got shape {labels.shape}")
+            raise DataError(
+                f"semantic label {label_path} must be single-channel, got shape {labels.shape}"
+            )
         check_same_size(image, labels, image_path, label_path)
         if self.transform is not None:
             labels = self.transform(labels)
@@ -58,7 +60,9 @@ class SemanticReader(Reader):
             raise DataError(
                 f"{label_path}: unknown class ids {bad.tolist()} (expected 0..{self.num_classes - 1} or 255)"
             )
-        return Sample(image=image, file_name=str(image_path), image_id=image_path.stem, sem_seg=labels)
+        return Sample(
+            image=image, file_name=str(image_path), image_id=image_path.stem, sem_seg=labels
+        )
 
 
 def paired_files(
