@@ -176,14 +176,19 @@ def build_trainer(cfg: DictConfig, output_dir: Path, logger=False, callbacks=Non
     if not kwargs.get("val_check_interval"):
         kwargs["val_check_interval"] = None
         kwargs["limit_val_batches"] = kwargs.get("limit_val_batches", 0)
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
     plugins = []
-    if "SLURM_JOB_ID" in os.environ:
-        # submitit (hydra/launcher=slurm) requeues on timeout; Lightning must not do it twice
+    if SLURMEnvironment.detect():
+        # One requeue owner: Lightning. SLURM sends SIGUSR1 before the time limit (the launcher's
+        # `signal: USR1@...`), Lightning saves <output_dir>/hpc_ckpt_N.ckpt and runs `scontrol
+        # requeue`; the requeued job re-enters `train` and `resume: auto` picks that checkpoint.
         from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-        plugins.append(SLURMEnvironment(auto_requeue=False))
+        plugins.append(SLURMEnvironment(auto_requeue=True))
     return L.Trainer(
         **kwargs,
+        # hpc_ckpt_N.ckpt lands here: per job, never shared between the jobs of a sweep
         default_root_dir=str(output_dir),
         logger=logger,
         callbacks=callbacks or [],
@@ -198,12 +203,21 @@ def _output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def _resume_path(cfg: DictConfig, output_dir: Path) -> str | None:
+def resume_path(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint `fit` continues from.
+
+    `resume: auto` takes the newest of `<output_dir>/checkpoints/last.ckpt` (periodic) and
+    `<output_dir>/hpc_ckpt_N.ckpt` (saved by Lightning on SLURM's pre-emption signal), so a
+    requeued job loses at most the steps since the later of the two.
+    """
     if cfg.resume in (None, False, "none"):
         return None
     if cfg.resume == "auto":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+        candidates = [output_dir / "checkpoints" / "last.ckpt", *output_dir.glob("hpc_ckpt_*.ckpt")]
+        existing = [p for p in candidates if p.is_file()]
+        if not existing:
+            return None
+        return str(max(existing, key=lambda p: p.stat().st_mtime_ns))
     path = Path(cfg.resume)
     if not path.is_file():
         raise FileNotFoundError(f"resume checkpoint not found: {path}")
@@ -241,7 +255,7 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
         _load_init_weights(module, cfg.init_weights)
     logger = build_logger(cfg, output_dir)
     trainer = build_trainer(cfg, output_dir, logger, build_callbacks(cfg, output_dir))
-    ckpt_path = _resume_path(cfg, output_dir)
+    ckpt_path = resume_path(cfg, output_dir)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - start

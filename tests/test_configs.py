@@ -65,6 +65,32 @@ def test_slurm_launcher_takes_tasks_and_nodes_from_the_trainer(tmp_path: Path) -
     assert launcher.tasks_per_node == 4 and launcher.gpus_per_node == 4 and launcher.nodes == 2
 
 
+def test_slurm_job_signals_lightning_not_submitit(tmp_path: Path) -> None:
+    """One requeue owner: the sbatch submitit writes must send USR1 (Lightning's auto-requeue
+    saves hpc_ckpt and requeues), not submitit's USR2, and submitit must not resubmit too."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose(
+            "train", ["hydra/launcher=slurm", "trainer=ddp"], return_hydra_config=True
+        )
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert launcher["max_num_timeout"] == 0
+    sbatch = _make_sbatch_string(
+        command="python -m submitit.core._submit x",
+        folder=tmp_path,
+        nodes=1,
+        ntasks_per_node=8,
+        gpus_per_node=8,
+        signal_delay_s=launcher["signal_delay_s"],
+        additional_parameters=launcher["additional_parameters"],
+    )
+    signals = [line for line in sbatch.splitlines() if "--signal" in line]
+    assert signals == ["#SBATCH --signal=USR1@120"], signals
+
+
 def test_invalid_combination_names_the_valid_choices(tmp_path: Path) -> None:
     cfg = compose("train", ["task=instance", "dataset=mapillary_vistas"], tmp_path)
     with pytest.raises(

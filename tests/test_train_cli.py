@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from m2f_lightning.cli import evaluate, predict, train
+from m2f_lightning.cli import evaluate, predict, resume_path, train
 from m2f_lightning.data.synthetic import write_dataset
 from tests.helpers import TINY_OVERRIDES, compose
 
@@ -188,3 +188,23 @@ def test_two_process_ddp_on_cpu_trains_and_validates(datasets: Path, tmp_path: P
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
     assert "val/PQ" in summary["val"]
+
+
+def test_auto_resume_takes_the_newest_of_last_and_the_preemption_checkpoint(tmp_path: Path) -> None:
+    import os
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"resume": "auto"})
+    assert resume_path(cfg, tmp_path) is None
+    (tmp_path / "checkpoints").mkdir()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"")
+    assert resume_path(cfg, tmp_path) == str(last)
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # written by Lightning on SIGUSR1, after last.ckpt
+    hpc.write_bytes(b"")
+    os.utime(last, ns=(1_000_000_000, 1_000_000_000))
+    assert resume_path(cfg, tmp_path) == str(hpc)
+    assert resume_path(OmegaConf.create({"resume": None}), tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        resume_path(OmegaConf.create({"resume": str(tmp_path / "missing.ckpt")}), tmp_path)
