@@ -49,6 +49,43 @@ def validate_config(cfg: DictConfig) -> None:
         )
 
 
+def images_per_step(cfg: DictConfig) -> int:
+    """Images per optimiser step: devices × nodes × per-device batch × accumulation."""
+    t = cfg.trainer
+    devices = t.get("devices", 1)
+    devices = (
+        len(devices)
+        if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices)
+        else devices
+    )
+    devices = 1 if devices in ("auto", -1) else int(devices)
+    return (
+        devices
+        * int(t.get("num_nodes", 1))
+        * cfg.dataset.batch_size
+        * int(t.get("accumulate_grad_batches", 1))
+    )
+
+
+def warn_if_not_the_recipe_batch(cfg: DictConfig) -> None:
+    """The paper's recipes assume 16 images per step; say so when a run differs (lr is not
+    rescaled: the authors found no reliable rule for AdamW)."""
+    recipe = cfg.get("recipe_batch_size")
+    if not recipe or cfg.trainer.get("fast_dev_run"):
+        return
+    actual = images_per_step(cfg)
+    accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
+    if actual != recipe:
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"this recipe was trained with {recipe} images per step; this run uses {actual} "
+            f"(trainer.devices × trainer.num_nodes × dataset.batch_size × "
+            f"trainer.accumulate_grad_batches). Match it with e.g. "
+            f"trainer.accumulate_grad_batches={max(1, accumulate * recipe // actual)}."
+        )
+
+
 def build_datamodule(
     cfg: DictConfig, predict_paths: list[str] | None = None
 ) -> SegmentationDataModule:
@@ -246,6 +283,7 @@ def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
 def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     """Fit (resuming if asked), then evaluate on the validation split. Returns metrics and paths."""
     validate_config(cfg)
+    warn_if_not_the_recipe_batch(cfg)
     output_dir = Path(output_dir or _output_dir())
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)

@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from m2f_lightning.cli import CONFIG_DIR, build_datamodule, model_config, validate_config
+from m2f_lightning.cli import (
+    CONFIG_DIR,
+    build_datamodule,
+    images_per_step,
+    model_config,
+    validate_config,
+    warn_if_not_the_recipe_batch,
+)
 from tests.helpers import compose
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -19,6 +26,15 @@ def test_every_experiment_composes_and_resolves(experiment: str, tmp_path: Path)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["trainer"]["max_steps"] > 0
     assert resolved["scheduler"]["name"] in ("poly", "multistep")
+    if experiment != "demo":  # the paper's 16 images per step (8 GPUs x 2, Swin-L 16 x 1)
+        assert cfg.recipe_batch_size == 16 and images_per_step(cfg) == 16
+
+
+def test_a_run_off_the_recipe_batch_is_warned_with_the_fix(tmp_path: Path) -> None:
+    cfg = compose("train", ["experiment=coco_panoptic_r50", "trainer.devices=1"], tmp_path)
+    assert images_per_step(cfg) == 2
+    with pytest.warns(UserWarning, match="accumulate_grad_batches=8"):
+        warn_if_not_the_recipe_batch(cfg)
 
 
 def test_paper_recipes_are_the_papers() -> None:
