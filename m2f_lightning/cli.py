@@ -203,6 +203,10 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
     ]
     if sys.stdout.isatty():
         callbacks.append(RichProgressBar())
+    else:  # a log file (SLURM, CI, a pipe): plain lines instead of a live bar
+        from .callbacks import TextProgress
+
+        callbacks.append(TextProgress(cfg.get("progress_every_n_steps", 50)))
     if cfg.logger.name != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     return callbacks

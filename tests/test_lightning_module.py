@@ -138,3 +138,24 @@ def test_class_names_must_match_the_model() -> None:
             thing_ids=[],
             stuff_ids=[0, 1, 2, 3],
         )
+
+
+def test_text_progress_prints_step_loss_lr_and_eta(tmp_path: Path, capsys) -> None:
+    from m2f_lightning.callbacks import TextProgress
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[TextProgress(every_n_steps=1)],
+    )
+    trainer.fit(make_module(), train_dataloaders=loader(2))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert all("loss" in line and "lr" in line and "eta" in line for line in lines)
+    with pytest.raises(ValueError, match="every_n_steps"):
+        TextProgress(every_n_steps=0)

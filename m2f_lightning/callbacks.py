@@ -1,0 +1,60 @@
+"""Callbacks of the training CLI."""
+
+import time
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class TextProgress(L.Callback):
+    """One plain line every `every_n_steps` optimiser steps (step, loss, lr, speed, ETA), and one
+    after each validation: the progress report for logs that are not a terminal (SLURM, CI,
+    `make demo | tee`), where Rich's live bars print nothing useful."""
+
+    def __init__(self, every_n_steps: int = 50) -> None:
+        if every_n_steps <= 0:
+            raise ValueError(f"every_n_steps must be positive, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._start: float | None = None
+        self._start_step = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._start_step = trainer.global_step
+
+    @rank_zero_only
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps or self._start is None:
+            return
+        done = step - self._start_step
+        seconds_per_step = (time.perf_counter() - self._start) / max(done, 1)
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        line = f"step {step}" + (f"/{max_steps}" if max_steps else "")
+        line += f"  loss {float(loss):.3f}  lr {lr:.2e}  {seconds_per_step:.2f} s/step"
+        if max_steps:
+            line += f"  eta {(max_steps - step) * seconds_per_step / 60:.1f} min"
+        print(line, flush=True)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        values = {
+            k.split("/", 1)[1]: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("val/") and v.numel() == 1
+        }
+        if values:
+            shown = "  ".join(f"{k} {v:.1f}" for k, v in list(values.items())[:8])
+            print(f"validation at step {trainer.global_step}: {shown}", flush=True)
