@@ -286,6 +286,13 @@ def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
 
 def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     """Fit (resuming if asked), then evaluate on the validation split. Returns metrics and paths."""
+    try:
+        return _train(cfg, output_dir)
+    finally:
+        _finish_wandb()
+
+
+def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
     validate_config(cfg)
     warn_if_not_the_recipe_batch(cfg)
     output_dir = Path(output_dir or _output_dir())
@@ -316,10 +323,6 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         print_summary(summary)
-    if logger and hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
-        import wandb
-
-        wandb.finish()
     return summary
 
 
@@ -412,6 +415,15 @@ def _run(task_fn, cfg: DictConfig) -> Any:
     except (ValueError, FileNotFoundError, KeyError) as err:
         _console().print(f"[bold red]error:[/] {err}")
         raise
+    finally:
+        _finish_wandb()
+
+
+def _finish_wandb() -> None:
+    """Close an open W&B run, failed or not, so the next job of a multirun starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -124,6 +124,10 @@ class Mask2FormerModule(L.LightningModule):
         return values
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # a smoke test of the loop, not a result to log
+            self.val_metrics.reset()
+            self._vis = []
+            return
         self._log_metrics(self.val_metrics, "val")
         self._log_images()
         self._vis = []

@@ -1,5 +1,6 @@
 """The training system end to end on generated data: every task × dataset runs, resume
-continues, evaluate and predict write their files, precision switches, DDP on CPU, W&B offline."""
+continues, evaluate and predict write their files, precision switches (W&B: test_wandb.py,
+DDP: test_ddp.py)."""
 
 import json
 from pathlib import Path
@@ -145,49 +146,6 @@ def test_bf16_mixed_precision_trains_a_step(datasets: Path, tmp_path: Path) -> N
     )
     summary = train(cfg, output_dir=tmp_path)
     assert summary["global_step"] == 1
-
-
-def test_wandb_offline_writes_a_run(datasets: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    cfg = compose(
-        "train",
-        [
-            *overrides(datasets, "synthetic", "panoptic"),
-            "logger=wandb",
-            "dataset.max_steps=2",
-            "dataset.val_every_n_steps=2",
-            "test_after_training=false",
-        ],
-        tmp_path,
-    )
-    train(cfg, output_dir=tmp_path)
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    assert list(runs[0].glob("*.wandb")), "no run file"
-    media = list((runs[0] / "files" / "media").rglob("*"))
-    assert any("examples" in str(p) for p in media), "no validation overlays logged"
-
-
-@pytest.mark.slow
-def test_two_process_ddp_on_cpu_trains_and_validates(datasets: Path, tmp_path: Path) -> None:
-    cfg = compose(
-        "train",
-        [
-            *overrides(datasets, "synthetic", "panoptic"),
-            "trainer.devices=2",
-            "trainer.strategy=ddp_spawn",
-            "dataset.max_steps=2",
-            "dataset.val_every_n_steps=2",
-            "test_after_training=false",
-        ],
-        tmp_path,
-    )
-    summary = train(cfg, output_dir=tmp_path)
-    # ddp_spawn trains in child processes: the step count lives in their checkpoint
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["global_step"] == 2
-    assert "val/PQ" in summary["val"]
 
 
 def test_auto_resume_takes_the_newest_of_last_and_the_preemption_checkpoint(tmp_path: Path) -> None:

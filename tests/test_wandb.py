@@ -1,0 +1,86 @@
+"""W&B: an offline run writes what a user will sync (config, losses, lr, metrics, validation
+overlays, per-class table), and a failed run is closed so the next job of a sweep starts clean."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from m2f_lightning.cli import train
+from m2f_lightning.data.synthetic import write_dataset
+from tests.helpers import TINY_OVERRIDES, compose
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("datasets")
+    write_dataset("demo", root, num=4, num_val=2, seed=0)
+    return root
+
+
+def wandb_overrides(datasets: Path, *extra: str) -> list[str]:
+    return [
+        "task=panoptic",
+        "dataset=synthetic",
+        *TINY_OVERRIDES,
+        f"paths.datasets_dir={datasets}",
+        "dataset.train_aug={recipe: lsj, size: 128}",
+        "logger=wandb",
+        "test_after_training=false",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def offline(monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def test_offline_run_writes_config_losses_metrics_overlays_and_tables(
+    datasets: Path, tmp_path: Path, offline: None
+) -> None:
+    import wandb
+
+    overrides = wandb_overrides(
+        datasets,
+        "dataset.max_steps=2",
+        "dataset.val_every_n_steps=2",
+        "trainer.log_every_n_steps=1",
+    )
+    train(compose("train", overrides, tmp_path), output_dir=tmp_path)
+    assert wandb.run is None, "the run must be finished when train returns"
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    run = runs[0]
+    assert list(run.glob("*.wandb")), "no run file to `wandb sync`"
+    # offline runs keep config, history and summary in the binary run file `wandb sync` uploads
+    record = next(run.glob("*.wandb")).read_bytes()
+    for key in (
+        "num_queries",  # the resolved config
+        "class_names",  # the module's hyper-parameters
+        "train/loss",
+        "train/loss_dice",
+        "train/loss_ce_0",
+        "lr-AdamW",
+        "val/PQ",
+        "val/AP",
+        "val/mIoU",
+    ):
+        assert key.encode() in record, key
+    media = [str(p) for p in (run / "files" / "media").rglob("*") if p.is_file()]
+    masks = [p for p in media if "/mask/val/examples" in p]
+    assert masks and any("/images/val/overlays" in p for p in media), media
+    tables = [p for p in media if "/table/val/per_class" in p]
+    assert len(tables) == 1, "one per-class table per validation (none for the sanity check)"
+    table = json.loads(Path(tables[0]).read_text())
+    assert [row[0] for row in table["data"]] == ["sky", "ground", "circle", "square", "triangle"]
+
+
+def test_a_failed_run_is_closed(datasets: Path, tmp_path: Path, offline: None) -> None:
+    import wandb
+
+    cfg = compose("train", wandb_overrides(datasets, f"resume={tmp_path}/missing.ckpt"), tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        train(cfg, output_dir=tmp_path)
+    assert wandb.run is None
