@@ -150,6 +150,22 @@ def _wandb_has_credentials() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
+def wandb_run_id(output_dir: Path) -> str:
+    """The W&B run id of this output directory: made once, kept in `<output_dir>/wandb_run_id`,
+    so a resumed or requeued job (same output dir) logs into the same run."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    path = output_dir / "wandb_run_id"
+    if path.is_file():
+        return path.read_text().strip()
+    import secrets
+
+    run_id = secrets.token_hex(6)  # W&B run ids: lowercase letters and digits
+    if rank_zero_only.rank == 0:  # other ranks never start a W&B run
+        path.write_text(run_id + "\n")
+    return run_id
+
+
 def build_logger(cfg: DictConfig, output_dir: Path):
     name = cfg.logger.name
     if name == "none":
@@ -168,6 +184,8 @@ def build_logger(cfg: DictConfig, output_dir: Path):
     # pass the mode to wandb.init instead of `offline=True`, which rewrites WANDB_MODE for the
     # whole process (and so for later jobs of a multirun)
     logger = WandbLogger(
+        id=wandb_run_id(output_dir),
+        resume="allow",  # a resumed or requeued job continues its W&B run
         project=cfg.logger.project,
         entity=cfg.logger.get("entity"),
         group=cfg.logger.get("group"),

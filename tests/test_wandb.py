@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from m2f_lightning.cli import train
+from m2f_lightning.cli import train, wandb_run_id
 from m2f_lightning.data.synthetic import write_dataset
 from tests.helpers import TINY_OVERRIDES, compose
 
@@ -53,6 +53,7 @@ def test_offline_run_writes_config_losses_metrics_overlays_and_tables(
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     run = runs[0]
+    assert run.name.endswith((tmp_path / "wandb_run_id").read_text().strip())
     assert list(run.glob("*.wandb")), "no run file to `wandb sync`"
     # offline runs keep config, history and summary in the binary run file `wandb sync` uploads
     record = next(run.glob("*.wandb")).read_bytes()
@@ -84,3 +85,11 @@ def test_a_failed_run_is_closed(datasets: Path, tmp_path: Path, offline: None) -
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         train(cfg, output_dir=tmp_path)
     assert wandb.run is None
+
+
+def test_a_resumed_job_keeps_its_run_id(tmp_path: Path) -> None:
+    first = wandb_run_id(tmp_path)
+    assert first and wandb_run_id(tmp_path) == first
+    assert (tmp_path / "wandb_run_id").read_text().strip() == first
+    (tmp_path / "other").mkdir()
+    assert wandb_run_id(tmp_path / "other") != first
