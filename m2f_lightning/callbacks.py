@@ -6,6 +6,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+HEADLINE_METRICS = ("PQ", "PQ_th", "PQ_st", "AP", "AP50", "mIoU")
+
 
 class TextProgress(L.Callback):
     """One plain line every `every_n_steps` optimiser steps (step, loss, lr, speed, ETA), and one
@@ -56,5 +58,6 @@ class TextProgress(L.Callback):
             if k.startswith("val/") and v.numel() == 1
         }
         if values:
-            shown = "  ".join(f"{k} {v:.1f}" for k, v in list(values.items())[:8])
+            headline = [k for k in HEADLINE_METRICS if k in values] or list(values)[:8]
+            shown = "  ".join(f"{k} {values[k]:.1f}" for k in headline)
             print(f"validation at step {trainer.global_step}: {shown}", flush=True)
