@@ -94,13 +94,29 @@ def test_odd_image_modes_become_rgb_uint8(tmp_path: Path, mode: str) -> None:
         assert np.abs(out[..., 0].astype(int) - rgb[..., 0]).max() <= 1
 
 
-def test_exif_rotation_is_ignored(tmp_path: Path) -> None:
-    """Annotations are drawn on the stored pixel grid, so EXIF orientation must not rotate."""
+def _rotated_jpeg(path: Path) -> None:
+    """A 20x40 (HxW) JPEG, left half white, tagged "rotate 90° clockwise to display"."""
     rgb = np.zeros((20, 40, 3), dtype=np.uint8)
     rgb[:, :20] = 255
     exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90° CW to display"
-    Image.fromarray(rgb).save(tmp_path / "r.jpg", exif=exif, quality=100)
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(path, exif=exif, quality=100)
+
+
+def test_exif_rotation_is_applied_as_detectron2_does(tmp_path: Path) -> None:
+    """detectron2's read_image applies EXIF orientation; so do we (white half ends up on top)."""
+    _rotated_jpeg(tmp_path / "r.jpg")
     out = read_image(tmp_path / "r.jpg")
-    assert out.shape == (20, 40, 3)
-    assert out[:, :20].mean() > 200 and out[:, 20:].mean() < 50
+    assert out.shape == (40, 20, 3)
+    assert out[:20].mean() > 200 and out[20:].mean() < 50
+
+
+def test_exif_rotated_image_against_stored_grid_annotation_is_named(coco: Path) -> None:
+    """An annotation drawn on the unrotated grid no longer matches: error, not a shifted mask."""
+    image = coco / "coco" / "val2017" / "000000000001.jpg"
+    stored = np.asarray(Image.open(image))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(image, exif=exif, quality=95)
+    with pytest.raises(DataError, match="000000000001.png is .* but its image .*000000000001.jpg"):
+        build_reader("coco", "panoptic", "val", coco)[0]
