@@ -116,3 +116,17 @@ def test_invalid_combination_names_the_valid_choices(tmp_path: Path) -> None:
         validate_config(cfg)
     with pytest.raises(ValueError, match="no annotations for task 'instance'"):
         build_datamodule(cfg)
+
+
+@pytest.mark.parametrize("preset", ["fast", "overfit", "profile"])
+def test_debug_presets_compose_to_quick_loops(preset: str, tmp_path: Path) -> None:
+    cfg = compose("train", ["experiment=coco_panoptic_r50", f"debug={preset}"], tmp_path)
+    validate_config(cfg)
+    trainer = cfg.trainer
+    if preset == "fast":
+        assert trainer.fast_dev_run is True and cfg.logger.name == "none"
+    elif preset == "overfit":
+        assert trainer.overfit_batches > 0 and trainer.max_steps <= 1000
+    else:
+        assert trainer.profiler == "simple" and trainer.max_steps <= 100
+    assert cfg.test_after_training is False

@@ -166,3 +166,27 @@ def test_auto_resume_takes_the_newest_of_last_and_the_preemption_checkpoint(tmp_
     assert resume_path(OmegaConf.create({"resume": None}), tmp_path) is None
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         resume_path(OmegaConf.create({"resume": str(tmp_path / "missing.ckpt")}), tmp_path)
+
+
+def test_csv_logger_writes_losses_and_lr(datasets: Path, tmp_path: Path) -> None:
+    import csv
+
+    cfg = compose(
+        "train",
+        overrides(
+            datasets,
+            "synthetic",
+            "panoptic",
+            "logger=csv",
+            "dataset.max_steps=2",
+            "dataset.val_every_n_steps=0",
+            "trainer.log_every_n_steps=1",
+            "test_after_training=false",
+        ),
+        tmp_path,
+    )
+    train(cfg, output_dir=tmp_path)
+    (metrics_file,) = (tmp_path / "csv").rglob("metrics.csv")
+    columns = next(csv.reader(metrics_file.open()))
+    assert {"train/loss", "train/loss_mask", "train/loss_dice_0"} <= set(columns)
+    assert any(c.startswith("lr-AdamW") for c in columns), columns
