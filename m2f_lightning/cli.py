@@ -15,7 +15,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .data import SegmentationDataModule, check_task
 from .lightning_module import Mask2FormerModule
@@ -399,8 +399,9 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
         "test": results,
         "metrics_file": "eval_metrics.json",
     }
-    (output_dir / "eval_metrics.json").write_text(json.dumps(summary, indent=2))
-    print_summary(summary)
+    if trainer.is_global_zero:  # metrics are already synchronised across ranks
+        (output_dir / "eval_metrics.json").write_text(json.dumps(summary, indent=2))
+        print_summary(summary)
     return results
 
 
@@ -413,7 +414,11 @@ def predict(cfg: DictConfig, output_dir: Path | None = None) -> list[Path]:
     inputs = list(cfg.inputs) if not isinstance(cfg.inputs, str) else [cfg.inputs]
     dm = build_datamodule(cfg, predict_paths=inputs)
     module = _module_from_weights(cfg, dm, cfg.checkpoint)
-    trainer = build_trainer(cfg, output_dir, False, [])
+    # one process: a DDP predict would return each rank's share only (and write partial files)
+    single = cfg.copy()
+    with open_dict(single):
+        single.trainer.update(devices=1, num_nodes=1, strategy="auto", sync_batchnorm=False)
+    trainer = build_trainer(single, output_dir, False, [])
     batches = trainer.predict(module, datamodule=dm)
     results = [r for batch in batches for r in batch]
     written = write_predictions(
