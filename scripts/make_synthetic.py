@@ -19,6 +19,9 @@ def main() -> None:
     parser.add_argument("--num-val", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    parser.add_argument(
+        "--shapes", type=int, nargs=2, default=(2, 5), metavar=("MIN", "MAX"), help="things drawn"
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     manifest = write_dataset(
@@ -28,6 +31,7 @@ def main() -> None:
         args.seed,
         tuple(args.size) if args.size else None,
         args.num_val,
+        tuple(args.shapes),
     )
     counts = {split: len(files) for split, files in manifest["splits"].items()}
     print(

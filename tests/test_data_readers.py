@@ -85,3 +85,19 @@ def test_missing_root_shows_the_expected_layout(tmp_path: Path) -> None:
 def test_root_comes_from_the_environment(root: Path, monkeypatch) -> None:
     monkeypatch.setenv("M2F_DATASETS", str(root))
     assert len(build_reader("coco", "panoptic", "val")) == 2
+
+
+def test_crowded_scenes_keep_every_listed_segment(tmp_path: Path) -> None:
+    """The benchmark's COCO-like density (12-30 things drawn) still round-trips exactly."""
+    manifest = write_dataset(
+        "coco_panoptic", tmp_path, num=3, num_val=2, seed=9, size=(96, 128), num_shapes=(12, 30)
+    )
+    reader = build_reader("coco", "panoptic", "train", tmp_path)
+    for i in range(len(reader)):
+        sample = reader[i]
+        truth = manifest["splits"]["train"][Path(sample.file_name).name]
+        assert len([s for s in sample.segments if not s["iscrowd"]]) == truth["segments"]
+        assert int((sample.id_map == 0).sum()) == truth["void"]
+    assert max(len(reader[i].segments) for i in range(len(reader))) > 8
+    with pytest.raises(ValueError, match="num_shapes"):
+        write_dataset("demo", tmp_path, num=1, num_shapes=(5, 2))

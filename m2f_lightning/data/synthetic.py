@@ -60,8 +60,15 @@ def _shape_mask(
     return mask.astype(bool)
 
 
-def draw_scene(rng: np.random.Generator, height: int, width: int, crowd_prob: float = 0.0) -> Scene:
-    """One scene; sizes scale with the image (12–48 px shapes at 128 px)."""
+def draw_scene(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    crowd_prob: float = 0.0,
+    num_shapes: tuple[int, int] = (2, 5),
+) -> Scene:
+    """One scene with `num_shapes` (inclusive range) things drawn; sizes scale with the image
+    (12–48 px shapes at 128 px). Things mostly hidden by later ones become void."""
     scale = min(height, width) / 128
     yy, xx = np.mgrid[0:height, 0:width]
     horizon = height * rng.uniform(0.3, 0.6) + height * 0.05 * np.sin(
@@ -77,7 +84,7 @@ def draw_scene(rng: np.random.Generator, height: int, width: int, crowd_prob: fl
     segment_map = np.where(is_sky, 1, 2).astype(np.int32)
     segments = [{"id": 1, "role": 0, "iscrowd": False}, {"id": 2, "role": 1, "iscrowd": False}]
     full_areas = {}
-    for k in range(int(rng.integers(2, 6))):
+    for k in range(int(rng.integers(num_shapes[0], num_shapes[1] + 1))):
         role = int(rng.integers(0, 3))
         size = rng.uniform(12, 48) * scale
         mask = _shape_mask(
@@ -235,9 +242,13 @@ def write_dataset(
     seed: int = 0,
     size: tuple[int, int] | None = None,
     num_val: int | None = None,
+    num_shapes: tuple[int, int] = (2, 5),
 ) -> dict:
     """Write `num` training and `num_val` (default num // 2, at least 2) validation images of
-    format `fmt` under the datasets root `out`. Returns (and writes) the manifest."""
+    format `fmt` under the datasets root `out`, each with `num_shapes` (min, max) things drawn.
+    Returns (and writes) the manifest."""
+    if not 0 <= num_shapes[0] <= num_shapes[1]:
+        raise ValueError(f"num_shapes must be (min, max) with 0 <= min <= max, got {num_shapes}")
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}'; choose one of {FORMATS}")
     out = Path(out)
@@ -248,7 +259,9 @@ def write_dataset(
     crowd_prob = 0.0 if fmt == "demo" else 0.15
     manifest: dict = {"format": fmt, "splits": {}}
     for split, count in (("train", num), ("val", num_val)):
-        scenes = [draw_scene(rng, height, width, crowd_prob) for _ in range(count)]
+        scenes = [
+            draw_scene(rng, height, width, crowd_prob, tuple(num_shapes)) for _ in range(count)
+        ]
         manifest["splits"][split] = _WRITERS[fmt](out, split, scenes)
     (out / f"{fmt}_manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
