@@ -9,7 +9,7 @@ from m2f_lightning.data import SegmentationDataModule, collate
 from m2f_lightning.data.catalog import get_metadata
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.data.targets import train_targets
-from m2f_lightning.data.transforms import lsj, semantic_jitter
+from m2f_lightning.data.transforms import ColorAugSSD, lsj, semantic_jitter
 
 
 def test_lsj_scales_follow_the_paper_distribution() -> None:
@@ -145,3 +145,15 @@ def test_datamodule_serves_training_and_eval_batches(tmp_path, fmt, dataset, tas
     val = next(iter(dm.val_dataloader()))
     key = {"panoptic": "panoptic", "instance": "instances", "semantic": "sem_seg"}[task]
     assert key in val and len(val["orig_sizes"]) == 1
+
+
+def test_colour_jitter_saturates_after_each_step_and_rotates_hue() -> None:
+    """SSD colour jitter: brightness then contrast clip to 0..255 in between; hue is OpenCV's
+    0..180 circle (red + 60 = green)."""
+    jitter = ColorAugSSD()
+    pixels = np.array([[[240, 100, 0]]], dtype=np.uint8)
+    out = jitter.apply(pixels, brightness=30, contrast=1.5, contrast_first=True)
+    assert out.tolist() == [[[255, 195, 45]]]
+    red = np.array([[[255, 0, 0]]], dtype=np.uint8)
+    assert jitter.apply(red, hue=60).tolist() == [[[0, 255, 0]]]
+    assert jitter.apply(red).tolist() == red.tolist()

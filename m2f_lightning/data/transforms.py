@@ -126,23 +126,27 @@ class ColorAugSSD(A.ImageOnlyTransform):
         contrast_first=True,
         **params: Any,
     ) -> np.ndarray:
-        x = img.astype(np.float32)
+        x = img
         if brightness is not None:
-            x = x + brightness
+            x = _saturate(x, 1.0, brightness)
         if contrast_first and contrast is not None:
-            x = x * contrast
+            x = _saturate(x, contrast, 0.0)
         if saturation is not None or hue is not None:
-            hsv = cv2.cvtColor(np.clip(x, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(
-                np.int32
-            )
+            hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)
             if saturation is not None:
-                hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+                hsv[..., 1] = _saturate(hsv[..., 1], saturation, 0.0)
             if hue is not None:
-                hsv[..., 0] = (hsv[..., 0] + hue) % 180
-            x = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+                hsv[..., 0] = (hsv[..., 0].astype(np.int32) + hue) % 180
+            x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
         if not contrast_first and contrast is not None:
-            x = x * contrast
-        return np.clip(x, 0, 255).astype(np.uint8)
+            x = _saturate(x, contrast, 0.0)
+        return x
+
+
+def _saturate(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """x·alpha + beta clipped to 0..255 and truncated to uint8 after every step, as the
+    original's colour jitter does (so a brightened-then-contrasted pixel saturates first)."""
+    return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
 
 def lsj(
