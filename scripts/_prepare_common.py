@@ -1,10 +1,30 @@
 """Shared plumbing of the prepare scripts: a parallel, resumable map with a progress bar."""
 
+import os
 from collections.abc import Callable, Iterable
 from multiprocessing import Pool
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from tqdm import tqdm
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    """Write a PNG atomically (temp file + rename): an interrupted run leaves no half-written
+    file that the resume check would take as done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (see save_png)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def run_jobs(

@@ -21,7 +21,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _prepare_common import run_jobs  # noqa: E402
+from _prepare_common import run_jobs, save_png, write_text  # noqa: E402
 
 from m2f_lightning.data.catalog import get_metadata  # noqa: E402
 from m2f_lightning.data.io import id_to_rgb, read_label  # noqa: E402
@@ -31,8 +31,7 @@ SPLITS = {"train": "training", "val": "validation"}
 
 def shift_semantic(job: tuple) -> None:
     src, out = job
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((read_label(src).astype(np.int32) - 1).astype(np.uint8)).save(out)
+    save_png((read_label(src).astype(np.int32) - 1).astype(np.uint8), out)
 
 
 def read_instance_mapping(path: Path) -> dict[int, int]:
@@ -84,10 +83,8 @@ def panoptic_of(
 def write_panoptic(job: tuple, things: set[int], mapping: dict[int, int]) -> None:
     semantic, instance, out_png, out_json = job
     ids, segments = panoptic_of(semantic, instance, things, mapping)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(id_to_rgb(ids)).save(out_png)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(segments))
+    save_png(id_to_rgb(ids), out_png)
+    write_text(out_json, json.dumps(segments))  # written last: the resume check looks for it
 
 
 def main() -> None:

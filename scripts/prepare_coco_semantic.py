@@ -11,10 +11,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _prepare_common import run_jobs  # noqa: E402
+from _prepare_common import run_jobs, save_png  # noqa: E402
 
 from m2f_lightning.data.catalog import get_metadata  # noqa: E402
 from m2f_lightning.data.io import read_label, rgb_to_id  # noqa: E402
@@ -26,8 +25,7 @@ def convert(job: tuple, lookup: dict[int, int]) -> None:
     sem = np.full(ids.shape, 255, dtype=np.uint8)
     for seg in segments:
         sem[ids == seg["id"]] = lookup[seg["category_id"]]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sem).save(out)
+    save_png(sem, out)
 
 
 def main() -> None:
