@@ -1,6 +1,8 @@
 """Every reader reads back exactly what the synthetic generator wrote, in each real format."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,27 @@ def test_crowded_scenes_keep_every_listed_segment(tmp_path: Path) -> None:
     assert max(len(reader[i].segments) for i in range(len(reader))) > 8
     with pytest.raises(ValueError, match="num_shapes"):
         write_dataset("demo", tmp_path, num=1, num_shapes=(5, 2))
+
+
+def test_coco_semantic_prepared_pngs_equal_the_on_the_fly_derivation(tmp_path: Path) -> None:
+    """prepare_coco_semantic.py output is read when present and matches deriving it from panoptic."""
+    write_dataset("coco_panoptic", tmp_path, num=3, num_val=2, seed=4)
+    derived = build_reader("coco", "semantic", "val", tmp_path)
+    expected = {}
+    for i in range(len(derived)):
+        sample = derived[i]
+        classes = np.full(sample.id_map.shape, 255, dtype=np.uint8)
+        for s in sample.segments:
+            classes[sample.id_map == s["id"]] = s["category"]
+        expected[Path(sample.file_name).name] = classes
+    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_coco_semantic.py"
+    subprocess.run(
+        [sys.executable, str(script), "--root", str(tmp_path), "--workers", "1"],
+        check=True,
+        capture_output=True,
+    )
+    prepared = build_reader("coco", "semantic", "val", tmp_path)
+    assert type(prepared).__name__ == "SemanticReader" and len(prepared) == len(expected)
+    for i in range(len(prepared)):
+        sample = prepared[i]
+        assert np.array_equal(sample.sem_seg, expected[Path(sample.file_name).name])

@@ -26,7 +26,8 @@ TASKS = {
 LAYOUTS = {
     "coco": """  coco/{train,val}2017/*.jpg
   coco/annotations/{instances,panoptic}_{train,val}2017.json
-  coco/panoptic_{train,val}2017/*.png""",
+  coco/panoptic_{train,val}2017/*.png
+  coco/panoptic_semseg_{train,val}2017/*.png  (semantic, optional: scripts/prepare_coco_semantic.py)""",
     "ade20k": """  ADEChallengeData2016/images/{training,validation}/*.jpg
   ADEChallengeData2016/annotations/{training,validation}/*.png            (semantic, raw)
   ADEChallengeData2016/annotations_detectron2/{training,validation}/*.png (semantic, prepared)
@@ -94,7 +95,13 @@ def build_reader(dataset: str, task: str, split: str, root: str | Path | None = 
 
 
 def _coco_like(root: Path, task: str, split: str, meta: DatasetMetadata) -> Reader:
+    """COCO panoptic/instance; semantic reads `panoptic_semseg_*` PNGs written by
+    scripts/prepare_coco_semantic.py, or derives them from the panoptic PNGs when absent."""
     images = root / f"{split}2017"
+    semseg = root / f"panoptic_semseg_{split}2017"
+    if task == "semantic" and semseg.is_dir():
+        pairs = paired_files(images, semseg, "*.jpg", lambda p: p.with_suffix(".png").name)
+        return SemanticReader(pairs, meta.num_classes)
     if task == "instance" and (root / "annotations" / f"instances_{split}2017.json").is_file():
         return CocoInstanceReader(
             root / "annotations" / f"instances_{split}2017.json", images, meta
