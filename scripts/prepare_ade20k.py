@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _prepare_common import run_jobs, save_png, write_text  # noqa: E402
 
 from m2f_lightning.data.catalog import get_metadata  # noqa: E402
-from m2f_lightning.data.io import id_to_rgb, read_label  # noqa: E402
+from m2f_lightning.data.io import id_to_rgb, read_label, rgb_to_id  # noqa: E402
 
 SPLITS = {"train": "training", "val": "validation"}
 
@@ -145,8 +145,7 @@ def main() -> None:
                 if not seg["isthing"]:
                     continue
                 if ids is None:
-                    rgb = read_label(png)
-                    ids = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+                    ids = rgb_to_id(read_label(png)[..., :3])
                 rle = mask_utils.encode(np.asfortranarray((ids == seg["id"]).astype(np.uint8)))
                 rle["counts"] = rle["counts"].decode()
                 instances.append(

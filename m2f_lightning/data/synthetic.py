@@ -303,6 +303,17 @@ def _write_ade20k(out: Path, split: str, scenes: list[Scene]) -> dict:
             raw[scene.segment_map == s["id"]] = ids[s["role"]] + 1
         _save_png(root / "annotations" / folder / png, raw)
         _save_png(root / f"ade20k_panoptic_{split}" / png, id_to_rgb(scene.segment_map))
+        # raw instance annotation (ChallengeData2017 layout): R = instance class, G = instance
+        instance = np.zeros((*scene.segment_map.shape, 3), dtype=np.uint8)
+        for k, s in enumerate(scene.segments):
+            if s["role"] >= 2:
+                instance[scene.segment_map == s["id"]] = (s["role"] - 1, k + 1, 0)
+        _save_png(root / "annotations_instance" / folder / png, instance)
+    # instance class (1..3 for our thing roles) → ADE150 id (1-based), as the real mapping file
+    (root / "ade20k_instance_catid_mapping.txt").write_text(
+        "Instacne100\tSceneParsing150\tFullADE20K\n"
+        + "".join(f"{role - 1}\t{ids[role] + 1}\t0\n" for role in (2, 3, 4))
+    )
     categories = _coco_categories("ade20k")
     (root / f"ade20k_panoptic_{split}.json").write_text(
         json.dumps(_panoptic_json(scenes, names, ids, categories, pngs))
