@@ -23,7 +23,16 @@ def main() -> None:
     os.environ["CITYSCAPES_DATASET"] = str(cityscapes)
     from cityscapesscripts.preparation import createPanopticImgs, createTrainIdLabelImgs
 
-    createTrainIdLabelImgs.main()
+    polygons = sorted((cityscapes / "gtFine").glob("*/*/*_gtFine_polygons.json"))
+    todo = [
+        f
+        for f in polygons
+        if not Path(str(f).replace("_polygons.json", "_labelTrainIds.png")).is_file()
+    ]
+    if todo:
+        createTrainIdLabelImgs.main()  # converts every split; only run when some are missing
+    else:
+        print(f"labelTrainIds: nothing to do ({len(polygons)} polygon files, all converted)")
     for split in ("train", "val"):
         if (cityscapes / "gtFine" / f"cityscapes_panoptic_{split}.json").is_file():
             print(f"panoptic {split}: already written")

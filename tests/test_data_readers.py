@@ -162,3 +162,27 @@ def test_ade20k_prepare_script_rebuilds_panoptic_and_instances(tmp_path: Path) -
         inst = instance[i]
         got = sorted((int(c), int(m.sum())) for c, m in zip(inst.labels, inst.masks, strict=True))
         assert got == [a for a in expected[name] if a[0] in things]
+
+
+def test_cityscapes_panoptic_from_cityscapesscripts_matches_what_was_drawn(tmp_path: Path) -> None:
+    """prepare_cityscapes.py (cityscapesScripts' converter, which names images
+    `<id>_gtFine_leftImg8bit.png`) gives the segments the generator drew, crowd merged per class."""
+    write_dataset("cityscapes", tmp_path, num=2, num_val=3, seed=11)
+    drawn = build_reader("cityscapes", "panoptic", "val", tmp_path)
+
+    def areas(sample) -> list[tuple[int, bool, int]]:
+        return sorted(
+            (s["category"], s["iscrowd"], int((sample.id_map == s["id"]).sum()))
+            for s in sample.segments
+        )
+
+    expected = {Path(drawn[i].file_name).name: areas(drawn[i]) for i in range(len(drawn))}
+    gt = tmp_path / "cityscapes" / "gtFine"
+    for split in ("train", "val"):
+        (gt / f"cityscapes_panoptic_{split}.json").unlink()
+    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_cityscapes.py"
+    subprocess.run([sys.executable, str(script), "--root", str(tmp_path)], check=True)
+    converted = build_reader("cityscapes", "panoptic", "val", tmp_path)
+    assert len(converted) == len(expected)
+    for i in range(len(converted)):
+        assert areas(converted[i]) == expected[Path(converted[i].file_name).name]

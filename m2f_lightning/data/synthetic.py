@@ -326,8 +326,25 @@ def _write_ade20k(out: Path, split: str, scenes: list[Scene]) -> dict:
     }
 
 
+def _merge_crowd_by_class(scene: Scene) -> Scene:
+    """Cityscapes stores crowd pixels as a bare label id, so all crowd regions of one class are a
+    single segment in its instanceIds and in cityscapesScripts' panoptic output."""
+    segment_map = scene.segment_map.copy()
+    first: dict[int, int] = {}
+    segments = []
+    for seg in scene.segments:
+        if seg["iscrowd"] and seg["role"] in first:
+            segment_map[scene.segment_map == seg["id"]] = first[seg["role"]]
+            continue
+        if seg["iscrowd"]:
+            first[seg["role"]] = seg["id"]
+        segments.append(seg)
+    return Scene(scene.image, segment_map, segments)
+
+
 def _write_cityscapes(out: Path, split: str, scenes: list[Scene]) -> dict:
     root = out / "cityscapes"
+    scenes = [_merge_crowd_by_class(scene) for scene in scenes]
     ids, contiguous = _category_ids("cityscapes")  # cityscapes label ids
     train_ids = get_metadata("cityscapes").extra["train_ids"]
     city = "frankfurt" if split == "val" else "aachen"
@@ -358,7 +375,9 @@ def _write_cityscapes(out: Path, split: str, scenes: list[Scene]) -> dict:
         )
     data = _panoptic_json(
         scenes,
-        [f"{s}_leftImg8bit.png" for s in stems],
+        # cityscapesScripts' createPanopticImgs names images "<stem>_gtFine_leftImg8bit.png"
+        # (a file that does not exist): readers must find the image by its id
+        [f"{s}_gtFine_leftImg8bit.png" for s in stems],
         ids,
         _coco_categories("cityscapes"),
         [f"{s}_gtFine_panoptic.png" for s in stems],

@@ -151,7 +151,8 @@ def _cityscapes(root: Path, task: str, split: str, meta: DatasetMetadata) -> Rea
     return PanopticReader(
         root / "gtFine" / f"cityscapes_panoptic_{split}.json",
         root / "gtFine" / f"cityscapes_panoptic_{split}",
-        lambda info: images / info["file_name"].split("_")[0] / info["file_name"],
+        # by id: cityscapesScripts writes file_name "<id>_gtFine_leftImg8bit.png", not a real file
+        lambda info: images / str(info["id"]).split("_")[0] / f"{info['id']}_leftImg8bit.png",
         meta,
     )
 
