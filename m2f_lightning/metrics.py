@@ -20,7 +20,8 @@ class PanopticQuality(Metric):
     """PQ / SQ / RQ exactly as panopticapi's `pq_compute`, vectorised with integer keys.
 
     Inputs are int64 tensors [B, H, W, 2] of (category_id, instance_id); a category outside
-    `things ∪ stuffs` is void. `target_crowd` (bool [B, H, W]) marks the pixels of crowd
+    `things ∪ stuffs` is void; the instance id of stuff pixels is ignored (one segment per stuff
+    class and image, as torchmetrics does). `target_crowd` (bool [B, H, W]) marks the pixels of crowd
     segments. Rules (panopticapi): a prediction and a non-crowd ground-truth segment of the same
     category match when IoU > 0.5, where the union leaves out the prediction's overlap with
     ground-truth void; unmatched non-crowd ground truth is a false negative; an unmatched
@@ -72,6 +73,13 @@ class PanopticQuality(Metric):
         for p, t, c in zip(preds, target, target_crowd, strict=True):
             self._update_image(p.reshape(-1, 2).long(), t.reshape(-1, 2).long(), c.reshape(-1))
 
+    def _merge_stuff(self, pairs: torch.Tensor, category_idx: torch.Tensor) -> torch.Tensor:
+        """Zero the instance id of stuff pixels: one segment per stuff class and image, as in a
+        panoptic PNG and as torchmetrics' PanopticQuality reads the same inputs."""
+        is_stuff = category_idx >= len(self.things)  # categories are things, then stuffs
+        instance = torch.where(is_stuff, torch.zeros_like(pairs[:, 1]), pairs[:, 1])
+        return torch.stack([pairs[:, 0], instance], dim=1)
+
     @staticmethod
     def _segments(
         pairs: torch.Tensor, category_idx: torch.Tensor
@@ -92,8 +100,9 @@ class PanopticQuality(Metric):
         return segment, seg_category, unique
 
     def _update_image(self, pred: torch.Tensor, gt: torch.Tensor, crowd: torch.Tensor) -> None:
-        gt_seg, gt_cat, _ = self._segments(gt, self._category_index(gt[:, 0]))
-        pred_seg, pred_cat, _ = self._segments(pred, self._category_index(pred[:, 0]))
+        gt_idx, pred_idx = self._category_index(gt[:, 0]), self._category_index(pred[:, 0])
+        gt_seg, gt_cat, _ = self._segments(self._merge_stuff(gt, gt_idx), gt_idx)
+        pred_seg, pred_cat, _ = self._segments(self._merge_stuff(pred, pred_idx), pred_idx)
         num_gt, num_pred = len(gt_cat), len(pred_cat)
         # a ground-truth segment is crowd if its pixels are marked crowd
         gt_is_crowd = torch.zeros(num_gt, dtype=torch.bool, device=gt.device)

@@ -22,6 +22,9 @@ def reference_pq(gt_pairs, pred_pairs, gt_crowd, things, stuffs):
     for gt, pred, crowd in zip(gt_pairs, pred_pairs, gt_crowd, strict=True):
 
         def segments(pairs):
+            # as a panoptic PNG holds them: one segment per stuff class
+            pairs = pairs.copy()
+            pairs[np.isin(pairs[..., 0], stuffs), 1] = 0
             ids = np.zeros(pairs.shape[:2], dtype=np.int64)
             info = {}
             for key in {tuple(p) for p in pairs.reshape(-1, 2)}:
@@ -257,3 +260,15 @@ def test_ap_matches_pycocotools() -> None:
     ev.accumulate()
     ev.summarize()
     assert ours == pytest.approx(100 * ev.stats[0], abs=0.05)
+
+
+def test_stuff_instance_ids_are_ignored() -> None:
+    """Two stuff regions of one class with different instance ids are one segment."""
+    gt = torch.zeros(1, 8, 8, 2, dtype=torch.int64)
+    gt[..., 0] = 7
+    pred = gt.clone()
+    pred[0, :, :4, 1] = 1  # split in two instance ids: still one segment matching the gt
+    pred[0, :, 4:, 1] = 2
+    out = PanopticQuality(THINGS, STUFFS)
+    out.update(pred, gt)
+    assert out.compute()["pq"].item() == pytest.approx(1.0)
