@@ -63,6 +63,28 @@ def main() -> None:
     print(
         f"  PQ: ours {ours():.6f} | torchmetrics {reference():.6f} (no void in these predictions)"
     )
+    # predictions with void (dropped pixels, as Mask2Former's panoptic inference leaves them)
+    void_preds = preds.clone()
+    for i in range(len(void_preds)):
+        y, x = rng.integers(0, 512 - 96, 2)
+        void_preds[i, y : y + 96, x : x + 96] = 0
+    ours_void = PanopticQuality(THINGS, STUFFS)
+    ours_void.update(void_preds, gts)
+    raw = TorchmetricsPQ(set(THINGS), set(STUFFS), allow_unknown_preds_category=True)
+    raw.update(void_preds, gts)
+    # ecosystem.md workaround: predicted void becomes a dummy stuff class absent from the gt
+    dummy = max(STUFFS) + 1
+    mapped = void_preds.clone()
+    mapped[..., 0][mapped[..., 0] == 0] = dummy
+    fixed = TorchmetricsPQ(set(THINGS), set(STUFFS) | {dummy}, return_per_class=True)
+    fixed.update(mapped, gts)
+    per_class = fixed.compute().flatten()[:-1]  # things sorted, stuffs sorted, dummy last
+    present = ours_void.true_positives + ours_void.false_positives + ours_void.false_negatives > 0
+    print(
+        f"  PQ with void in predictions: ours {ours_void.compute()['pq'].item():.6f} | "
+        f"torchmetrics raw {raw.compute().item():.6f} | torchmetrics with void→dummy stuff "
+        f"{per_class[present.to(per_class.device)].mean().item():.6f}"
+    )
 
 
 if __name__ == "__main__":
