@@ -5,6 +5,7 @@ Usage: .venv/bin/python scripts/bench_ms_deform_attn.py [--threads 2] [--repeats
 """
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -72,9 +73,13 @@ def main() -> None:
         ("forward", ours_fwd, hf_fwd),
         ("forward+backward", ours_fwd_bwd, hf_fwd_bwd),
     ):
-        t_ours = median_seconds(fn_ours, repeats=args.repeats)
-        t_hf = median_seconds(fn_hf, repeats=args.repeats)
-        print(f"{label:17s} ours {t_ours:.3f} s   HF {t_hf:.3f} s   HF/ours {t_hf / t_ours:.2f}x")
+        # alternate ours/HF one run at a time so a load spike from other processes hits both
+        t_ours, t_hf = [], []
+        for _ in range(args.repeats):
+            t_ours.append(median_seconds(fn_ours, repeats=1, warmup=0 if t_ours else 1))
+            t_hf.append(median_seconds(fn_hf, repeats=1, warmup=0 if t_hf else 1))
+        mo, mh = statistics.median(t_ours), statistics.median(t_hf)
+        print(f"{label:17s} ours {mo:.3f} s   HF {mh:.3f} s   HF/ours {mh / mo:.2f}x")
 
 
 if __name__ == "__main__":
