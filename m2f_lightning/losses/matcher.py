@@ -12,8 +12,8 @@ Match = tuple[torch.Tensor, torch.Tensor]
 def pairwise_sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean BCE over points of every (prediction, target) pair: [B, Q, P] × [B, N, P] → [B, Q, N]."""
     num_points = logits.shape[-1]
-    pos = F.softplus(-logits) / num_points  # BCE against 1
     neg = F.softplus(logits) / num_points  # BCE against 0
+    pos = neg - logits / num_points  # BCE against 1: softplus(-x) = softplus(x) - x
     return pos @ targets.transpose(1, 2) + neg @ (1 - targets).transpose(1, 2)
 
 
