@@ -14,7 +14,7 @@ from transformers import Mask2FormerConfig
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import load_note, median_seconds  # noqa: E402
+from _bench_common import load_note, paired_medians  # noqa: E402
 
 from m2f_lightning.losses import SetCriterion  # noqa: E402
 
@@ -75,8 +75,8 @@ def main() -> None:
     ]
     masks = [t["masks"].float() for t in targets]
     labels = [t["labels"] for t in targets]
-    t_ours = median_seconds(lambda: ours(outputs, targets)["loss"].backward(), args.repeats)
-    t_hf = median_seconds(
+    t_ours, t_hf = paired_medians(
+        lambda: ours(outputs, targets)["loss"].backward(),
         lambda: sum(
             hf(outputs["pred_masks"], outputs["pred_logits"], masks, labels, aux).values()
         ).backward(),

@@ -13,7 +13,7 @@ import torch
 from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import load_note, median_seconds  # noqa: E402
+from _bench_common import load_note, paired_medians  # noqa: E402
 
 from m2f_lightning.checkpoints import load_model  # noqa: E402
 from m2f_lightning.modeling import Mask2Former  # noqa: E402
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=133)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
     with torch.device("meta"):
         r50 = Mask2Former(num_classes=133, backbone="r50")
         swin_l = Mask2Former(num_classes=133, backbone="swin_l", num_queries=200)
@@ -57,11 +58,12 @@ def main() -> None:
             (out["pred_masks"] - ref.masks_queries_logits).abs().max().item(),
             (out["pred_logits"] - ref.class_queries_logits).abs().max().item(),
         )
-        t_ours = median_seconds(lambda: ours(images), args.repeats)
-        t_hf = median_seconds(lambda: hf(pixel_values=pixels), args.repeats)
+        t_ours, t_hf = paired_medians(
+            lambda: ours(images), lambda: hf(pixel_values=pixels), args.repeats
+        )
     print(
         f"Swin-T Mask2Former ({sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M), 1x3x{args.size}x{args.size}, "
-        f"{args.threads} threads, median of {args.repeats} ({load_note()})"
+        f"{args.threads} threads, median of {args.repeats}, runs alternated ({load_note()})"
     )
     print(
         f"  forward: ours {t_ours:.3f} s | HF transformers {t_hf:.3f} s | speed-up x{t_hf / t_ours:.2f}"
