@@ -175,7 +175,16 @@ def _panoptic_json(scenes, names, dataset_ids, categories, png_names) -> dict:
                 }
             )
         annotations.append({"image_id": i + 1, "file_name": png, "segments_info": infos})
-    images = [
+    return {
+        "images": _images_json(scenes, names),
+        "annotations": annotations,
+        "categories": categories,
+    }
+
+
+def _images_json(scenes: list[Scene], names: list[str]) -> list[dict]:
+    """The `images` list of a COCO-style JSON (ids from 1)."""
+    return [
         {
             "id": i + 1,
             "file_name": n,
@@ -184,7 +193,6 @@ def _panoptic_json(scenes, names, dataset_ids, categories, png_names) -> dict:
         }
         for i, (s, n) in enumerate(zip(scenes, names, strict=True))
     ]
-    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def _instances_json(scenes, names, dataset_ids, categories) -> dict:
@@ -213,16 +221,7 @@ def _instances_json(scenes, names, dataset_ids, categories) -> dict:
                     "bbox": list(mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m)))),
                 }
             )
-    images = [
-        {
-            "id": i + 1,
-            "file_name": n,
-            "height": int(s.image.shape[0]),
-            "width": int(s.image.shape[1]),
-        }
-        for i, (s, n) in enumerate(zip(scenes, names, strict=True))
-    ]
-    return {"images": images, "annotations": anns, "categories": categories}
+    return {"images": _images_json(scenes, names), "annotations": anns, "categories": categories}
 
 
 def _coco_categories(dataset: str) -> list[dict]:
