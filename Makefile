@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export WANDB_MODE ?= disabled
 
-.PHONY: install test test-fast lint format demo bench clean
+.PHONY: install test test-fast test-slurm lint format demo bench clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,11 @@ test: install
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"
+
+# the SLURM launcher and pre-emption requeue against a single-node cluster on this machine (root)
+test-slurm: install
+	bash scripts/local_slurm.sh start
+	$(BIN)/pytest -q -m slurm
 
 lint: install
 	$(BIN)/ruff check .

@@ -24,6 +24,8 @@ class TextProgress(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
         self._start_step = trainer.global_step
+        if trainer.global_step > 0 and trainer.is_global_zero:
+            print(f"resumed at step {trainer.global_step}", flush=True)
 
     @rank_zero_only
     def on_train_batch_end(

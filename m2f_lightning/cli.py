@@ -283,6 +283,23 @@ def resume_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(path)
 
 
+def retire_hpc_checkpoints(trainer: L.Trainer, output_dir: Path) -> None:
+    """After a finished fit, replace the pre-emption checkpoints by a final `last.ckpt`.
+
+    On SLURM, Lightning loads `<default_root_dir>/hpc_ckpt_N.ckpt` whenever `test`/`validate` get
+    no `ckpt_path`, so a requeued job would be tested with the weights of its pre-emption, not the
+    trained ones. The final state is saved first, so a later rerun still resumes at the end.
+    """
+    stale = sorted(output_dir.glob("hpc_ckpt_*.ckpt"))
+    if not stale:
+        return
+    trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt")  # collective: all ranks
+    if trainer.is_global_zero:
+        for path in stale:
+            path.unlink()
+    trainer.strategy.barrier("retire_hpc_checkpoints")
+
+
 def _load_init_weights(module: Mask2FormerModule, path: str) -> None:
     from .checkpoints import load_model
 
@@ -323,9 +340,12 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
     logger = build_logger(cfg, output_dir)
     trainer = build_trainer(cfg, output_dir, logger, build_callbacks(cfg, output_dir))
     ckpt_path = resume_path(cfg, output_dir)
+    if ckpt_path and trainer.is_global_zero:
+        print(f"resuming from {ckpt_path}", flush=True)
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - start
+    retire_hpc_checkpoints(trainer, output_dir)
     summary: dict[str, Any] = {
         "output_dir": str(output_dir),
         "train_seconds": round(train_seconds, 1),

@@ -1,0 +1,175 @@
+"""The SLURM launcher against a real cluster: a sweep goes out as a job array and every job
+finishes, and a job signalled for pre-emption saves, requeues and resumes where it stopped.
+
+Runs where a cluster answers (`bash scripts/local_slurm.sh start` makes one on this machine;
+`.ci/run` does that when it can); skipped otherwise. Partition: $M2F_TEST_SLURM_PARTITION or debug.
+"""
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from m2f_lightning.data.synthetic import write_dataset
+from tests.helpers import TINY_OVERRIDES
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITION = os.environ.get("M2F_TEST_SLURM_PARTITION", "debug")
+
+
+def _cluster_up() -> bool:
+    if shutil.which("sinfo") is None or shutil.which("sacct") is None:
+        return False
+    try:
+        out = subprocess.run(
+            ["sinfo", "-h", "-p", PARTITION, "-o", "%T"], capture_output=True, text=True, timeout=10
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return out.returncode == 0 and any(s in out.stdout for s in ("idle", "mixed"))
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.slurm,
+    pytest.mark.skipif(not _cluster_up(), reason=f"no SLURM partition '{PARTITION}' answering"),
+]
+
+
+def _sweep(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+    """`python train.py -m hydra/launcher=slurm ...` at tiny sizes, output under tmp_path/sweep."""
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith("logger=")]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=slurm",
+        *overrides,
+        *tiny,
+        "logger=csv",
+        f"paths.datasets_dir={tmp_path / 'datasets'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"hydra.launcher.partition={PARTITION}",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=10",
+    ]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _finish(process: subprocess.Popen, timeout: float = 420) -> str:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        subprocess.run(["scancel", "--name=train"], check=False)
+        raise
+    assert process.returncode == 0, output
+    return output
+
+
+def _job_ids(sweep: Path) -> list[str]:
+    return sorted(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir())
+
+
+def _sacct_states(job_id: str, expected_rows: int, timeout: float = 60) -> list[str]:
+    """Job-level states of an array job; sacct rows appear a few seconds after the jobs end."""
+    deadline = time.monotonic() + timeout
+    states: list[str] = []
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", job_id.split("_")[0], "-o", "State"],
+            capture_output=True,
+            text=True,
+        )
+        states = [s.strip() for s in out.stdout.splitlines() if s.strip()]
+        if len(states) == expected_rows and all(s == "COMPLETED" for s in states):
+            break
+        time.sleep(1)
+    return states
+
+
+def test_users_semantic_sweep_runs_as_a_job_array(tmp_path: Path) -> None:
+    """The README's sweep, `task=semantic dataset=ade20k optimizer.lr=1e-4,2e-4`, at tiny sizes."""
+    write_dataset("ade20k", tmp_path / "datasets", num=4, num_val=2, seed=0)
+    process = _sweep(
+        tmp_path,
+        "task=semantic",
+        "dataset=ade20k",
+        "optimizer.lr=1e-4,2e-4",
+        "dataset.train_aug={recipe: semantic, base_size: 96, crop_size: [96, 96]}",
+        "dataset.max_steps=4",
+        "dataset.val_every_n_steps=4",
+    )
+    _finish(process)
+    sweep = tmp_path / "sweep"
+    for job, lr in (("0", 1e-4), ("1", 2e-4)):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["global_step"] == 4 and "val/mIoU" in metrics["val"]
+        assert f"optimizer.lr={lr:g}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
+    (job_id,) = {j.split("_")[0] for j in _job_ids(sweep)}
+    assert _sacct_states(job_id, expected_rows=2) == ["COMPLETED", "COMPLETED"]
+
+
+def _logged_steps(run_dir: Path) -> dict[str, list[int]]:
+    steps = {}
+    for path in sorted((run_dir / "csv").glob("version_*/metrics.csv")):
+        with path.open() as f:
+            steps[path.parent.name] = [int(row["step"]) for row in csv.DictReader(f) if row["step"]]
+    return steps
+
+
+def test_preempted_job_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
+    """SIGUSR1 (what SLURM sends before the time limit) → hpc_ckpt_1.ckpt and `scontrol requeue`;
+    the requeued job resumes from it (no periodic checkpoint exists) and finishes the schedule."""
+    write_dataset("coco_panoptic", tmp_path / "datasets", num=8, num_val=2, seed=0)
+    max_steps = 1000
+    process = _sweep(
+        tmp_path,
+        "task=panoptic",
+        "dataset=coco",
+        "dataset.train_aug={recipe: lsj, size: 128}",
+        f"dataset.max_steps={max_steps}",
+        f"dataset.val_every_n_steps={max_steps}",
+        f"checkpoint.every_n_train_steps={10 * max_steps}",
+        "trainer.log_every_n_steps=10",
+    )
+    run = tmp_path / "sweep" / "0"
+    deadline = time.monotonic() + 240
+    while not _logged_steps(run).get("version_0"):  # the CSV logger flushes every 100 steps
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, "the job logged no training step in 240 s"
+        time.sleep(1)
+    (job_id,) = _job_ids(tmp_path / "sweep")
+    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+    _finish(process)
+
+    job_log = (tmp_path / "sweep" / ".submitit" / job_id / f"{job_id}_0_log.err").read_text()
+    assert f"Requeued SLURM job: {job_id}" in job_log
+    assert f"Restored all states from the checkpoint at {run / 'hpc_ckpt_1.ckpt'}" in job_log
+    job_out = (tmp_path / "sweep" / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
+    assert f"resuming from {run / 'hpc_ckpt_1.ckpt'}" in job_out
+    saved_at = int(re.search(r"resumed at step (\d+)", job_out)[1])
+    steps = _logged_steps(run)
+    assert set(steps) == {"version_0", "version_1"}
+    assert 0 < max(steps["version_0"]) < saved_at < max_steps
+    # the second run starts where the checkpoint was taken (first log row within 10 steps)
+    assert saved_at <= min(steps["version_1"]) < saved_at + 10
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == max_steps
+    # the test after training (same images as the last validation) used the trained weights, not
+    # the pre-emption checkpoint that Lightning loads on SLURM when given no ckpt_path
+    val = {k.removeprefix("val/"): v for k, v in metrics["val"].items()}
+    assert metrics["test"] == pytest.approx(val, rel=1e-5, abs=1e-6)
+    assert not list(run.glob("hpc_ckpt_*.ckpt"))  # consumed: replaced by the final last.ckpt
+    assert _sacct_states(job_id, expected_rows=1) == ["COMPLETED"]
