@@ -186,3 +186,45 @@ def test_cityscapes_panoptic_from_cityscapesscripts_matches_what_was_drawn(tmp_p
     assert len(converted) == len(expected)
     for i in range(len(converted)):
         assert areas(converted[i]) == expected[Path(converted[i].file_name).name]
+
+
+def test_cityscapes_prepare_rasterises_polygons_to_train_ids(tmp_path: Path) -> None:
+    """The trainIds step of prepare_cityscapes.py (cityscapesScripts' createTrainIdLabelImgs) turns
+    a `*_gtFine_polygons.json` into the `labelTrainIds` PNG that the semantic reader uses:
+    road → 0, car → 13, ego vehicle → ignore, unpainted → ignore."""
+    write_dataset("cityscapes", tmp_path, num=2, num_val=2, seed=3)
+    sample = build_reader("cityscapes", "semantic", "val", tmp_path)[0]
+    height, width = sample.sem_seg.shape
+    stem = Path(sample.file_name).name.replace("_leftImg8bit.png", "")
+    folder = tmp_path / "cityscapes" / "gtFine" / "val" / stem.split("_")[0]
+    (folder / f"{stem}_gtFine_labelTrainIds.png").unlink()
+    polygons = {
+        "imgHeight": height,
+        "imgWidth": width,
+        "objects": [  # drawn in order, later over earlier; the top row stays unpainted
+            {
+                "label": "road",
+                "polygon": [[0, 10], [width - 1, 10], [width - 1, height - 1], [0, height - 1]],
+            },
+            {"label": "car", "polygon": [[20, 30], [80, 30], [80, 60], [20, 60]]},
+            {
+                "label": "ego vehicle",
+                "polygon": [
+                    [0, height - 20],
+                    [width - 1, height - 20],
+                    [width - 1, height - 1],
+                    [0, height - 1],
+                ],
+            },
+        ],
+    }
+    (folder / f"{stem}_gtFine_polygons.json").write_text(json.dumps(polygons))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_cityscapes.py"
+    subprocess.run([sys.executable, str(script), "--root", str(tmp_path)], check=True)
+
+    sem = build_reader("cityscapes", "semantic", "val", tmp_path)[0].sem_seg
+    assert (sem[:10] == 255).all()  # unpainted
+    assert (sem[40:50, 30:70] == 13).all()  # car
+    assert (sem[15:25, 100:] == 0).all() and (sem[70 : height - 21] == 0).all()  # road
+    assert (sem[height - 19 :] == 255).all()  # ego vehicle: ignored in training
+    assert set(np.unique(sem).tolist()) == {0, 13, 255}
