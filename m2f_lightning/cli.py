@@ -19,9 +19,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .data import SegmentationDataModule, check_task
 from .lightning_module import Mask2FormerModule
+from .preemption import PREEMPTED_CHECKPOINT, SlurmPreemption
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = PROJECT_ROOT / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# `m2f_lightning/conf` links to the checkout's `conf/`; an installed wheel holds a copy of it
+CONFIG_DIR = PACKAGE_DIR / "conf"
+# outputs/ and datasets/ live in the checkout (editable install, `python train.py`); with the
+# package installed from a wheel they live under the working directory
+PROJECT_ROOT = (
+    PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").is_file() else Path.cwd()
+)
 os.environ.setdefault("M2F_PROJECT_ROOT", str(PROJECT_ROOT))
 
 
@@ -239,15 +246,12 @@ def build_trainer(cfg: DictConfig, output_dir: Path, logger=False, callbacks=Non
 
     plugins = []
     if SLURMEnvironment.detect():
-        # One requeue owner: Lightning. SLURM sends SIGUSR1 before the time limit (the launcher's
-        # `signal: USR1@...`), Lightning saves <output_dir>/hpc_ckpt_N.ckpt and runs `scontrol
-        # requeue`; the requeued job re-enters `train` and `resume: auto` picks that checkpoint.
-        from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-        plugins.append(SLURMEnvironment(auto_requeue=True))
+        # ranks and addresses from SLURM; pre-emption is handled by SlurmPreemption (train), which
+        # saves at a step boundary, not by Lightning's auto-requeue, which saves mid-step
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
         **kwargs,
-        # hpc_ckpt_N.ckpt lands here: per job, never shared between the jobs of a sweep
+        # per job: never shared between the jobs of a sweep
         default_root_dir=str(output_dir),
         logger=logger,
         callbacks=callbacks or [],
@@ -266,13 +270,13 @@ def resume_path(cfg: DictConfig, output_dir: Path) -> str | None:
     """The checkpoint `fit` continues from.
 
     `resume: auto` takes the newest of `<output_dir>/checkpoints/last.ckpt` (periodic) and
-    `<output_dir>/hpc_ckpt_N.ckpt` (saved by Lightning on SLURM's pre-emption signal), so a
-    requeued job loses at most the steps since the later of the two.
+    `<output_dir>/preempted.ckpt` (saved on SLURM's pre-emption signal), so a requeued job
+    loses at most the steps since the later of the two.
     """
     if cfg.resume in (None, False, "none"):
         return None
     if cfg.resume == "auto":
-        candidates = [output_dir / "checkpoints" / "last.ckpt", *output_dir.glob("hpc_ckpt_*.ckpt")]
+        candidates = [output_dir / "checkpoints" / "last.ckpt", output_dir / PREEMPTED_CHECKPOINT]
         existing = [p for p in candidates if p.is_file()]
         if not existing:
             return None
@@ -283,21 +287,16 @@ def resume_path(cfg: DictConfig, output_dir: Path) -> str | None:
     return str(path)
 
 
-def retire_hpc_checkpoints(trainer: L.Trainer, output_dir: Path) -> None:
-    """After a finished fit, replace the pre-emption checkpoints by a final `last.ckpt`.
-
-    On SLURM, Lightning loads `<default_root_dir>/hpc_ckpt_N.ckpt` whenever `test`/`validate` get
-    no `ckpt_path`, so a requeued job would be tested with the weights of its pre-emption, not the
-    trained ones. The final state is saved first, so a later rerun still resumes at the end.
-    """
-    stale = sorted(output_dir.glob("hpc_ckpt_*.ckpt"))
-    if not stale:
+def retire_preemption_checkpoint(trainer: L.Trainer, output_dir: Path) -> None:
+    """After a finished fit, replace `preempted.ckpt` by a final `last.ckpt`, so that a rerun in
+    the same folder resumes at the end rather than at the pre-emption."""
+    stale = output_dir / PREEMPTED_CHECKPOINT
+    if not stale.is_file():
         return
     trainer.save_checkpoint(output_dir / "checkpoints" / "last.ckpt")  # collective: all ranks
     if trainer.is_global_zero:
-        for path in stale:
-            path.unlink()
-    trainer.strategy.barrier("retire_hpc_checkpoints")
+        stale.unlink()
+    trainer.strategy.barrier("retire_preemption_checkpoint")
 
 
 def _load_init_weights(module: Mask2FormerModule, path: str) -> None:
@@ -332,20 +331,27 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
     warn_if_not_the_recipe_batch(cfg)
     output_dir = Path(output_dir or _output_dir())
     output_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
-    dm = build_datamodule(cfg)
-    module = build_module(cfg, dm)
-    if cfg.get("init_weights"):
-        _load_init_weights(module, cfg.init_weights)
-    logger = build_logger(cfg, output_dir)
-    trainer = build_trainer(cfg, output_dir, logger, build_callbacks(cfg, output_dir))
-    ckpt_path = resume_path(cfg, output_dir)
-    if ckpt_path and trainer.is_global_zero:
-        print(f"resuming from {ckpt_path}", flush=True)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    train_seconds = time.perf_counter() - start
-    retire_hpc_checkpoints(trainer, output_dir)
+    preemption = SlurmPreemption(output_dir)
+    preemption.install()  # early: SLURM may signal while the job is still starting
+    try:
+        L.seed_everything(cfg.seed, workers=True)
+        dm = build_datamodule(cfg)
+        module = build_module(cfg, dm)
+        if cfg.get("init_weights"):
+            _load_init_weights(module, cfg.init_weights)
+        logger = build_logger(cfg, output_dir)
+        trainer = build_trainer(
+            cfg, output_dir, logger, [*build_callbacks(cfg, output_dir), preemption]
+        )
+        ckpt_path = resume_path(cfg, output_dir)
+        if ckpt_path and trainer.is_global_zero:
+            print(f"resuming from {ckpt_path}", flush=True)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        train_seconds = time.perf_counter() - start
+    finally:  # a pre-emption leaves through here as `Preempted`, after its checkpoint
+        preemption.uninstall()
+    retire_preemption_checkpoint(trainer, output_dir)
     summary: dict[str, Any] = {
         "output_dir": str(output_dir),
         "train_seconds": round(train_seconds, 1),

@@ -82,8 +82,8 @@ def test_slurm_launcher_takes_tasks_and_nodes_from_the_trainer(tmp_path: Path) -
 
 
 def test_slurm_job_signals_lightning_not_submitit(tmp_path: Path) -> None:
-    """One requeue owner: the sbatch submitit writes must send USR1 (Lightning's auto-requeue
-    saves hpc_ckpt and requeues), not submitit's USR2, and submitit must not resubmit too."""
+    """One requeue owner: the sbatch submitit writes must send USR1 (SlurmPreemption saves
+    preempted.ckpt and requeues), not submitit's USR2, and submitit must not resubmit too."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from submitit.slurm.slurm import _make_sbatch_string

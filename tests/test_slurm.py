@@ -130,8 +130,9 @@ def _logged_steps(run_dir: Path) -> dict[str, list[int]]:
 
 
 def test_preempted_job_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
-    """SIGUSR1 (what SLURM sends before the time limit) → hpc_ckpt_1.ckpt and `scontrol requeue`;
-    the requeued job resumes from it (no periodic checkpoint exists) and finishes the schedule."""
+    """SIGUSR1 (what SLURM sends before the time limit) → preempted.ckpt at a step boundary and
+    `scontrol requeue`; the requeued job resumes from it (no periodic checkpoint exists) at that
+    step and finishes the schedule."""
     write_dataset("coco_panoptic", tmp_path / "datasets", num=8, num_val=2, seed=0)
     max_steps = 1000
     process = _sweep(
@@ -154,22 +155,26 @@ def test_preempted_job_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
     _finish(process)
 
-    job_log = (tmp_path / "sweep" / ".submitit" / job_id / f"{job_id}_0_log.err").read_text()
-    assert f"Requeued SLURM job: {job_id}" in job_log
-    assert f"Restored all states from the checkpoint at {run / 'hpc_ckpt_1.ckpt'}" in job_log
-    job_out = (tmp_path / "sweep" / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
-    assert f"resuming from {run / 'hpc_ckpt_1.ckpt'}" in job_out
-    saved_at = int(re.search(r"resumed at step (\d+)", job_out)[1])
+    logs = tmp_path / "sweep" / ".submitit" / job_id
+    job_out = (logs / f"{job_id}_0_log.out").read_text()
+    saved_at = int(re.search(r"pre-empted: saved .*preempted.ckpt at step (\d+)", job_out)[1])
+    assert f"requeued SLURM job {job_id}" in job_out
+    assert f"resuming from {run / 'preempted.ckpt'}" in job_out
+    assert f"resumed at step {saved_at}" in job_out
+    assert (
+        f"Restored all states from the checkpoint at {run / 'preempted.ckpt'}"
+        in (logs / f"{job_id}_0_log.err").read_text()
+    )
     steps = _logged_steps(run)
     assert set(steps) == {"version_0", "version_1"}
-    assert 0 < max(steps["version_0"]) < saved_at < max_steps
+    assert 0 < max(steps["version_0"]) <= saved_at < max_steps
     # the second run starts where the checkpoint was taken (first log row within 10 steps)
     assert saved_at <= min(steps["version_1"]) < saved_at + 10
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == max_steps
-    # the test after training (same images as the last validation) used the trained weights, not
-    # the pre-emption checkpoint that Lightning loads on SLURM when given no ckpt_path
+    # the last validation ran at the final step: the test after training (same images, final
+    # weights) gives the same numbers
     val = {k.removeprefix("val/"): v for k, v in metrics["val"].items()}
     assert metrics["test"] == pytest.approx(val, rel=1e-5, abs=1e-6)
-    assert not list(run.glob("hpc_ckpt_*.ckpt"))  # consumed: replaced by the final last.ckpt
+    assert not (run / "preempted.ckpt").exists()  # consumed: replaced by the final last.ckpt
     assert _sacct_states(job_id, expected_rows=1) == ["COMPLETED"]

@@ -3,13 +3,18 @@ continues, evaluate and predict write their files, precision switches (W&B: test
 DDP: test_ddp.py)."""
 
 import json
+import os
+import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
+from m2f_lightning import cli
 from m2f_lightning.cli import evaluate, predict, resume_path, train
 from m2f_lightning.data.synthetic import write_dataset
+from m2f_lightning.preemption import Preempted
 from tests.helpers import TINY_OVERRIDES, compose
 
 FORMATS = {
@@ -97,6 +102,49 @@ def test_resume_continues_steps_and_schedule(datasets: Path, tmp_path: Path) -> 
     assert scheduler["_last_lr"][-1] == pytest.approx(1e-4 * (1 - 4 / 4) ** 0.9, abs=1e-12)
 
 
+class _SignalAtStep(L.Callback):
+    """Sends this process SIGUSR1 (what SLURM sends before the time limit) after step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_preemption_signal_saves_at_the_step_and_the_rerun_finishes_the_schedule(
+    datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    common = overrides(
+        datasets,
+        "synthetic",
+        "panoptic",
+        "dataset.max_steps=6",
+        "dataset.val_every_n_steps=3",
+        "checkpoint.every_n_train_steps=100",  # no periodic checkpoint: only the pre-emption one
+    )
+    build_callbacks = cli.build_callbacks
+    monkeypatch.setattr(cli, "build_callbacks", lambda *a: [*build_callbacks(*a), _SignalAtStep(2)])
+    with pytest.raises(Preempted, match="pre-empted at step 2"):
+        train(compose("train", common, tmp_path), tmp_path)
+    saved = torch.load(tmp_path / "preempted.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handler removed again
+
+    monkeypatch.setattr(cli, "build_callbacks", build_callbacks)
+    summary = train(compose("train", common, tmp_path), tmp_path)
+    assert summary["global_step"] == 6
+    assert not (tmp_path / "preempted.ckpt").exists()  # replaced by the final last.ckpt
+    final = torch.load(
+        tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert final["global_step"] == 6 and final["lr_schedulers"][0]["last_epoch"] == 6
+    # the last validation ran on the final weights (the test after training uses them too)
+    val = {k.removeprefix("val/"): v for k, v in summary["val"].items()}
+    assert summary["test"] == pytest.approx(val, rel=1e-5, abs=1e-6)
+
+
 @pytest.mark.parametrize("task", ["panoptic", "instance", "semantic"])
 def test_evaluate_and_predict_write_their_files(datasets: Path, tmp_path: Path, task: str) -> None:
     common = overrides(datasets, "synthetic", task)
@@ -159,10 +207,10 @@ def test_auto_resume_takes_the_newest_of_last_and_the_preemption_checkpoint(tmp_
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.write_bytes(b"")
     assert resume_path(cfg, tmp_path) == str(last)
-    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # written by Lightning on SIGUSR1, after last.ckpt
-    hpc.write_bytes(b"")
+    preempted = tmp_path / "preempted.ckpt"  # written on SIGUSR1, after last.ckpt
+    preempted.write_bytes(b"")
     os.utime(last, ns=(1_000_000_000, 1_000_000_000))
-    assert resume_path(cfg, tmp_path) == str(hpc)
+    assert resume_path(cfg, tmp_path) == str(preempted)
     assert resume_path(OmegaConf.create({"resume": None}), tmp_path) is None
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         resume_path(OmegaConf.create({"resume": str(tmp_path / "missing.ckpt")}), tmp_path)
