@@ -299,15 +299,17 @@ def retire_preemption_checkpoint(trainer: L.Trainer, output_dir: Path) -> None:
     trainer.strategy.barrier("retire_preemption_checkpoint")
 
 
-def _load_init_weights(module: Mask2FormerModule, path: str) -> None:
-    from .checkpoints import load_model
+def load_init_weights(module: Mask2FormerModule, path: str) -> None:
+    """Start training from the weights at `path` (not a resume: step, optimiser and schedule start
+    fresh). A class head of another size stays freshly initialised, for fine-tuning on new classes."""
+    from lightning.pytorch.utilities import rank_zero_only
 
-    source = load_model(path)
-    if source.num_classes != module.model.num_classes:
-        raise ValueError(
-            f"init_weights {path} has {source.num_classes} classes, the dataset {module.model.num_classes}"
-        )
-    module.model.load_state_dict(source.state_dict())
+    from .checkpoints import init_from_weights
+
+    kept = init_from_weights(module.model, path)
+    if rank_zero_only.rank == 0:
+        note = f"; class head re-initialised for {module.model.num_classes} classes" if kept else ""
+        print(f"init_weights: loaded {path}{note}", flush=True)
 
 
 def _scalars(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -338,7 +340,7 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
         dm = build_datamodule(cfg)
         module = build_module(cfg, dm)
         if cfg.get("init_weights"):
-            _load_init_weights(module, cfg.init_weights)
+            load_init_weights(module, cfg.init_weights)
         logger = build_logger(cfg, output_dir)
         trainer = build_trainer(
             cfg, output_dir, logger, [*build_callbacks(cfg, output_dir), preemption]

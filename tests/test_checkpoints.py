@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from m2f_lightning.checkpoints import load_model, save_model
+from m2f_lightning.checkpoints import init_from_weights, load_model, save_model
 from m2f_lightning.checkpoints.d2 import read_d2_pickle
+from m2f_lightning.checkpoints.io import CLASS_HEAD
 from tests.helpers import tiny_model
 
 
@@ -124,3 +125,49 @@ def test_pkl_with_arbitrary_objects_is_refused(tmp_path) -> None:
 def test_missing_checkpoint_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_model(tmp_path / "nope.pt")
+
+
+def _write_model_zoo_pkl(model, path) -> None:
+    weights = {to_d2_key(k): v.numpy() for k, v in model.state_dict().items()}
+    with path.open("wb") as f:
+        pickle.dump({"model": weights}, f)
+
+
+@pytest.mark.parametrize("source", ["ours", "pkl"])
+def test_init_from_weights_with_another_class_count_keeps_a_fresh_class_head(
+    tmp_path, source: str
+) -> None:
+    """Fine-tuning: COCO-like weights (7 classes) into a 3-class model. Everything but the class
+    head is copied; the class head keeps the target model's own initialisation."""
+    pretrained = tiny_model(num_classes=7)
+    if source == "ours":
+        path = save_model(pretrained, tmp_path / "pretrained.pt")
+    else:
+        path = tmp_path / "model_final.pkl"
+        _write_model_zoo_pkl(pretrained, path)
+    torch.manual_seed(1)
+    model = tiny_model(num_classes=3)
+    fresh_head = {k: v.clone() for k, v in model.state_dict().items() if "class_embed" in k}
+    kept = init_from_weights(model, path)
+    assert kept == list(CLASS_HEAD)
+    state, source_state = model.state_dict(), pretrained.state_dict()
+    for key, value in state.items():
+        if key in CLASS_HEAD:
+            assert torch.equal(value, fresh_head[key])
+        else:
+            assert torch.equal(value, source_state[key]), key
+
+
+def test_init_from_weights_with_the_same_classes_copies_everything(tmp_path) -> None:
+    pretrained = tiny_model(num_classes=3)
+    path = save_model(pretrained, tmp_path / "pretrained.pt")
+    torch.manual_seed(1)
+    model = tiny_model(num_classes=3)
+    assert init_from_weights(model, path) == []
+    assert same_outputs(pretrained.eval(), model.eval())
+
+
+def test_init_from_weights_of_another_architecture_names_the_tensors(tmp_path) -> None:
+    path = save_model(tiny_model(num_classes=3, num_queries=4), tmp_path / "pretrained.pt")
+    with pytest.raises(ValueError, match=r"query_feat.weight: \(4, 32\) in the file, \(8, 32\)"):
+        init_from_weights(tiny_model(num_classes=3), path)

@@ -102,6 +102,27 @@ def test_resume_continues_steps_and_schedule(datasets: Path, tmp_path: Path) -> 
     assert scheduler["_last_lr"][-1] == pytest.approx(1e-4 * (1 - 4 / 4) ** 0.9, abs=1e-12)
 
 
+def test_init_weights_fine_tunes_on_another_class_set(
+    datasets: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Weights trained on one dataset start a run on another with other classes (the class head
+    is re-initialised); the step count starts from 0 (not a resume)."""
+    pretrain = [
+        *overrides(datasets, "synthetic", "panoptic"),
+        "dataset.max_steps=2",
+        "dataset.val_every_n_steps=0",
+        "test_after_training=false",
+    ]
+    train(compose("train", pretrain, tmp_path / "pre"), tmp_path / "pre")
+    ckpt = tmp_path / "pre" / "checkpoints" / "last.ckpt"
+    finetune = overrides(datasets, "ade20k", "semantic", "debug=fast", f"init_weights={ckpt}")
+    summary = train(compose("train", finetune, tmp_path / "ft"), tmp_path / "ft")
+    assert summary["global_step"] == 1
+    assert f"init_weights: loaded {ckpt}; class head re-initialised for 150 classes" in (
+        capsys.readouterr().out
+    )
+
+
 class _SignalAtStep(L.Callback):
     """Sends this process SIGUSR1 (what SLURM sends before the time limit) after step `step`."""
 

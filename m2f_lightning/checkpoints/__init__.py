@@ -2,15 +2,17 @@
 
 from .d2 import convert_d2_state_dict, read_d2_pickle
 from .hf import convert_hf_state_dict, hf_config_to_ours, read_hf_checkpoint
-from .io import load_model, load_state_strict, save_model
+from .io import init_from_weights, load_model, load_state_strict, read_weights, save_model
 
 __all__ = [
     "convert_d2_state_dict",
     "convert_hf_state_dict",
     "hf_config_to_ours",
+    "init_from_weights",
     "load_model",
     "load_state_strict",
     "read_d2_pickle",
     "read_hf_checkpoint",
+    "read_weights",
     "save_model",
 ]

@@ -57,6 +57,30 @@ def _lightning_model_state(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[s
     return dict(config), state
 
 
+def read_weights(
+    path: str | Path,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str] | None]:
+    """(model config, state dict in our key names, class names) from any supported source; the
+    config is empty for a model-zoo `.pkl`, which does not store the architecture."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir():
+        config, hf_state, class_names = read_hf_checkpoint(path)
+        return config, convert_hf_state_dict(hf_state), class_names
+    if path.suffix == ".pkl":
+        return {}, convert_d2_state_dict(read_d2_pickle(path)), None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path} is not a checkpoint dict")
+    if ckpt.get("format") == "m2f_lightning":
+        return dict(ckpt["model_config"]), ckpt["state_dict"], ckpt.get("class_names")
+    if "state_dict" in ckpt and "pytorch-lightning_version" in ckpt:
+        config, state = _lightning_model_state(ckpt)
+        return config, state, (ckpt.get("hyper_parameters") or {}).get("class_names")
+    raise ValueError(f"{path}: unknown checkpoint format (keys: {sorted(ckpt)[:10]})")
+
+
 def load_model(
     path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
 ) -> Mask2Former:
@@ -69,34 +93,47 @@ def load_model(
     `overrides` replace entries of the stored model config.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    class_names = None
-    if path.is_dir():
-        config, hf_state, class_names = read_hf_checkpoint(path)
-        state = convert_hf_state_dict(hf_state)
-    elif path.suffix == ".pkl":
-        if "num_classes" not in overrides:
-            raise ValueError(
-                f"{path} is a model-zoo .pkl, which does not store the architecture: pass "
-                "num_classes=... (and backbone=..., num_queries=... if not the R50 defaults)"
-            )
-        config = {}
-        state = convert_d2_state_dict(read_d2_pickle(path))
-    else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict):
-            raise ValueError(f"{path} is not a checkpoint dict")
-        if ckpt.get("format") == "m2f_lightning":
-            config, state = dict(ckpt["model_config"]), ckpt["state_dict"]
-            class_names = ckpt.get("class_names")
-        elif "state_dict" in ckpt and "pytorch-lightning_version" in ckpt:
-            config, state = _lightning_model_state(ckpt)
-            class_names = (ckpt.get("hyper_parameters") or {}).get("class_names")
-        else:
-            raise ValueError(f"{path}: unknown checkpoint format (keys: {sorted(ckpt)[:10]})")
+    if path.suffix == ".pkl" and "num_classes" not in overrides:
+        raise ValueError(
+            f"{path} is a model-zoo .pkl, which does not store the architecture: pass "
+            "num_classes=... (and backbone=..., num_queries=... if not the R50 defaults)"
+        )
+    config, state, class_names = read_weights(path)
     config = {**config, **overrides, "backbone_pretrained": False}
     model = Mask2Former(**config)
     load_state_strict(model, state, str(path))
     model.class_names = class_names
     return model.to(map_location).eval()
+
+
+CLASS_HEAD = ("transformer_decoder.class_embed.weight", "transformer_decoder.class_embed.bias")
+
+
+def init_from_weights(model: Mask2Former, path: str | Path) -> list[str]:
+    """Copy the weights at `path` (any source `load_model` reads) into `model` to fine-tune it.
+
+    Every tensor must fit, except the class head: with another number of classes (COCO weights
+    for a 5-class dataset) it keeps its fresh initialisation. Returns the keys left as they were.
+    """
+    _, state, _ = read_weights(path)
+    target = model.state_dict()
+    kept = [k for k in CLASS_HEAD if k in state and state[k].shape != target[k].shape]
+    state = {k: v for k, v in state.items() if k not in kept}
+    mismatched = [
+        f"{k}: {tuple(v.shape)} in the file, {tuple(target[k].shape)} in the model"
+        for k, v in state.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"weights from {path} have another architecture than the model (same backbone, "
+            f"queries and widths needed; only the class count may differ): {mismatched[:10]}"
+        )
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in kept]
+    if missing or result.unexpected_keys:
+        raise KeyError(
+            f"weights from {path} do not fit the model: missing {missing[:20]}, "
+            f"unexpected {result.unexpected_keys[:20]}"
+        )
+    return kept
