@@ -42,16 +42,12 @@ class SlurmPreemption(L.Callback):
     """Save `<output_dir>/preempted.ckpt` and requeue the job when SLURM sends `signum`.
 
     Call `install()` as early as possible (SLURM may signal while the job is still starting) and
-    `uninstall()` when done; `preempted_at` is the global step saved, or None.
+    `uninstall()` when done.
     """
 
-    def __init__(
-        self, output_dir: Path, signum: int = signal.SIGUSR1, requeue: bool = True
-    ) -> None:
+    def __init__(self, output_dir: Path, signum: int = signal.SIGUSR1) -> None:
         self.path = Path(output_dir) / PREEMPTED_CHECKPOINT
         self.signum = signum
-        self.requeue = requeue
-        self.preempted_at: int | None = None
         self._signalled = False
         self._previous: Any = None
         self._pid: int | None = None
@@ -71,8 +67,6 @@ class SlurmPreemption(L.Callback):
             self._signalled = True
 
     def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
-        if self.preempted_at is not None:
-            return
         # every rank takes part, so all save at the same step even when only some got the signal
         if not trainer.strategy.reduce_boolean_decision(self._signalled, all=False):
             return
@@ -81,10 +75,8 @@ class SlurmPreemption(L.Callback):
         if trainer.is_global_zero:
             os.replace(partial, self.path)  # never a truncated file under the resumed name
             print(f"pre-empted: saved {self.path} at step {trainer.global_step}", flush=True)
-            if self.requeue:
-                self._requeue()
+            self._requeue()
         trainer.strategy.barrier("slurm_preemption")
-        self.preempted_at = trainer.global_step
         # leave now: `should_stop` would still run a validation first, minutes on COCO
         raise Preempted(
             f"pre-empted at step {trainer.global_step}: {self.path} (the requeued job, or a rerun "

@@ -29,6 +29,12 @@ def root(tmp_path_factory) -> Path:
     return out
 
 
+def run_prepare_script(name: str, root: Path, *args: str) -> None:
+    """Run scripts/<name> on the datasets root, as a user would."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / name
+    subprocess.run([sys.executable, str(script), "--root", str(root), *args], check=True)
+
+
 def pixel_counts(classes: np.ndarray) -> dict[str, int]:
     values, counts = np.unique(classes[classes != 255], return_counts=True)
     return {str(v): int(c) for v, c in zip(values, counts, strict=True)}
@@ -116,12 +122,7 @@ def test_coco_semantic_prepared_pngs_equal_the_on_the_fly_derivation(tmp_path: P
         for s in sample.segments:
             classes[sample.id_map == s["id"]] = s["category"]
         expected[Path(sample.file_name).name] = classes
-    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_coco_semantic.py"
-    subprocess.run(
-        [sys.executable, str(script), "--root", str(tmp_path), "--workers", "1"],
-        check=True,
-        capture_output=True,
-    )
+    run_prepare_script("prepare_coco_semantic.py", tmp_path, "--workers", "1")
     prepared = build_reader("coco", "semantic", "val", tmp_path)
     assert type(prepared).__name__ == "SemanticReader" and len(prepared) == len(expected)
     for i in range(len(prepared)):
@@ -147,12 +148,7 @@ def test_ade20k_prepare_script_rebuilds_panoptic_and_instances(tmp_path: Path) -
         (ade / f"ade20k_instance_{split}.json").unlink()
         for png in (ade / f"ade20k_panoptic_{split}").glob("*.png"):
             png.unlink()
-    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_ade20k.py"
-    subprocess.run(
-        [sys.executable, str(script), "--root", str(tmp_path), "--workers", "1"],
-        check=True,
-        capture_output=True,
-    )
+    run_prepare_script("prepare_ade20k.py", tmp_path, "--workers", "1")
     panoptic = build_reader("ade20k", "panoptic", "val", tmp_path)
     instance = build_reader("ade20k", "instance", "val", tmp_path)
     things = set(metadata_for("ade20k", "panoptic").thing_ids)
@@ -180,8 +176,7 @@ def test_cityscapes_panoptic_from_cityscapesscripts_matches_what_was_drawn(tmp_p
     gt = tmp_path / "cityscapes" / "gtFine"
     for split in ("train", "val"):
         (gt / f"cityscapes_panoptic_{split}.json").unlink()
-    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_cityscapes.py"
-    subprocess.run([sys.executable, str(script), "--root", str(tmp_path)], check=True)
+    run_prepare_script("prepare_cityscapes.py", tmp_path)
     converted = build_reader("cityscapes", "panoptic", "val", tmp_path)
     assert len(converted) == len(expected)
     for i in range(len(converted)):
@@ -219,8 +214,7 @@ def test_cityscapes_prepare_rasterises_polygons_to_train_ids(tmp_path: Path) -> 
         ],
     }
     (folder / f"{stem}_gtFine_polygons.json").write_text(json.dumps(polygons))
-    script = Path(__file__).resolve().parents[1] / "scripts" / "prepare_cityscapes.py"
-    subprocess.run([sys.executable, str(script), "--root", str(tmp_path)], check=True)
+    run_prepare_script("prepare_cityscapes.py", tmp_path)
 
     sem = build_reader("cityscapes", "semantic", "val", tmp_path)[0].sem_seg
     assert (sem[:10] == 255).all()  # unpainted
