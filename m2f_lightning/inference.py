@@ -8,12 +8,25 @@ stays bounded for large images.
 """
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .types import InstanceSet, ModelOutput, Segment, SegmentationResult
+
 QUERY_CHUNK = 16  # queries upsampled to full resolution at once
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Post-processing thresholds: the paper's values are the defaults (the one place they live;
+    `conf/inference/default.yaml` sets them from the dataset where the recipes differ)."""
+
+    object_mask_threshold: float = 0.8  # panoptic: keep queries whose class score is above
+    overlap_threshold: float = 0.8  # panoptic: drop segments mostly hidden by others
+    topk: int = 100  # instance: (query, class) pairs kept per image
 
 
 def resize_to_original(
@@ -242,3 +255,48 @@ def _instances_full_resolution(
     unique_q, inverse = torch.unique(query_idx, return_inverse=True)
     full = _full_resolution(mask_logits[unique_q], image_size, padded_size, original_size)[inverse]
     return _score_instances(scores, labels, full)
+
+
+def predict_results(
+    outputs: ModelOutput,
+    image_sizes: Sequence[Sequence[int]],
+    original_sizes: Sequence[Sequence[int]],
+    task: str,
+    thing_ids: Iterable[int] = (),
+    settings: InferenceSettings | None = None,
+) -> list[SegmentationResult]:
+    """`postprocess` as typed `SegmentationResult`s (what metrics, writers and overlays read)."""
+    settings = settings or InferenceSettings()
+    raw = postprocess(
+        outputs,
+        image_sizes,
+        original_sizes,
+        task,
+        thing_ids,
+        object_mask_threshold=settings.object_mask_threshold,
+        overlap_threshold=settings.overlap_threshold,
+        topk=settings.topk,
+    )
+    return [_as_result(r) for r in raw]
+
+
+def _as_result(raw: dict[str, Any]) -> SegmentationResult:
+    instances = raw.get("instances")
+    return SegmentationResult(
+        sem_seg=raw.get("sem_seg"),
+        panoptic_seg=raw.get("panoptic_seg"),
+        segments=[
+            Segment(
+                id=int(s["id"]),
+                category_id=int(s["category_id"]),
+                isthing=bool(s["isthing"]),
+                score=float(s["score"]),
+            )
+            for s in raw.get("segments_info", [])
+        ],
+        instances=None
+        if instances is None
+        else InstanceSet(
+            masks=instances["masks"], labels=instances["labels"], scores=instances["scores"]
+        ),
+    )

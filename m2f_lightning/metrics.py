@@ -12,6 +12,8 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.detection import MeanAveragePrecision
 
+from .types import EvalTarget, InstanceSet, Segment, SegmentationResult
+
 # faster-coco-eval prints its whole summary at INFO level on every compute
 logging.getLogger("faster_coco_eval").setLevel(logging.WARNING)
 
@@ -188,16 +190,16 @@ class SemanticIoU(MulticlassJaccardIndex):
 
 
 def panoptic_to_pairs(
-    panoptic_seg: torch.Tensor, segments_info: Sequence[dict[str, Any]], void: int = -1
+    panoptic_seg: torch.Tensor, segments: Sequence[Segment], void: int = -1
 ) -> torch.Tensor:
-    """Our panoptic result (id map + segments_info) → [H, W, 2] (category, instance) pairs."""
+    """A panoptic result (id map + segments) → [H, W, 2] (category, instance) pairs."""
     pairs = torch.full(
         (*panoptic_seg.shape, 2), void, dtype=torch.int64, device=panoptic_seg.device
     )
-    for segment in segments_info:
-        mask = panoptic_seg == segment["id"]
-        pairs[mask, 0] = int(segment["category_id"])
-        pairs[mask, 1] = int(segment["id"])
+    for segment in segments:
+        mask = panoptic_seg == segment.id
+        pairs[mask, 0] = segment.category_id
+        pairs[mask, 1] = segment.id
     return pairs
 
 
@@ -233,38 +235,43 @@ class SegmentationMetrics(torch.nn.Module):
             else None
         )
 
-    def update(self, results: Sequence[dict[str, Any]], batch: dict[str, Any]) -> None:
-        """Feed post-processed results (see `inference.postprocess`) and the batch's eval targets."""
-        for i, result in enumerate(results):
+    def update(self, results: Sequence[SegmentationResult], targets: Sequence[EvalTarget]) -> None:
+        """Score post-processed results against the ground truth of the same images, from any
+        model whose outputs are converted to `SegmentationResult`."""
+        if len(results) != len(targets):
+            raise ValueError(f"{len(results)} results for {len(targets)} targets")
+        for result, target in zip(results, targets, strict=True):
             if self.pq is not None:
-                pred = panoptic_to_pairs(result["panoptic_seg"], result["segments_info"])
-                target = batch["panoptic"][i].to(pred.device)
-                crowd = batch.get("panoptic_crowd")
-                crowd = crowd[i].to(pred.device)[None] if crowd is not None else None
-                self.pq.update(pred[None], target[None], crowd)
+                pred = panoptic_to_pairs(
+                    _need(result.panoptic_seg, "panoptic_seg"), result.segments
+                )
+                gt = _need(target.panoptic, "panoptic target").to(pred.device)
+                crowd = target.panoptic_crowd
+                crowd = crowd.to(pred.device)[None] if crowd is not None else None
+                self.pq.update(pred[None], gt[None], crowd)
             if self.ap is not None:
-                inst = result["instances"]
-                gt = batch["instances"][i]
+                inst = _need(result.instances, "instances")
+                gt_inst = _need(target.instances, "instances target")
                 self.ap.update(
                     [
                         {
-                            "masks": inst["masks"].cpu(),
-                            "scores": inst["scores"].cpu(),
-                            "labels": inst["labels"].cpu(),
+                            "masks": inst.masks.cpu().bool(),
+                            "scores": _need(inst.scores, "instance scores").cpu(),
+                            "labels": inst.labels.cpu(),
                         }
                     ],
                     [
                         {
-                            "masks": gt["masks"].cpu().bool(),
-                            "labels": gt["labels"].cpu(),
-                            "iscrowd": gt["iscrowd"].cpu().long(),
+                            "masks": gt_inst.masks.cpu().bool(),
+                            "labels": gt_inst.labels.cpu(),
+                            "iscrowd": _crowd_flags(gt_inst).cpu().long(),
                         }
                     ],
                 )
             if self.miou is not None:
-                pred = result["sem_seg"].argmax(0)
-                target = batch["sem_seg"][i].to(pred.device)
-                self.miou.update(pred[None], target[None])
+                pred = _need(result.sem_seg, "sem_seg").argmax(0)
+                gt = _need(target.sem_seg, "sem_seg target").to(pred.device)
+                self.miou.update(pred[None], gt[None])
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -313,3 +320,15 @@ class SegmentationMetrics(torch.nn.Module):
         for metric in (self.pq, self.ap, self.miou):
             if metric is not None:
                 metric.reset()
+
+
+def _need(value: Any, what: str) -> Any:
+    if value is None:
+        raise ValueError(f"the metrics of this task need {what}, which is missing")
+    return value
+
+
+def _crowd_flags(instances: InstanceSet) -> torch.Tensor:
+    if instances.iscrowd is not None:
+        return instances.iscrowd
+    return torch.zeros(len(instances.labels), dtype=torch.bool)

@@ -3,7 +3,6 @@
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -11,11 +10,12 @@ from pycocotools import mask as mask_utils
 
 from .data.catalog import DatasetMetadata
 from .data.io import id_to_rgb, read_image
-from .visualize import overlay, panoptic_class_map
+from .types import SegmentationResult
+from .visualize import class_map, overlay
 
 
 def write_predictions(
-    results: list[dict[str, Any]],
+    results: list[SegmentationResult],
     task: str,
     metadata: DatasetMetadata,
     out_dir: Path,
@@ -25,12 +25,11 @@ def write_predictions(
     written: list[Path] = []
     panoptic_annotations, instance_results = [], []
     for result in results:
-        path = Path(result["file_name"])
+        path = Path(result.file_name)
         stem = path.stem
         image = read_image(path)
         if task == "panoptic":
-            seg = result["panoptic_seg"].cpu().numpy()
-            segments = result["segments_info"]
+            seg = result.panoptic_seg.cpu().numpy()
             png = out_dir / f"{stem}_panoptic.png"
             Image.fromarray(id_to_rgb(seg)).save(png)
             written.append(png)
@@ -40,46 +39,38 @@ def write_predictions(
                     "image_id": stem,
                     "segments_info": [
                         {
-                            "id": s["id"],
-                            "category_id": metadata.dataset_ids[s["category_id"]],
-                            "isthing": int(s["isthing"]),
-                            "score": s["score"],
-                            "area": int((seg == s["id"]).sum()),
+                            "id": s.id,
+                            "category_id": metadata.dataset_ids[s.category_id],
+                            "isthing": int(s.isthing),
+                            "score": s.score,
+                            "area": int((seg == s.id).sum()),
                         }
-                        for s in segments
+                        for s in result.segments
                     ],
                 }
             )
-            vis = overlay(
-                image, panoptic_class_map(seg, segments), metadata.colors, segment_map=seg
-            )
+            vis = overlay(image, class_map(result), metadata.colors, segment_map=seg)
         elif task == "semantic":
-            classes = result["sem_seg"].argmax(0).cpu().numpy().astype(np.uint8)
+            classes = result.class_map().cpu().numpy().astype(np.uint8)
             png = out_dir / f"{stem}_semantic.png"
             Image.fromarray(classes).save(png)
             written.append(png)
             vis = overlay(image, classes, metadata.colors)
         else:
-            vis_map = np.full(image.shape[:2], 255, dtype=np.int64)
-        if task in ("instance",):
-            inst = result["instances"]
-            order = np.argsort(-inst["scores"].cpu().numpy())
-            for i in order:
-                mask = inst["masks"][i].cpu().numpy()
-                score = float(inst["scores"][i])
+            inst = result.instances
+            for i in np.argsort(-inst.scores.cpu().numpy()):
+                mask = inst.masks[i].cpu().numpy()
                 rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
                 rle["counts"] = rle["counts"].decode()
                 instance_results.append(
                     {
                         "image_id": stem,
-                        "category_id": metadata.dataset_ids[int(inst["labels"][i])],
+                        "category_id": metadata.dataset_ids[int(inst.labels[i])],
                         "segmentation": rle,
-                        "score": score,
+                        "score": float(inst.scores[i]),
                     }
                 )
-                if score >= score_threshold:
-                    vis_map[mask & (vis_map == 255)] = int(inst["labels"][i])
-            vis = overlay(image, vis_map, metadata.colors)
+            vis = overlay(image, class_map(result, score_threshold), metadata.colors)
         out = out_dir / f"{stem}_overlay.png"
         Image.fromarray(vis).save(out)
         written.append(out)

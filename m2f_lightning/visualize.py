@@ -4,6 +4,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .types import SegmentationResult
+
 
 def colorize(
     class_map: np.ndarray, colors: Sequence[Sequence[int]], ignore: int = 255
@@ -38,22 +40,27 @@ def overlay(
     return out.clip(0, 255).astype(np.uint8)
 
 
-def panoptic_class_map(
-    panoptic_seg: np.ndarray, segments_info: Sequence[dict], ignore: int = 255
+def class_map(
+    result: SegmentationResult, instance_score_threshold: float = 0.5, ignore: int = 255
 ) -> np.ndarray:
-    """Panoptic id map → class map (void = ignore)."""
-    out = np.full(panoptic_seg.shape, ignore, dtype=np.int64)
-    for seg in segments_info:
-        out[panoptic_seg == seg["id"]] = seg["category_id"]
+    """One class per pixel of a result, int64 [H, W] (unlabelled = `ignore`): the panoptic
+    segments' classes; else the semantic argmax; else the instances scoring at least
+    `instance_score_threshold`, highest score on top."""
+    if result.panoptic_seg is not None:
+        seg = result.panoptic_seg.cpu().numpy()
+        out = np.full(seg.shape, ignore, dtype=np.int64)
+        for segment in result.segments:
+            out[seg == segment.id] = segment.category_id
+        return out
+    if result.sem_seg is not None:
+        return result.class_map().cpu().numpy().astype(np.int64)
+    if result.instances is None:
+        raise ValueError("the result holds no panoptic, semantic or instance prediction")
+    inst = result.instances
+    out = np.full(tuple(inst.masks.shape[1:]), ignore, dtype=np.int64)
+    scores = inst.scores.cpu().numpy() if inst.scores is not None else np.ones(len(inst.labels))
+    for i in np.argsort(-scores, kind="stable"):
+        if scores[i] >= instance_score_threshold:
+            mask = inst.masks[i].cpu().numpy() & (out == ignore)
+            out[mask] = int(inst.labels[i])
     return out
-
-
-def side_by_side(*images: np.ndarray) -> np.ndarray:
-    """Images of the same height next to each other, with a 4 px white gap."""
-    height = max(i.shape[0] for i in images)
-    parts = []
-    for image in images:
-        pad = np.zeros((height, image.shape[1], 3), dtype=np.uint8)
-        pad[: image.shape[0]] = image
-        parts += [pad, np.full((height, 4, 3), 255, dtype=np.uint8)]
-    return np.concatenate(parts[:-1], axis=1)

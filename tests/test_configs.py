@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from m2f_lightning.cli import (
-    CONFIG_DIR,
+from m2f_lightning.builders import (
     build_datamodule,
+    build_model,
     images_per_step,
-    model_config,
     validate_config,
     warn_if_not_the_recipe_batch,
 )
+from m2f_lightning.cli import CONFIG_DIR, upgrade_overrides
 from tests.helpers import compose
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -39,14 +39,14 @@ def test_a_run_off_the_recipe_batch_is_warned_with_the_fix(tmp_path: Path) -> No
 
 def test_paper_recipes_are_the_papers() -> None:
     cfg = compose("train", ["experiment=coco_panoptic_swin_l"], "/tmp")
-    assert cfg.model.num_queries == 200 and cfg.trainer.max_steps == 737500
+    assert cfg.model.net.num_queries == 200 and cfg.trainer.max_steps == 737500
     assert cfg.scheduler.name == "multistep" and cfg.dataset.train_aug.recipe == "lsj"
     cfg = compose("train", ["experiment=ade20k_semantic_r50"], "/tmp")
     assert cfg.scheduler.name == "poly" and cfg.trainer.max_steps == 160000
     assert list(cfg.dataset.train_aug.crop_size) == [512, 512]
     assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 0.05
     assert cfg.trainer.gradient_clip_val == 0.01 and cfg.backbone.lr_multiplier == 0.1
-    assert cfg.model.criterion.num_points == 12544 and cfg.model.decoder_layers == 9
+    assert cfg.model.criterion.num_points == 12544 and cfg.model.net.decoder_layers == 9
 
 
 def test_the_users_command_lines_compose(tmp_path: Path) -> None:
@@ -57,7 +57,9 @@ def test_the_users_command_lines_compose(tmp_path: Path) -> None:
     )
     validate_config(cfg)
     assert cfg.trainer.precision == "bf16-mixed"
-    assert model_config(cfg, 133)["backbone"] == "swin_t"
+    model = build_model(cfg, 133)
+    assert model.backbone.name == "swin_tiny_patch4_window7_224" and model.num_classes == 133
+    assert model.backbone.channels == [96, 192, 384, 768]
     cfg = compose(
         "train",
         ["hydra/launcher=slurm", "task=semantic", "dataset=ade20k", "optimizer.lr=2e-4"],
@@ -130,3 +132,21 @@ def test_debug_presets_compose_to_quick_loops(preset: str, tmp_path: Path) -> No
     else:
         assert trainer.profiler == "simple" and trainer.max_steps <= 100
     assert cfg.test_after_training is False
+
+
+def test_old_key_spellings_still_work_with_a_deprecation_warning(tmp_path: Path) -> None:
+    with pytest.warns(FutureWarning, match="write 'model.net.num_queries=50'"):
+        upgraded = upgrade_overrides(["model.num_queries=50", "model.inference.topk=10"])
+    assert upgraded == ["model.net.num_queries=50", "inference.topk=10"]
+    untouched = ["model.criterion.num_points=64", "init_weights=/w/model.num_queries.pt"]
+    assert upgrade_overrides(untouched) == untouched
+    cfg = compose("evaluate", ["checkpoint=x.pt", *upgraded], tmp_path)
+    assert cfg.model.net.num_queries == 50 and cfg.inference.topk == 10
+
+
+def test_evaluate_and_predict_compose_no_optimiser(tmp_path: Path) -> None:
+    for name, extra in (("evaluate", []), ("predict", ["inputs=[a.jpg]"])):
+        cfg = compose(name, ["checkpoint=x.pt", *extra], tmp_path)
+        assert "optimizer" not in cfg and "scheduler" not in cfg
+        assert cfg.logger.name == "none"
+    assert compose("train", [], tmp_path).logger.name == "wandb"

@@ -71,7 +71,7 @@ def test_targets_per_task_from_one_panoptic_annotation() -> None:
     assert sem["masks"][2].tolist() == [[False, False, True, True], [False, False, True, False]]
 
 
-def test_collate_pads_to_32_with_the_mean_and_false() -> None:
+def test_collate_pads_to_32_and_reports_the_image_sizes() -> None:
     items = [
         {
             "image": torch.zeros(3, 40, 50, dtype=torch.uint8),
@@ -80,6 +80,9 @@ def test_collate_pads_to_32_with_the_mean_and_false() -> None:
                 "masks": torch.ones(1, 40, 50, dtype=torch.bool),
             },
             "image_size": (40, 50),
+            "orig_size": (80, 100),
+            "file_name": "a.jpg",
+            "image_id": 1,
         },
         {
             "image": torch.zeros(3, 70, 20, dtype=torch.uint8),
@@ -88,14 +91,21 @@ def test_collate_pads_to_32_with_the_mean_and_false() -> None:
                 "masks": torch.zeros(0, 70, 20, dtype=torch.bool),
             },
             "image_size": (70, 20),
+            "orig_size": (70, 20),
+            "file_name": "b.jpg",
+            "image_id": 2,
         },
     ]
+    items[0]["image"][:] = 7
     batch = collate(items)
-    assert batch["images"].shape == (2, 3, 96, 64)
-    assert batch["images"][0, 0, 50, 0].item() == pytest.approx(123.675)
-    assert batch["targets"][0]["masks"].shape == (1, 96, 64)
-    assert batch["targets"][0]["masks"].sum() == 40 * 50
-    assert batch["image_sizes"] == [(40, 50), (70, 20)]
+    assert batch.images.shape == (2, 3, 96, 64) and batch.images.dtype == torch.uint8
+    assert batch.images[0, :, :40, :50].eq(7).all() and batch.images[0, :, 40:].eq(0).all()
+    assert batch.targets[0]["masks"].shape == (1, 96, 64)
+    assert batch.targets[0]["masks"][:, :40, :50].all() and batch.targets[0]["masks"].sum() == 2000
+    assert batch.targets[1]["masks"].shape == (0, 96, 64)
+    assert batch.image_sizes == [(40, 50), (70, 20)] and batch.orig_sizes == [(80, 100), (70, 20)]
+    assert batch.file_names == ["a.jpg", "b.jpg"] and batch.image_ids == [1, 2]
+    assert batch.eval_targets is None and len(batch) == 2
 
 
 @pytest.mark.parametrize(
@@ -138,13 +148,14 @@ def test_datamodule_serves_training_and_eval_batches(tmp_path, fmt, dataset, tas
     assert dm.metadata.num_classes > 0  # known before setup (the model needs it)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["images"].shape[0] == 2 and batch["images"].shape[-1] % 32 == 0
-    for target in batch["targets"]:
-        assert target["masks"].shape[-2:] == batch["images"].shape[-2:]
+    assert batch.images.shape[0] == 2 and batch.images.shape[-1] % 32 == 0
+    for target in batch.targets:
+        assert target["masks"].shape[-2:] == batch.images.shape[-2:]
         assert target["labels"].max() < dm.metadata.num_classes if len(target["labels"]) else True
     val = next(iter(dm.val_dataloader()))
     key = {"panoptic": "panoptic", "instance": "instances", "semantic": "sem_seg"}[task]
-    assert key in val and len(val["orig_sizes"]) == 1
+    (target,) = val.eval_targets
+    assert getattr(target, key) is not None and len(val.orig_sizes) == 1
 
 
 def test_colour_jitter_saturates_after_each_step_and_rotates_hue() -> None:

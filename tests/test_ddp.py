@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from m2f_lightning.cli import train
+from m2f_lightning.commands import train
 from m2f_lightning.data.synthetic import write_dataset
 from tests.helpers import TINY_OVERRIDES, compose
 

@@ -10,6 +10,9 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from m2f_lightning.lightning_module import Mask2FormerModule
+from m2f_lightning.losses import SetCriterion
+from m2f_lightning.modeling import Mask2Former
+from m2f_lightning.types import Batch
 from tests.helpers import TINY_SWIN
 
 CLASS_NAMES = ["sky", "ground", "circle", "square"]
@@ -33,21 +36,19 @@ MODEL_CONFIG = {
 
 def make_module(task: str = "panoptic") -> Mask2FormerModule:
     return Mask2FormerModule(
-        model_config=MODEL_CONFIG,
+        Mask2Former(**MODEL_CONFIG),
         task=task,
         class_names=CLASS_NAMES,
         thing_ids=[2, 3],
         stuff_ids=[0, 1],
-        colors=[[0, 0, 255], [0, 255, 0], [255, 0, 0], [255, 255, 0]],
-        criterion={"num_points": 64},
+        criterion=SetCriterion(4, num_points=64),
         optimizer={"lr": 1e-4},
         scheduler={"name": "poly"},
         max_steps=4,
-        num_vis_images=0,
     )
 
 
-def make_batch(size: tuple[int, int] = (64, 64)) -> dict:
+def make_batch(size: tuple[int, int] = (64, 64)) -> Batch:
     """Two images, each with a stuff region and one square thing."""
     h, w = size
     images = torch.rand(2, 3, h, w) * 255
@@ -55,14 +56,14 @@ def make_batch(size: tuple[int, int] = (64, 64)) -> dict:
     masks[0, : h // 2] = True
     masks[1, 10:30, 10:30] = True
     target = {"labels": torch.tensor([0, 3]), "masks": masks}
-    return {
-        "images": images,
-        "targets": [target, {k: v.clone() for k, v in target.items()}],
-        "image_sizes": [(h, w), (h, w)],
-        "orig_sizes": [(h, w), (h, w)],
-        "file_names": ["a.jpg", "b.jpg"],
-        "image_ids": [0, 1],
-    }
+    return Batch(
+        images=images,
+        targets=[target, {k: v.clone() for k, v in target.items()}],
+        image_sizes=[(h, w), (h, w)],
+        orig_sizes=[(h, w), (h, w)],
+        file_names=["a.jpg", "b.jpg"],
+        image_ids=[0, 1],
+    )
 
 
 def loader(num_batches: int) -> DataLoader:
@@ -115,24 +116,25 @@ def test_checkpoint_rebuilds_the_model_and_its_class_names(tmp_path: Path) -> No
 def test_predict_step_returns_results_at_the_original_size(task: str) -> None:
     module = make_module(task).eval()
     batch = make_batch((64, 96))
-    batch["orig_sizes"] = [(50, 75), (50, 75)]
+    batch.orig_sizes = [(50, 75), (50, 75)]
     with torch.no_grad():
         results = module.predict_step(batch, 0)
-    assert [r["file_name"] for r in results] == ["a.jpg", "b.jpg"]
+    assert [r.file_name for r in results] == ["a.jpg", "b.jpg"]
+    assert [r.image_id for r in results] == [0, 1]
     for result in results:
         if task == "panoptic":
-            assert tuple(result["panoptic_seg"].shape) == (50, 75)
-            assert all(0 <= s["category_id"] < 4 for s in result["segments_info"])
+            assert tuple(result.panoptic_seg.shape) == (50, 75)
+            assert all(0 <= s.category_id < 4 for s in result.segments)
         elif task == "instance":
-            assert tuple(result["instances"]["masks"].shape[1:]) == (50, 75)
+            assert tuple(result.instances.masks.shape[1:]) == (50, 75)
         else:
-            assert tuple(result["sem_seg"].shape) == (4, 50, 75)
+            assert tuple(result.sem_seg.shape) == (4, 50, 75)
 
 
 def test_class_names_must_match_the_model() -> None:
     with pytest.raises(ValueError, match="3 class names for a model with 4 classes"):
         Mask2FormerModule(
-            model_config=MODEL_CONFIG,
+            Mask2Former(**MODEL_CONFIG),
             task="semantic",
             class_names=CLASS_NAMES[:3],
             thing_ids=[],

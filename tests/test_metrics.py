@@ -11,6 +11,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from m2f_lightning.metrics import PanopticQuality, SegmentationMetrics, SemanticIoU
+from m2f_lightning.types import EvalTarget, InstanceSet, SegmentationResult
 
 THINGS, STUFFS, VOID = [1, 2, 3], [7, 8], 0
 
@@ -207,23 +208,21 @@ def test_ap_matches_pycocotools() -> None:
         preds.append((p, float(rng.random()), i % 2))
     preds.append((np.ones((h, w), dtype=bool), 0.3, 0))  # a false positive
     metrics = SegmentationMetrics("instance", num_classes=2, thing_ids=[0, 1], stuff_ids=[])
-    result = {
-        "instances": {
-            "masks": torch.from_numpy(np.stack([p[0] for p in preds])),
-            "scores": torch.tensor([p[1] for p in preds]),
-            "labels": torch.tensor([p[2] for p in preds]),
-        }
-    }
-    batch = {
-        "instances": [
-            {
-                "masks": torch.from_numpy(np.stack(gt_masks)),
-                "labels": torch.tensor(gt_labels),
-                "iscrowd": torch.zeros(4, dtype=torch.bool),
-            }
-        ]
-    }
-    metrics.update([result], batch)
+    result = SegmentationResult(
+        instances=InstanceSet(
+            masks=torch.from_numpy(np.stack([p[0] for p in preds])),
+            scores=torch.tensor([p[1] for p in preds]),
+            labels=torch.tensor([p[2] for p in preds]),
+        )
+    )
+    target = EvalTarget(
+        instances=InstanceSet(
+            masks=torch.from_numpy(np.stack(gt_masks)),
+            labels=torch.tensor(gt_labels),
+            iscrowd=torch.zeros(4, dtype=torch.bool),
+        )
+    )
+    metrics.update([result], [target])
     ours = metrics.compute()["AP"]
 
     def rle(m):

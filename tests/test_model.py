@@ -81,8 +81,24 @@ def test_bad_input_gives_clear_errors() -> None:
         model(torch.rand(1, 4, 64, 64))
     with pytest.raises(ValueError, match="\\[B, 3, H, W\\]"):
         model(torch.rand(3, 64, 64))
-    with pytest.raises(ValueError, match="float"):
-        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="float or uint8"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.int64))
+
+
+def test_padding_outside_image_sizes_does_not_change_the_output() -> None:
+    """A batch padded by the caller with any value gives the outputs of the unpadded image:
+    the model zeroes what lies outside `image_sizes` after normalising (detectron2's padding)."""
+    model = tiny_model().eval()
+    image = torch.randint(0, 256, (1, 3, 50, 70), dtype=torch.uint8)
+    padded = torch.full((1, 3, 64, 96), 200, dtype=torch.uint8)
+    padded[:, :, :50, :70] = image
+    with torch.no_grad():
+        alone = model(image.float())
+        batched = model(padded, image_sizes=[(50, 70)])
+        unmasked = model(padded)
+    torch.testing.assert_close(batched["pred_logits"], alone["pred_logits"])
+    torch.testing.assert_close(batched["pred_masks"], alone["pred_masks"])
+    assert not torch.allclose(unmasked["pred_logits"], alone["pred_logits"])
 
 
 def test_config_round_trip_rebuilds_the_same_architecture() -> None:

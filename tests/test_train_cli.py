@@ -11,10 +11,11 @@ import lightning as L
 import pytest
 import torch
 
-from m2f_lightning import cli
-from m2f_lightning.cli import evaluate, predict, resume_path, train
+from m2f_lightning import commands
+from m2f_lightning.commands import evaluate, predict, train
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.preemption import Preempted
+from m2f_lightning.resume import resume_path
 from tests.helpers import TINY_OVERRIDES, compose
 
 FORMATS = {
@@ -145,15 +146,17 @@ def test_preemption_signal_saves_at_the_step_and_the_rerun_finishes_the_schedule
         "dataset.val_every_n_steps=3",
         "checkpoint.every_n_train_steps=100",  # no periodic checkpoint: only the pre-emption one
     )
-    build_callbacks = cli.build_callbacks
-    monkeypatch.setattr(cli, "build_callbacks", lambda *a: [*build_callbacks(*a), _SignalAtStep(2)])
+    build_callbacks = commands.build_callbacks
+    monkeypatch.setattr(
+        commands, "build_callbacks", lambda *a: [*build_callbacks(*a), _SignalAtStep(2)]
+    )
     with pytest.raises(Preempted, match="pre-empted at step 2"):
         train(compose("train", common, tmp_path), tmp_path)
     saved = torch.load(tmp_path / "preempted.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == 2
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handler removed again
 
-    monkeypatch.setattr(cli, "build_callbacks", build_callbacks)
+    monkeypatch.setattr(commands, "build_callbacks", build_callbacks)
     summary = train(compose("train", common, tmp_path), tmp_path)
     assert summary["global_step"] == 6
     assert not (tmp_path / "preempted.ckpt").exists()  # replaced by the final last.ckpt

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from m2f_lightning.cli import train, wandb_run_id
+from m2f_lightning.commands import train
 from m2f_lightning.data.synthetic import write_dataset
+from m2f_lightning.wandb_run import wandb_run_id
 from tests.helpers import TINY_OVERRIDES, compose
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..modeling.mask2former import PIXEL_MEAN
+from ..types import Batch
 from .catalog import DatasetMetadata
 from .datasets import build_reader, check_task, metadata_for
 from .datasets.base import Reader
@@ -62,7 +62,7 @@ class SegmentationDataset(Dataset):
             item["targets"] = target
         else:
             image = self.transform(image=sample.image)["image"]
-            item.update(eval_targets(self.task, self.metadata, sample))
+            item["eval_target"] = eval_targets(self.task, self.metadata, sample)
         item["image"] = _to_tensor(image)
         item["image_size"] = tuple(image.shape[:2])
         return item
@@ -128,37 +128,34 @@ class ImageFolderDataset(Dataset):
         }
 
 
-def collate(items: list[dict[str, Any]], size_divisibility: int = 32) -> dict[str, Any]:
-    """Pad images (with the ImageNet mean, i.e. 0 after normalisation) and target masks (False)
-    to a common size that is a multiple of `size_divisibility`."""
+def collate(items: list[dict[str, Any]], size_divisibility: int = 32) -> Batch:
+    """Stack items into a `Batch`: images (uint8) and training masks (False) padded bottom/right
+    to a common multiple of `size_divisibility`. The pad value does not matter: the model
+    normalises and zeroes everything outside `image_sizes`, as detectron2 does."""
     max_h = max(item["image"].shape[1] for item in items)
     max_w = max(item["image"].shape[2] for item in items)
     pad_h = int(math.ceil(max_h / size_divisibility) * size_divisibility)
     pad_w = int(math.ceil(max_w / size_divisibility) * size_divisibility)
-    images = (
-        torch.tensor(PIXEL_MEAN, dtype=torch.float32)
-        .view(1, 3, 1, 1)
-        .repeat(len(items), 1, pad_h, pad_w)
-    )
+    images = torch.zeros((len(items), 3, pad_h, pad_w), dtype=items[0]["image"].dtype)
     for i, item in enumerate(items):
         _, h, w = item["image"].shape
-        images[i, :, :h, :w] = item["image"].float()
-    batch: dict[str, Any] = {"images": images}
-    for key in items[0]:
-        if key == "image":
-            continue
-        values = [item[key] for item in items]
-        if key == "targets":
-            padded = []
-            for target in values:
-                masks = target["masks"]
-                full = torch.zeros((len(masks), pad_h, pad_w), dtype=torch.bool)
-                full[:, : masks.shape[1], : masks.shape[2]] = masks
-                padded.append({"labels": target["labels"], "masks": full})
-            values = padded
-        batch[key + "s" if key in ("image_size", "orig_size", "file_name", "image_id") else key] = (
-            values
-        )
+        images[i, :, :h, :w] = item["image"]
+    batch = Batch(
+        images=images,
+        image_sizes=[tuple(item["image_size"]) for item in items],
+        orig_sizes=[tuple(item["orig_size"]) for item in items],
+        file_names=[item["file_name"] for item in items],
+        image_ids=[item["image_id"] for item in items],
+    )
+    if "targets" in items[0]:
+        batch.targets = []
+        for item in items:
+            masks = item["targets"]["masks"]
+            full = torch.zeros((len(masks), pad_h, pad_w), dtype=torch.bool)
+            full[:, : masks.shape[1], : masks.shape[2]] = masks
+            batch.targets.append({"labels": item["targets"]["labels"], "masks": full})
+    if "eval_target" in items[0]:
+        batch.eval_targets = [item["eval_target"] for item in items]
     return batch
 
 
@@ -175,6 +172,7 @@ class SegmentationDataModule(L.LightningDataModule):
         test_min_size / test_max_size: evaluation resize (short side / long-side cap).
         max_train_samples / max_val_samples: use only the first N images (quick runs).
         predict_paths: image files or folders for `predict`.
+        source: where a `custom` dataset's files are (see `datasets/custom.py`).
     """
 
     def __init__(
@@ -194,9 +192,10 @@ class SegmentationDataModule(L.LightningDataModule):
         max_val_samples: int | None = None,
         predict_paths: Sequence[str] | None = None,
         size_divisibility: int = 32,
+        source: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        check_task(dataset, task)
+        check_task(dataset, task, source)
         self.dataset_name = dataset
         self.task = task
         self.root = root
@@ -212,27 +211,29 @@ class SegmentationDataModule(L.LightningDataModule):
         self.max_val_samples = max_val_samples
         self.predict_paths = list(predict_paths) if predict_paths else None
         self.size_divisibility = size_divisibility
-        self.metadata: DatasetMetadata = metadata_for(dataset, task)
+        self.source = dict(source or {})
+        self.metadata: DatasetMetadata = metadata_for(dataset, task, self.source, root)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.predict_set: Dataset | None = None
 
-    def _mask_pad(self) -> int:
-        reader_kind_is_semantic = self.task == "semantic"
-        return IGNORE if reader_kind_is_semantic else 0
+    def _label_pad_value(self) -> int:
+        """Void in the label map being augmented: the semantic task augments a class map (255
+        ignores), the others a panoptic id map (0) or instance masks (0)."""
+        return IGNORE if self.task == "semantic" else 0
 
     def setup(self, stage: str | None = None) -> None:
         eval_transform = eval_resize(self.test_min_size, self.test_max_size)
         if stage in (None, "fit") and self.train_set is None:
             aug = dict(self.train_aug)
             recipe = aug.pop("recipe", "lsj")
-            reader = build_reader(self.dataset_name, self.task, "train", self.root)
-            transform = build_train_transform(recipe, mask_pad=self._mask_pad(), **aug)
+            reader = build_reader(self.dataset_name, self.task, "train", self.root, self.source)
+            transform = build_train_transform(recipe, mask_pad=self._label_pad_value(), **aug)
             self.train_set = SegmentationDataset(
                 reader, self.task, self.metadata, transform, True, self.max_train_samples
             )
         if stage in (None, "fit", "validate", "test") and self.val_set is None:
-            reader = build_reader(self.dataset_name, self.task, "val", self.root)
+            reader = build_reader(self.dataset_name, self.task, "val", self.root, self.source)
             self.val_set = SegmentationDataset(
                 reader, self.task, self.metadata, eval_transform, False, self.max_val_samples
             )

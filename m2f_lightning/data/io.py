@@ -46,10 +46,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def read_label(path: str | Path) -> np.ndarray:
     """A label PNG as stored (uint8/uint16/int32 [H, W], or [H, W, 3] for RGB-encoded ids)."""
-    image = _open(Path(path))
-    if image.mode == "P":
-        return np.asarray(image)  # palette index = label
-    return np.asarray(image)
+    return np.asarray(_open(Path(path)))  # a palette PNG reads as its indices = labels
 
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:

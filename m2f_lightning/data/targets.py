@@ -1,9 +1,9 @@
 """From a (possibly augmented) annotation to what the criterion and the metrics need, per task.
 
-Training targets: `{"labels": int64 [N], "masks": bool [N, H, W]}` — one mask per non-crowd
-segment (panoptic), per non-crowd thing instance (instance) or per class present (semantic).
-Evaluation targets, at the original image size: `sem_seg`, `panoptic` + `panoptic_crowd`, and
-`instances`, whichever the task's metrics use.
+Training targets (`types.TrainTarget`): one mask per non-crowd segment (panoptic), per non-crowd
+thing instance (instance) or per class present (semantic). Evaluation targets (`types.EvalTarget`),
+at the original image size: `sem_seg`, `panoptic` + `panoptic_crowd`, and `instances`, whichever
+the task's metrics use.
 """
 
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..types import EvalTarget, InstanceSet
 from .catalog import DatasetMetadata
 
 IGNORE = 255
@@ -76,14 +77,14 @@ def train_targets(
     }
 
 
-def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> dict[str, Any]:
-    """Ground truth at the original size for the task's metrics (see inference.postprocess)."""
+def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> EvalTarget:
+    """Ground truth at the original size for the task's metrics (see `types.EvalTarget`)."""
     things = set(metadata.thing_ids)
-    out: dict[str, Any] = {}
+    out = EvalTarget()
     if sample.id_map is not None:
         id_map, segments = sample.id_map, sample.segments
         if task in ("panoptic", "semantic"):
-            out["sem_seg"] = torch.from_numpy(
+            out.sem_seg = torch.from_numpy(
                 semantic_from_panoptic(id_map, segments).astype(np.int64)
             )
         if task == "panoptic":
@@ -94,22 +95,22 @@ def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> dict[str,
                 pairs[region] = (seg["category"], seg["id"])
                 if seg["iscrowd"]:
                     crowd |= region
-            out["panoptic"] = torch.from_numpy(pairs)
-            out["panoptic_crowd"] = torch.from_numpy(crowd)
+            out.panoptic = torch.from_numpy(pairs)
+            out.panoptic_crowd = torch.from_numpy(crowd)
         if task in ("panoptic", "instance"):
             thing_segments = [s for s in segments if s["category"] in things]
-            out["instances"] = {
-                "masks": _stack([id_map == s["id"] for s in thing_segments], id_map.shape),
-                "labels": torch.tensor([s["category"] for s in thing_segments], dtype=torch.int64),
-                "iscrowd": torch.tensor([s["iscrowd"] for s in thing_segments], dtype=torch.bool),
-            }
+            out.instances = InstanceSet(
+                masks=_stack([id_map == s["id"] for s in thing_segments], id_map.shape),
+                labels=torch.tensor([s["category"] for s in thing_segments], dtype=torch.int64),
+                iscrowd=torch.tensor([s["iscrowd"] for s in thing_segments], dtype=torch.bool),
+            )
     elif sample.masks is not None:
         keep = [i for i, label in enumerate(sample.labels) if label in things]
-        out["instances"] = {
-            "masks": torch.from_numpy(sample.masks[keep].astype(bool)),
-            "labels": torch.from_numpy(sample.labels[keep]),
-            "iscrowd": torch.from_numpy(sample.crowd[keep]),
-        }
+        out.instances = InstanceSet(
+            masks=torch.from_numpy(sample.masks[keep].astype(bool)),
+            labels=torch.from_numpy(np.asarray(sample.labels)[keep].astype(np.int64)),
+            iscrowd=torch.from_numpy(np.asarray(sample.crowd)[keep].astype(bool)),
+        )
     elif sample.sem_seg is not None:
-        out["sem_seg"] = torch.from_numpy(sample.sem_seg.astype(np.int64))
+        out.sem_seg = torch.from_numpy(sample.sem_seg.astype(np.int64))
     return out

@@ -1,12 +1,14 @@
 """Mask2Former: backbone → pixel decoder → masked-attention decoder, with normalisation and
 padding done inside the model so callers feed plain 0..255 RGB images of any size."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..types import ModelOutput
 from .backbone import TimmBackbone
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .transformer_decoder import MaskedAttentionDecoder
@@ -107,13 +109,23 @@ class Mask2Former(nn.Module):
             raise ValueError(f"images must be a [B, 3, H, W] tensor, got {shape}")
         if images.shape[1] != 3:
             raise ValueError(f"images must have 3 (RGB) channels, got {images.shape[1]}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be float RGB in 0..255, got dtype {images.dtype}")
+        if not (images.is_floating_point() or images.dtype == torch.uint8):
+            raise ValueError(f"images must be RGB in 0..255 (float or uint8), got {images.dtype}")
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalise with the ImageNet mean/std, then zero-pad bottom/right to the divisibility."""
+    def preprocess(
+        self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]] | None = None
+    ) -> torch.Tensor:
+        """Normalise with the ImageNet mean/std, zero what lies outside each image's
+        `image_sizes` (a batch padded by the caller with any value), then zero-pad bottom/right
+        to the size divisibility: zero after normalisation, as detectron2 pads."""
         self._check_images(images)
-        x = (images - self.pixel_mean) / self.pixel_std
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        if image_sizes is not None:
+            if len(image_sizes) != x.shape[0]:
+                raise ValueError(f"{len(image_sizes)} image sizes for a batch of {x.shape[0]}")
+            for i, (h, w) in enumerate(image_sizes):
+                x[i, :, h:, :] = 0
+                x[i, :, :, w:] = 0
         div = self.size_divisibility
         pad_h = (div - x.shape[2] % div) % div
         pad_w = (div - x.shape[3] % div) % div
@@ -121,9 +133,12 @@ class Mask2Former(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return x
 
-    def forward(self, images: torch.Tensor) -> dict[str, Any]:
-        """images: float [B, 3, H, W] RGB in 0..255. Returns the outputs dict of the contract."""
-        x = self.preprocess(images)
+    def forward(
+        self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]] | None = None
+    ) -> ModelOutput:
+        """images: [B, 3, H, W] RGB in 0..255; `image_sizes`: the (h, w) of each image when the
+        batch was padded by the caller. Returns the `ModelOutput` of the contract."""
+        x = self.preprocess(images, image_sizes)
         features = self.backbone(x)
         mask_features, multi_scale = self.pixel_decoder(features)
         outputs = self.transformer_decoder(multi_scale, mask_features)

@@ -29,8 +29,6 @@ class Sample:
 class Reader:
     """A list of records and a way to turn one into a `Sample`."""
 
-    annotation_kind: str = ""  # "panoptic", "instance" or "semantic"
-
     def __len__(self) -> int:
         raise NotImplementedError
 

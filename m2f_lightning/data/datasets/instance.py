@@ -17,8 +17,6 @@ from .base import Reader, Sample
 class CocoInstanceReader(Reader):
     """COCO instances JSON: one mask per annotation (overlaps allowed), crowd flagged."""
 
-    annotation_kind = "instance"
-
     def __init__(self, json_file: Path, image_dir: Path, metadata: DatasetMetadata) -> None:
         if not json_file.is_file():
             raise FileNotFoundError(f"instance annotation file not found: {json_file}")
@@ -71,8 +69,6 @@ class CocoInstanceReader(Reader):
 class CityscapesInstanceReader(Reader):
     """gtFine `*_instanceIds.png`: id = label_id·1000 + k for instances of thing classes; a thing
     label id below 1000 is a crowd group."""
-
-    annotation_kind = "instance"
 
     def __init__(self, pairs: list[tuple[Path, Path]], metadata: DatasetMetadata) -> None:
         self.pairs = pairs

@@ -19,8 +19,6 @@ class PanopticReader(Reader):
     the .png name with .jpg; Cityscapes: under a city sub-folder).
     """
 
-    annotation_kind = "panoptic"
-
     def __init__(
         self,
         json_file: Path,

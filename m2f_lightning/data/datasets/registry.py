@@ -1,12 +1,17 @@
-"""Which reader serves which (dataset, task, split), and where the files lie.
+"""Which reader serves which (dataset, task, split), and where the files lie: one `DatasetSpec`
+per dataset, registered in `DATASETS`.
 
-The layout is the one of the original Mask2Former `datasets/` folder, so existing data is used
+The layouts are the original Mask2Former `datasets/` folder's, so existing data is used
 unchanged. The root is `./datasets` unless the config or the `M2F_DATASETS` environment variable
-says otherwise.
+says otherwise. A user's own data in COCO-panoptic, COCO-instance or image/label-PNG form needs no
+code: see `custom.py` (`dataset=custom`).
 """
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..catalog import DatasetMetadata, get_metadata
 from .base import Reader, require_dir
@@ -14,51 +19,37 @@ from .instance import CityscapesInstanceReader, CocoInstanceReader
 from .panoptic import PanopticReader
 from .semantic import SemanticReader, paired_files, remap_ignore, shift_ade20k
 
-# the tasks each dataset has annotations for
-TASKS = {
-    "coco": ("panoptic", "instance", "semantic"),
-    "ade20k": ("semantic", "panoptic", "instance"),
-    "cityscapes": ("semantic", "instance", "panoptic"),
-    "mapillary_vistas": ("semantic", "panoptic"),
-    "synthetic": ("panoptic", "instance", "semantic"),
-}
+ReaderBuilder = Callable[[Path, str, str, DatasetMetadata], Reader]
 
-LAYOUTS = {
-    "coco": """  coco/{train,val}2017/*.jpg
-  coco/annotations/{instances,panoptic}_{train,val}2017.json
-  coco/panoptic_{train,val}2017/*.png
-  coco/panoptic_semseg_{train,val}2017/*.png  (semantic, optional: scripts/prepare_coco_semantic.py)""",
-    "ade20k": """  ADEChallengeData2016/images/{training,validation}/*.jpg
-  ADEChallengeData2016/annotations/{training,validation}/*.png            (semantic, raw)
-  ADEChallengeData2016/annotations_detectron2/{training,validation}/*.png (semantic, prepared)
-  ADEChallengeData2016/ade20k_panoptic_{train,val}.json + ade20k_panoptic_{train,val}/*.png
-  ADEChallengeData2016/ade20k_instance_{train,val}.json""",
-    "cityscapes": """  cityscapes/leftImg8bit/{train,val}/<city>/*_leftImg8bit.png
-  cityscapes/gtFine/{train,val}/<city>/*_gtFine_{labelTrainIds,instanceIds}.png
-  cityscapes/gtFine/cityscapes_panoptic_{train,val}.json + cityscapes_panoptic_{train,val}/*.png""",
-    "mapillary_vistas": """  mapillary_vistas/{training,validation}/images/*.jpg
-  mapillary_vistas/{training,validation}/labels/*.png
-  mapillary_vistas/{training,validation}/panoptic/panoptic_2018.json + *.png""",
-    "synthetic": """  synthetic/{train,val}2017/*.jpg
-  synthetic/annotations/panoptic_{train,val}2017.json + synthetic/panoptic_{train,val}2017/*.png""",
-}
 
-HINTS = {
-    "coco": "Download COCO 2017, or make a small stand-in: python scripts/make_synthetic.py --format coco_panoptic --out DIR",
-    "ade20k": "Download ADEChallengeData2016 and run python scripts/prepare_ade20k.py (panoptic/instance), or: python scripts/make_synthetic.py --format ade20k --out DIR",
-    "cityscapes": "Download leftImg8bit + gtFine and run python scripts/prepare_cityscapes.py, or: python scripts/make_synthetic.py --format cityscapes --out DIR",
-    "mapillary_vistas": "Download Mapillary Vistas v1.2, or: python scripts/make_synthetic.py --format mapillary --out DIR",
-    "synthetic": "Make it with: python scripts/make_synthetic.py --format demo --out DIR",
-}
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything the code knows about one dataset.
 
-CATALOGS = {
-    ("coco", "instance"): "coco_instance",
-    "coco": "coco_panoptic",
-    "ade20k": "ade20k",
-    "cityscapes": "cityscapes",
-    "mapillary_vistas": "mapillary_vistas",
-    "synthetic": "synthetic",
-}
+    `build_reader(folder, task, split, metadata)` returns the reader of a split; `catalog` names
+    the category catalog (`data/catalog/<name>.json`), `task_catalogs` the exceptions per task.
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    folder: str  # under the datasets root
+    layout: str  # the expected files, shown when the folder is missing
+    hint: str  # how to get the data
+    catalog: str
+    build_reader: ReaderBuilder
+    task_catalogs: dict[str, str] = field(default_factory=dict)
+
+    def metadata(self, task: str) -> DatasetMetadata:
+        return get_metadata(self.task_catalogs.get(task, self.catalog))
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    """Make a dataset available as `dataset=<spec.name>` (with a conf/dataset/<name>.yaml)."""
+    DATASETS[spec.name] = spec
+    return spec
 
 
 def datasets_root(root: str | Path | None = None) -> Path:
@@ -66,32 +57,59 @@ def datasets_root(root: str | Path | None = None) -> Path:
     return Path(root or os.environ.get("M2F_DATASETS") or "datasets").expanduser()
 
 
-def check_task(dataset: str, task: str) -> None:
+def check_task(dataset: str, task: str, options: dict[str, Any] | None = None) -> None:
     """Fail before any work on a combination with no annotations behind it."""
-    if dataset not in TASKS:
-        raise ValueError(f"unknown dataset '{dataset}'; choose one of {sorted(TASKS)}")
-    if task not in TASKS[dataset]:
+    if dataset == "custom":
+        from .custom import custom_tasks
+
+        tasks = custom_tasks(options or {})
+    elif dataset in DATASETS:
+        tasks = DATASETS[dataset].tasks
+    else:
         raise ValueError(
-            f"dataset '{dataset}' has no annotations for task '{task}'; valid tasks: {list(TASKS[dataset])}"
+            f"unknown dataset '{dataset}'; choose one of {sorted([*DATASETS, 'custom'])}"
+        )
+    if task not in tasks:
+        raise ValueError(
+            f"dataset '{dataset}' has no annotations for task '{task}'; valid tasks: {list(tasks)}"
         )
 
 
-def metadata_for(dataset: str, task: str) -> DatasetMetadata:
-    """The category catalog used for (dataset, task)."""
-    check_task(dataset, task)
-    return get_metadata(CATALOGS.get((dataset, task), CATALOGS[dataset]))
+def metadata_for(
+    dataset: str,
+    task: str,
+    options: dict[str, Any] | None = None,
+    root: str | Path | None = None,
+) -> DatasetMetadata:
+    """The category catalog used for (dataset, task); `options`/`root` locate a custom one."""
+    check_task(dataset, task, options)
+    if dataset == "custom":
+        from .custom import custom_metadata
+
+        return custom_metadata(options or {}, task, datasets_root(root))
+    return DATASETS[dataset].metadata(task)
 
 
-def build_reader(dataset: str, task: str, split: str, root: str | Path | None = None) -> Reader:
+def build_reader(
+    dataset: str,
+    task: str,
+    split: str,
+    root: str | Path | None = None,
+    options: dict[str, Any] | None = None,
+) -> Reader:
     """The reader of one split (`train` or `val`) of a dataset for a task."""
-    check_task(dataset, task)
+    check_task(dataset, task, options)
     if split not in ("train", "val"):
         raise ValueError(f"unknown split '{split}': choose train or val")
-    meta = metadata_for(dataset, task)
+    meta = metadata_for(dataset, task, options, root)
+    if dataset == "custom":
+        from .custom import custom_reader
+
+        return custom_reader(options or {}, task, split, datasets_root(root), meta)
+    spec = DATASETS[dataset]
     base = datasets_root(root)
-    folder = {"ade20k": "ADEChallengeData2016"}.get(dataset, dataset)
-    require_dir(base / folder, f"{dataset} dataset", LAYOUTS[dataset], HINTS[dataset])
-    return _BUILDERS[dataset](base / folder, task, split, meta)
+    require_dir(base / spec.folder, f"{dataset} dataset", spec.layout, spec.hint)
+    return spec.build_reader(base / spec.folder, task, split, meta)
 
 
 def _coco_like(root: Path, task: str, split: str, meta: DatasetMetadata) -> Reader:
@@ -174,10 +192,74 @@ def _mapillary(root: Path, task: str, split: str, meta: DatasetMetadata) -> Read
     )
 
 
-_BUILDERS = {
-    "coco": _coco_like,
-    "synthetic": _coco_like,
-    "ade20k": _ade20k,
-    "cityscapes": _cityscapes,
-    "mapillary_vistas": _mapillary,
-}
+register(
+    DatasetSpec(
+        name="coco",
+        tasks=("panoptic", "instance", "semantic"),
+        folder="coco",
+        layout="""  coco/{train,val}2017/*.jpg
+  coco/annotations/{instances,panoptic}_{train,val}2017.json
+  coco/panoptic_{train,val}2017/*.png
+  coco/panoptic_semseg_{train,val}2017/*.png  (semantic, optional: scripts/prepare_coco_semantic.py)""",
+        hint="Download COCO 2017, or make a small stand-in: python scripts/make_synthetic.py --format coco_panoptic --out DIR",
+        catalog="coco_panoptic",
+        task_catalogs={"instance": "coco_instance"},
+        build_reader=_coco_like,
+    )
+)
+register(
+    DatasetSpec(
+        name="ade20k",
+        tasks=("semantic", "panoptic", "instance"),
+        folder="ADEChallengeData2016",
+        layout="""  ADEChallengeData2016/images/{training,validation}/*.jpg
+  ADEChallengeData2016/annotations/{training,validation}/*.png            (semantic, raw)
+  ADEChallengeData2016/annotations_detectron2/{training,validation}/*.png (semantic, prepared)
+  ADEChallengeData2016/ade20k_panoptic_{train,val}.json + ade20k_panoptic_{train,val}/*.png
+  ADEChallengeData2016/ade20k_instance_{train,val}.json""",
+        hint="Download ADEChallengeData2016 and run python scripts/prepare_ade20k.py (panoptic/instance), or: python scripts/make_synthetic.py --format ade20k --out DIR",
+        catalog="ade20k",
+        build_reader=_ade20k,
+    )
+)
+register(
+    DatasetSpec(
+        name="cityscapes",
+        tasks=("semantic", "instance", "panoptic"),
+        folder="cityscapes",
+        layout="""  cityscapes/leftImg8bit/{train,val}/<city>/*_leftImg8bit.png
+  cityscapes/gtFine/{train,val}/<city>/*_gtFine_{labelTrainIds,instanceIds}.png
+  cityscapes/gtFine/cityscapes_panoptic_{train,val}.json + cityscapes_panoptic_{train,val}/*.png""",
+        hint="Download leftImg8bit + gtFine and run python scripts/prepare_cityscapes.py, or: python scripts/make_synthetic.py --format cityscapes --out DIR",
+        catalog="cityscapes",
+        build_reader=_cityscapes,
+    )
+)
+register(
+    DatasetSpec(
+        name="mapillary_vistas",
+        tasks=("semantic", "panoptic"),
+        folder="mapillary_vistas",
+        layout="""  mapillary_vistas/{training,validation}/images/*.jpg
+  mapillary_vistas/{training,validation}/labels/*.png
+  mapillary_vistas/{training,validation}/panoptic/panoptic_2018.json + *.png""",
+        hint="Download Mapillary Vistas v1.2, or: python scripts/make_synthetic.py --format mapillary --out DIR",
+        catalog="mapillary_vistas",
+        build_reader=_mapillary,
+    )
+)
+register(
+    DatasetSpec(
+        name="synthetic",
+        tasks=("panoptic", "instance", "semantic"),
+        folder="synthetic",
+        layout="""  synthetic/{train,val}2017/*.jpg
+  synthetic/annotations/panoptic_{train,val}2017.json + synthetic/panoptic_{train,val}2017/*.png""",
+        hint="Make it with: python scripts/make_synthetic.py --format demo --out DIR",
+        catalog="synthetic",
+        build_reader=_coco_like,
+    )
+)
+
+# the tasks each dataset has annotations for
+TASKS = {name: spec.tasks for name, spec in DATASETS.items()}

@@ -28,8 +28,6 @@ def remap_ignore(value: int) -> Callable[[np.ndarray], np.ndarray]:
 class SemanticReader(Reader):
     """(image, label PNG) pairs; `transform` maps stored labels to contiguous ids / 255."""
 
-    annotation_kind = "semantic"
-
     def __init__(
         self,
         pairs: list[tuple[Path, Path]],

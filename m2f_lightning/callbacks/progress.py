@@ -1,4 +1,4 @@
-"""Callbacks of the training CLI."""
+"""Plain-text progress for logs that are not a terminal."""
 
 import time
 from typing import Any

@@ -1,0 +1,6 @@
+"""Callbacks of the training and evaluation commands."""
+
+from .progress import HEADLINE_METRICS, TextProgress
+from .wandb_media import WandbMedia
+
+__all__ = ["HEADLINE_METRICS", "TextProgress", "WandbMedia"]

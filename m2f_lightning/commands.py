@@ -1,0 +1,182 @@
+"""The three commands, each a composed config in and a result out: train (fit, then test),
+evaluate (test given weights) and predict (write result files for images)."""
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .builders import (
+    build_callbacks,
+    build_datamodule,
+    build_module,
+    build_trainer,
+    validate_config,
+    warn_if_not_the_recipe_batch,
+)
+from .data import SegmentationDataModule
+from .modeling import Mask2Former
+from .preemption import SlurmPreemption
+from .resume import load_init_weights, resume_path, retire_preemption_checkpoint
+from .wandb_run import build_logger, finish_wandb
+
+
+def hydra_output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def scalars(metrics: dict[str, Any], prefix: str, strip: bool = True) -> dict[str, float]:
+    """`{name: value}` of the logged scalars under `prefix`, the prefix removed if `strip`."""
+    return {
+        (k.removeprefix(prefix) if strip else k): float(v)
+        for k, v in metrics.items()
+        if k.startswith(prefix) and getattr(v, "numel", lambda: 1)() == 1
+    }
+
+
+def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
+    """Fit (resuming if asked), then test on the validation split. Returns metrics and paths.
+    The W&B run is closed however this ends, so the next job of a sweep starts its own."""
+    try:
+        return _train(cfg, output_dir)
+    finally:
+        finish_wandb()
+
+
+def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
+    validate_config(cfg)
+    warn_if_not_the_recipe_batch(cfg)
+    output_dir = Path(output_dir or hydra_output_dir())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    preemption = SlurmPreemption(output_dir)
+    preemption.install()  # early: SLURM may signal while the job is still starting
+    try:
+        L.seed_everything(cfg.seed, workers=True)
+        dm = build_datamodule(cfg)
+        module = build_module(cfg, dm)
+        if cfg.get("init_weights"):
+            load_init_weights(module, cfg.init_weights)
+        callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
+        trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
+        ckpt_path = resume_path(cfg, output_dir)
+        if ckpt_path and trainer.is_global_zero:
+            print(f"resuming from {ckpt_path}", flush=True)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        train_seconds = time.perf_counter() - start
+    finally:  # a pre-emption leaves through here as `Preempted`, after its checkpoint
+        preemption.uninstall()
+    retire_preemption_checkpoint(trainer, output_dir)
+    summary: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "train_seconds": round(train_seconds, 1),
+        "global_step": trainer.global_step,
+        "val": scalars(trainer.callback_metrics, "val/", strip=False),  # "val/PQ", ...
+    }
+    if cfg.get("test_after_training") and not cfg.trainer.get("fast_dev_run"):
+        (logged,) = trainer.test(module, datamodule=dm, verbose=False)
+        summary["test"] = scalars(logged, "test/")
+    checkpoint_cb = trainer.checkpoint_callback
+    if checkpoint_cb is not None and checkpoint_cb.last_model_path:
+        summary["last_checkpoint"] = checkpoint_cb.last_model_path
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        print_summary(summary)
+    return summary
+
+
+def load_weights_for(cfg: DictConfig, dm: SegmentationDataModule, path: str) -> Mask2Former:
+    """The model stored at `path` (any format `load_model` reads), checked against the dataset.
+    A model-zoo `.pkl` holds no architecture: it comes from the `model`/`backbone` groups."""
+    from .checkpoints import load_model
+
+    overrides: dict[str, Any] = {}
+    if str(path).endswith(".pkl"):
+        overrides = OmegaConf.to_container(cfg.model.net, resolve=True)
+        overrides.pop("_target_", None)
+        overrides["num_classes"] = dm.metadata.num_classes
+    model = load_model(path, **overrides)
+    if model.num_classes != dm.metadata.num_classes:
+        raise ValueError(
+            f"{path} predicts {model.num_classes} classes but dataset '{cfg.dataset.name}' "
+            f"({cfg.task.name}) has {dm.metadata.num_classes}"
+        )
+    return model.train()  # Lightning switches modes itself
+
+
+def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
+    """Metrics of given weights on the validation split; printed as a table and written as JSON."""
+    try:
+        return _evaluate(cfg, output_dir)
+    finally:
+        finish_wandb()
+
+
+def _evaluate(cfg: DictConfig, output_dir: Path | None) -> dict[str, float]:
+    validate_config(cfg)
+    output_dir = Path(output_dir or hydra_output_dir())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm, model=load_weights_for(cfg, dm, cfg.checkpoint))
+    trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), [])
+    (logged,) = trainer.test(module, datamodule=dm, verbose=False)
+    results = scalars(logged, "test/")
+    summary = {
+        "output_dir": str(output_dir),
+        "checkpoint": str(cfg.checkpoint),
+        "test": results,
+        "metrics_file": "eval_metrics.json",
+    }
+    if trainer.is_global_zero:  # metrics are already synchronised across ranks
+        (output_dir / "eval_metrics.json").write_text(json.dumps(summary, indent=2))
+        print_summary(summary)
+    return results
+
+
+def predict(cfg: DictConfig, output_dir: Path | None = None) -> list[Path]:
+    """Run on plain images; write overlays and the task's result files."""
+    from .prediction_writer import write_predictions
+
+    validate_config(cfg)
+    output_dir = Path(output_dir or hydra_output_dir())
+    inputs = list(cfg.inputs) if not isinstance(cfg.inputs, str) else [cfg.inputs]
+    dm = build_datamodule(cfg, predict_paths=inputs)
+    module = build_module(cfg, dm, model=load_weights_for(cfg, dm, cfg.checkpoint))
+    # one process: a DDP predict would return each rank's share only (and write partial files)
+    single = cfg.copy()
+    with open_dict(single):
+        single.trainer.update(devices=1, num_nodes=1, strategy="auto", sync_batchnorm=False)
+    trainer = build_trainer(single, output_dir, False, [])
+    batches = trainer.predict(module, datamodule=dm)
+    written = write_predictions(
+        [result for batch in batches for result in batch],
+        cfg.task.name,
+        dm.metadata,
+        output_dir / "predictions",
+        cfg.get("instance_score_threshold", 0.5),
+    )
+    print(f"wrote {len(written)} files under {output_dir / 'predictions'}", flush=True)
+    return written
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="m2f-lightning", show_header=False)
+    table.add_row("outputs", summary["output_dir"])
+    if "last_checkpoint" in summary:
+        table.add_row("last checkpoint", summary["last_checkpoint"])
+    if "train_seconds" in summary:
+        table.add_row("training", f"{summary['global_step']} steps in {summary['train_seconds']} s")
+    results = summary.get("test") or summary.get("val") or {}
+    for key, value in results.items():
+        table.add_row(key, f"{value:.2f}")
+    metrics_file = summary.get("metrics_file", "metrics.json")
+    table.add_row("metrics file", str(Path(summary["output_dir"]) / metrics_file))
+    Console().print(table)

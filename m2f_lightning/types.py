@@ -1,0 +1,112 @@
+"""The contracts between the stages: what data yields, what the model returns, what
+post-processing produces and what metrics score.
+
+Only torch and the standard library are imported here, so every layer (data, modeling, losses,
+inference, metrics) can depend on this module without depending on each other.
+
+Shapes use: B batch, Q queries, K classes (contiguous ids 0..K-1; K is "no object"), N segments,
+H x W the image on disk, h x w the image after resizing/augmentation, Hp x Wp the padded batch.
+"""
+
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+import torch
+
+TASKS = ("panoptic", "instance", "semantic")
+
+
+class TrainTarget(TypedDict):
+    """One training image's ground truth, at the padded batch size (padding is False)."""
+
+    labels: torch.Tensor  # int64 [N], contiguous class ids
+    masks: torch.Tensor  # bool [N, Hp, Wp]
+
+
+class Prediction(TypedDict):
+    """One decoder layer's prediction."""
+
+    pred_logits: torch.Tensor  # [B, Q, K+1] class logits (last = no object)
+    pred_masks: torch.Tensor  # [B, Q, Hp/4, Wp/4] mask logits
+
+
+class ModelOutput(TypedDict):
+    """What `Mask2Former.forward` returns (and `SetCriterion` reads)."""
+
+    pred_logits: torch.Tensor  # [B, Q, K+1] of the last decoder layer
+    pred_masks: torch.Tensor  # [B, Q, Hp/4, Wp/4] of the last decoder layer
+    aux_outputs: list[Prediction]  # the earlier layers' predictions, index 0 = learned queries
+    image_size: tuple[int, int]  # input size before the model's padding
+    padded_size: tuple[int, int]  # (Hp, Wp): input size after padding to the divisibility
+
+
+@dataclass
+class InstanceSet:
+    """Instance masks of one image at its original size: predictions or ground truth."""
+
+    masks: torch.Tensor  # bool [N, H, W]
+    labels: torch.Tensor  # int64 [N], contiguous class ids
+    scores: torch.Tensor | None = None  # float [N] (predictions)
+    iscrowd: torch.Tensor | None = None  # bool [N] (ground truth)
+
+
+@dataclass
+class Segment:
+    """One segment of a panoptic result."""
+
+    id: int  # value of the segment's pixels in the id map (> 0)
+    category_id: int  # contiguous class id
+    isthing: bool
+    score: float = 1.0
+
+
+@dataclass
+class SegmentationResult:
+    """One image's post-processed prediction at its original size (H, W).
+
+    panoptic → `panoptic_seg` + `segments` (+ `instances` and `sem_seg`: the paper reports PQ,
+    AP and mIoU from one panoptic model); instance → `instances`; semantic → `sem_seg`.
+    """
+
+    sem_seg: torch.Tensor | None = None  # float [K, H, W] class scores
+    panoptic_seg: torch.Tensor | None = None  # int32 [H, W] segment ids, 0 = void
+    segments: list[Segment] = field(default_factory=list)
+    instances: InstanceSet | None = None
+    file_name: str = ""
+    image_id: int | str = ""
+
+    def class_map(self) -> torch.Tensor:
+        """Semantic class per pixel, int64 [H, W]: argmax of `sem_seg`."""
+        if self.sem_seg is None:
+            raise ValueError("this result has no semantic scores")
+        return self.sem_seg.argmax(0)
+
+
+@dataclass
+class EvalTarget:
+    """One image's ground truth at its original size, for whichever metrics the task has."""
+
+    sem_seg: torch.Tensor | None = None  # int64 [H, W], 255 = ignore
+    panoptic: torch.Tensor | None = None  # int64 [H, W, 2] (category, instance id); void < 0
+    panoptic_crowd: torch.Tensor | None = None  # bool [H, W], pixels of crowd segments
+    instances: InstanceSet | None = None  # masks / labels / iscrowd of the thing segments
+
+
+@dataclass
+class Batch:
+    """What the datamodule yields for one step.
+
+    `images` are RGB 0..255 (uint8 or float) padded bottom/right to a common size with any
+    value: the model normalises and zeroes everything outside `image_sizes`.
+    """
+
+    images: torch.Tensor  # [B, 3, Hp, Wp]
+    image_sizes: list[tuple[int, int]]  # (h, w) of each image inside the padded batch
+    orig_sizes: list[tuple[int, int]]  # (H, W) of each file on disk
+    file_names: list[str]
+    image_ids: list[int | str]
+    targets: list[TrainTarget] | None = None  # training
+    eval_targets: list[EvalTarget] | None = None  # evaluation (validation / test)
+
+    def __len__(self) -> int:
+        return len(self.file_names)

@@ -1,0 +1,71 @@
+"""The W&B run of a command: offline without credentials, one run id per output folder (so a
+resumed or requeued job continues its run), and always closed, failed or not."""
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def wandb_run_id(output_dir: Path) -> str:
+    """The W&B run id of this output directory: made once, kept in `<output_dir>/wandb_run_id`,
+    so a resumed or requeued job (same output dir) logs into the same run."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    path = output_dir / "wandb_run_id"
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(6)  # W&B run ids: lowercase letters and digits
+    if rank_zero_only.rank == 0:  # other ranks never start a W&B run
+        path.write_text(run_id + "\n")
+    return run_id
+
+
+def build_logger(cfg: DictConfig, output_dir: Path) -> Any:
+    """The Lightning logger of `logger.name`: wandb, csv, or none (False)."""
+    name = cfg.logger.name
+    if name == "none":
+        return False
+    if name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(output_dir), name="csv")
+    from lightning.pytorch.loggers import WandbLogger
+
+    offline = cfg.logger.get("offline")
+    if offline is None:
+        offline = not wandb_has_credentials()
+    env_mode = os.environ.get("WANDB_MODE")
+    mode = env_mode if env_mode in ("disabled", "offline") else ("offline" if offline else "online")
+    # pass the mode to wandb.init instead of `offline=True`, which rewrites WANDB_MODE for the
+    # whole process (and so for later jobs of a multirun)
+    logger = WandbLogger(
+        id=wandb_run_id(output_dir),
+        resume="allow",  # a resumed or requeued job continues its W&B run
+        project=cfg.logger.project,
+        entity=cfg.logger.get("entity"),
+        group=cfg.logger.get("group"),
+        tags=list(cfg.logger.get("tags") or []),
+        save_dir=str(output_dir),
+        mode=mode,
+        log_model=cfg.logger.get("log_model", False) if mode == "online" else False,
+    )
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return logger
+
+
+def finish_wandb() -> None:
+    """Close an open W&B run, failed or not, so the next job of a multirun starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
