@@ -12,6 +12,7 @@ Importing this module needs `triton`. Kernels are decorated at import, so Triton
 (`TRITON_INTERPRET=1`) must be switched on before this module is first imported.
 """
 
+import contextlib
 import os
 
 import torch
@@ -186,16 +187,23 @@ def _ms_deform_attn_bwd(
                 value_ptr, row_base, x0, y0, width, height, col, q_mask, d_mask, HEADS, HEAD_DIM
             )
             tl.atomic_add(
-                grad_value_ptr + o00, ((1.0 - tx) * (1.0 - ty))[:, None] * weighted, mask=m00
+                grad_value_ptr + o00,
+                ((1.0 - tx) * (1.0 - ty))[:, None] * weighted,
+                mask=m00,
+                sem="relaxed",
             )
             o01, m01, v01 = _corner(
                 value_ptr, row_base, x0 + 1, y0, width, height, col, q_mask, d_mask, HEADS, HEAD_DIM
             )
-            tl.atomic_add(grad_value_ptr + o01, (tx * (1.0 - ty))[:, None] * weighted, mask=m01)
+            tl.atomic_add(
+                grad_value_ptr + o01, (tx * (1.0 - ty))[:, None] * weighted, mask=m01, sem="relaxed"
+            )
             o10, m10, v10 = _corner(
                 value_ptr, row_base, x0, y0 + 1, width, height, col, q_mask, d_mask, HEADS, HEAD_DIM
             )
-            tl.atomic_add(grad_value_ptr + o10, ((1.0 - tx) * ty)[:, None] * weighted, mask=m10)
+            tl.atomic_add(
+                grad_value_ptr + o10, ((1.0 - tx) * ty)[:, None] * weighted, mask=m10, sem="relaxed"
+            )
             o11, m11, v11 = _corner(
                 value_ptr,
                 row_base,
@@ -209,7 +217,9 @@ def _ms_deform_attn_bwd(
                 HEADS,
                 HEAD_DIM,
             )
-            tl.atomic_add(grad_value_ptr + o11, (tx * ty)[:, None] * weighted, mask=m11)
+            tl.atomic_add(
+                grad_value_ptr + o11, (tx * ty)[:, None] * weighted, mask=m11, sem="relaxed"
+            )
             sampled = ((1.0 - tx) * (1.0 - ty))[:, None] * v00
             sampled += (tx * (1.0 - ty))[:, None] * v01
             sampled += ((1.0 - tx) * ty)[:, None] * v10
@@ -237,6 +247,11 @@ def _block_q(num_query: int, gpu_block: int) -> int:
     if _interpreting():
         return min(_INTERPRET_BLOCK_Q, triton.next_power_of_2(max(num_query, 1)))
     return gpu_block
+
+
+def _on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Launch on the tensors' GPU, not the current one (a no-op on CPU)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _geometry(
@@ -325,11 +340,12 @@ def ms_deform_attn_triton(
     batch, _, heads, head_dim = value.shape
     num_query = sampling_locations.shape[1]
     shapes, starts = _geometry(spatial_shapes, value.device)
-    out = _MSDeformAttnFunction.apply(
-        value.contiguous(),
-        shapes,
-        starts,
-        sampling_locations.contiguous(),
-        attention_weights.contiguous(),
-    )
+    with _on_device(value.device):
+        out = _MSDeformAttnFunction.apply(
+            value.contiguous(),
+            shapes,
+            starts,
+            sampling_locations.contiguous(),
+            attention_weights.contiguous(),
+        )
     return out.view(batch, num_query, heads * head_dim)
