@@ -223,85 +223,109 @@ def check_attention(args: argparse.Namespace, device: torch.device) -> dict[str,
     return result
 
 
+def per_model(
+    device: torch.device, fn: Callable[..., dict[str, Any]], *args: Any
+) -> dict[str, Any]:
+    """One model's measurement; a failure (say, out of memory) becomes {"error": traceback} so
+    the other model is still measured."""
+    try:
+        return fn(*args)
+    except Exception:
+        error = traceback.format_exc()
+        print(error, file=sys.stderr)
+        return {"error": error}
+    finally:
+        free(device)
+
+
 def check_train(args: argparse.Namespace, device: torch.device, backend: str) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name in ("r50", "swin_l"):
+        result[name] = per_model(device, _train_one, args, device, backend, name)
+    return result
+
+
+def _train_one(
+    args: argparse.Namespace, device: torch.device, backend: str, name: str
+) -> dict[str, Any]:
     from m2f_lightning.losses import SetCriterion
     from m2f_lightning.modeling import set_ms_deform_attn_backend
 
     size = 64 if args.tiny else 1024
     steps = 2 if args.tiny else args.steps
     warmup = 1 if args.tiny else 5
-    result: dict[str, Any] = {}
-    for name in ("r50", "swin_l"):
-        torch.manual_seed(0)
-        model = build_model(name, args.tiny).to(device).train()
-        set_ms_deform_attn_backend(model, backend)
-        criterion = SetCriterion(NUM_CLASSES, num_points=256 if args.tiny else 12544).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-        gen = torch.Generator().manual_seed(0)
-        images = (torch.rand(args.batch, 3, size, size, generator=gen) * 255).to(device)
-        targets = synthetic_targets(args.batch, size, device, gen)
-        losses: list[float] = []
-        base = reset_peak(device)
-        start = time.perf_counter()
-        for step in range(steps):
-            if step == warmup:
-                sync(device)
-                start = time.perf_counter()
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                outputs = model(images)
-                loss = criterion(outputs, targets)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        sync(device)
-        elapsed = time.perf_counter() - start
-        result[name] = {
-            "image_size": size,
-            "batch": args.batch,
-            "steps": steps,
-            "attn_backend": backend,
-            "images_per_s": args.batch * (steps - warmup) / elapsed,
-            "peak_gib": peak_gib(device, base),
-            "losses": losses,
-            "losses_finite": all(math.isfinite(v) for v in losses),
-            "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        }
-        del model, optimizer, criterion, outputs, loss
-        free(device)
+    torch.manual_seed(0)
+    model = build_model(name, args.tiny).to(device).train()
+    set_ms_deform_attn_backend(model, backend)
+    criterion = SetCriterion(NUM_CLASSES, num_points=256 if args.tiny else 12544).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(args.batch, 3, size, size, generator=gen) * 255).to(device)
+    targets = synthetic_targets(args.batch, size, device, gen)
+    losses: list[float] = []
+    base = reset_peak(device)
+    start = time.perf_counter()
+    for step in range(steps):
+        if step == warmup:
+            sync(device)
+            start = time.perf_counter()
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            outputs = model(images)
+            loss = criterion(outputs, targets)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    sync(device)
+    elapsed = time.perf_counter() - start
+    result = {
+        "image_size": size,
+        "batch": args.batch,
+        "steps": steps,
+        "attn_backend": backend,
+        "images_per_s": args.batch * (steps - warmup) / elapsed,
+        "peak_gib": peak_gib(device, base),
+        "losses": losses,
+        "losses_finite": all(math.isfinite(v) for v in losses),
+        "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+    }
+    del model, optimizer, criterion, outputs, loss
     return result
 
 
 def check_inference(args: argparse.Namespace, device: torch.device, backend: str) -> dict[str, Any]:
+    return {
+        name: per_model(device, _inference_one, args, device, backend, name)
+        for name in ("r50", "swin_l")
+    }
+
+
+def _inference_one(
+    args: argparse.Namespace, device: torch.device, backend: str, name: str
+) -> dict[str, Any]:
     from m2f_lightning.modeling import set_ms_deform_attn_backend
 
     height, width = (48, 80) if args.tiny else (800, 1333)
     repeats = 1 if args.tiny else 10
-    result: dict[str, Any] = {}
-    images = (torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0)) * 255).to(
-        device
-    )
-    for name in ("r50", "swin_l"):
-        torch.manual_seed(0)
-        model = build_model(name, args.tiny).to(device).eval()
-        set_ms_deform_attn_backend(model, backend)
-        entry: dict[str, Any] = {"input": [height, width], "attn_backend": backend}
-        for precision in ("fp32", "bf16"):
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(1, 3, height, width, generator=gen) * 255).to(device)
+    torch.manual_seed(0)
+    model = build_model(name, args.tiny).to(device).eval()
+    set_ms_deform_attn_backend(model, backend)
+    entry: dict[str, Any] = {"input": [height, width], "attn_backend": backend}
+    for precision in ("fp32", "bf16"):
 
-            def forward(precision: str = precision, model: torch.nn.Module = model) -> object:
-                with (
-                    torch.inference_mode(),
-                    torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"),
-                ):
-                    return model(images)
+        def forward(precision: str = precision) -> object:
+            with (
+                torch.inference_mode(),
+                torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"),
+            ):
+                return model(images)
 
-            base = reset_peak(device)
-            seconds = median_time(forward, device, repeats, warmup=1 if args.tiny else 3)
-            entry[precision] = {"fps": 1.0 / seconds, "peak_gib": peak_gib(device, base)}
-        result[name] = entry
-        del model
-        free(device)
-    return result
+        base = reset_peak(device)
+        seconds = median_time(forward, device, repeats, warmup=1 if args.tiny else 3)
+        entry[precision] = {"fps": 1.0 / seconds, "peak_gib": peak_gib(device, base)}
+    return entry
 
 
 def check_cuda_cpu(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -368,6 +392,9 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         diff = attn["triton_bf16_vs_torch_fp32_output"]
         rows.append(("attention", "|triton bf16-torch fp32| output", f"{diff['max_abs']:.2e}"))
     for name, entry in sections.get("train", {}).items():
+        if "error" in entry:
+            rows.append(("train", name, "ERROR " + entry["error"].strip().splitlines()[-1]))
+            continue
         rows.append(
             (
                 "train",
@@ -378,6 +405,9 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
         )
     for name, entry in sections.get("inference", {}).items():
+        if "error" in entry:
+            rows.append(("inference", name, "ERROR " + entry["error"].strip().splitlines()[-1]))
+            continue
         h, w = entry["input"]
         rows.append(
             (
@@ -400,7 +430,8 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                 )
             )
     for section, error in report["errors"].items():
-        rows.append((section, "ERROR", error.strip().splitlines()[-1]))
+        if "/" not in section:  # per-model errors are on their model's row already
+            rows.append((section, "ERROR", error.strip().splitlines()[-1]))
     return rows
 
 
@@ -489,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 result = check_cuda_cpu(args, device)
             report["sections"][section] = result
+            for name, entry in result.items():
+                if isinstance(entry, dict) and "error" in entry:
+                    report["errors"][f"{section}/{name}"] = entry["error"]
         except Exception:
             report["errors"][section] = traceback.format_exc()
             print(report["errors"][section], file=sys.stderr)

@@ -55,6 +55,19 @@ def test_synthetic_targets_follow_the_criterion_contract():
         assert int(target["labels"].max()) < gpu_check.NUM_CLASSES
 
 
+def test_a_failing_model_is_reported_and_the_table_still_prints():
+    gpu_check = _load_script()
+
+    def out_of_memory() -> dict:
+        raise RuntimeError("CUDA out of memory (pretend)")
+
+    entry = gpu_check.per_model(torch.device("cpu"), out_of_memory)
+    assert "out of memory" in entry["error"]
+    report = {"sections": {"train": {"swin_l": entry}}, "errors": {"train/swin_l": entry["error"]}}
+    rows = gpu_check.table_rows(report)
+    assert rows == [("train", "swin_l", "ERROR RuntimeError: CUDA out of memory (pretend)")]
+
+
 def test_paper_sizes_of_the_checked_models():
     gpu_check = _load_script()
     swin_l = gpu_check.model_kwargs("swin_l", tiny=False)
