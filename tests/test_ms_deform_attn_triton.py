@@ -120,6 +120,9 @@ CASES = {
     # one level, more queries than one program takes: masked tail block; head_dim 5
     "fp32-multiblock": {"shapes": [[9, 11]], "batch": 1, "heads": 1, "head_dim": 5, "points": 2,
                         "queries": 300, **FP32},
+    # locations up to a thousand map sizes away: zeros and zero gradients, no index overflow
+    "fp32-far": {"shapes": [[4, 6], [2, 3]], "batch": 1, "heads": 2, "head_dim": 4, "points": 2,
+                 "queries": 9, "far": True, **FP32},
     "bf16-d12-p3": {"shapes": ODD_SHAPES, "batch": 2, "heads": 2, "head_dim": 12, "points": 3,
                     "queries": 11, **BF16},
 }  # fmt: skip

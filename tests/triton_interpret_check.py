@@ -38,8 +38,11 @@ def run_case(case: dict) -> dict:
     levels = len(shapes)
     length = sum(h * w for h, w in shapes)
     value = torch.randn(batch, length, heads, head_dim).to(dtype)
-    # about a fifth of the locations fall outside [0, 1] (zeros there, as grid_sample pads)
-    locations = (torch.rand(batch, queries, heads, levels, points, 2) * 1.5 - 0.25).to(dtype)
+    # about a third of the locations fall outside [0, 1] (zeros there, as grid_sample pads)
+    locations = torch.rand(batch, queries, heads, levels, points, 2) * 1.5 - 0.25
+    if case.get("far"):  # the first point of every head and level up to 1000 map sizes away
+        locations[..., 0, :] = locations[..., 0, :] * 2000 - 1000
+    locations = locations.to(dtype)
     weights = torch.rand(batch, queries, heads, levels, points).to(dtype)
     grad_out = torch.randn(batch, queries, heads * head_dim).to(dtype)
 

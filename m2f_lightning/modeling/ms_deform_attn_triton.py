@@ -18,6 +18,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 _FWD_BLOCK_Q = 64
 _BWD_BLOCK_Q = 32
@@ -293,6 +294,7 @@ class _MSDeformAttnFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         value, shapes, starts, sampling_locations, attention_weights = ctx.saved_tensors
         batch, num_value, heads, head_dim = value.shape
