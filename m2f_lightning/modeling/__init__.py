@@ -2,7 +2,7 @@
 
 from .backbone import TimmBackbone, resolve_backbone_name
 from .mask2former import Mask2Former
-from .ms_deform_attn import MSDeformAttn
+from .ms_deform_attn import MSDeformAttn, set_ms_deform_attn_backend
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .position_encoding import PositionEmbeddingSine
 from .transformer_decoder import MaskedAttentionDecoder
@@ -15,4 +15,5 @@ __all__ = [
     "PositionEmbeddingSine",
     "TimmBackbone",
     "resolve_backbone_name",
+    "set_ms_deform_attn_backend",
 ]

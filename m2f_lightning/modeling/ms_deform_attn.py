@@ -1,14 +1,57 @@
-"""Multi-scale deformable attention (Deformable DETR), in pure PyTorch.
+"""Multi-scale deformable attention (Deformable DETR).
 
-No compiled operator: sampling is one bilinear `grid_sample` per feature level with all heads
-folded into the batch, which is the same arithmetic as the CUDA kernel of the original.
+Two interchangeable implementations behind `ms_deform_attn_core(..., backend=...)`:
+- "torch": one bilinear `grid_sample` per feature level with all heads folded into the batch,
+  the same arithmetic as the CUDA kernel of the original; runs anywhere.
+- "triton": fused forward and backward kernels (`ms_deform_attn_triton`), CUDA only (or CPU under
+  Triton's interpreter, `TRITON_INTERPRET=1`). Triton is optional: imported only when used.
+- "auto" (default): triton for CUDA tensors when triton imports, torch otherwise.
 """
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether the `triton` package imports (it is optional)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"unknown deformable attention backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+        )
+    return backend
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The backend that `backend` means for tensors on `device`: "auto" becomes "triton" on CUDA
+    when triton is installed, "torch" otherwise."""
+    check_backend(backend)
+    if backend != "auto":
+        return backend
+    return "triton" if torch.device(device).type == "cuda" and triton_available() else "torch"
+
+
+def set_ms_deform_attn_backend(model: nn.Module, backend: str) -> int:
+    """Switch every MSDeformAttn inside `model` to `backend`; returns how many were switched."""
+    check_backend(backend)
+    modules = [m for m in model.modules() if isinstance(m, MSDeformAttn)]
+    for module in modules:
+        module.backend = backend
+    return len(modules)
 
 
 def ms_deform_attn_core(
@@ -16,12 +59,28 @@ def ms_deform_attn_core(
     spatial_shapes: list[tuple[int, int]],
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Sample `value` at the given locations and mix the samples with the attention weights.
 
     value [B, S, heads, head_dim]; sampling_locations [B, Lq, heads, levels, points, 2] in [0, 1]
     as (x, y); attention_weights [B, Lq, heads, levels, points]. Returns [B, Lq, heads * head_dim].
+    Locations outside [0, 1] read zeros (grid_sample's padding_mode="zeros", align_corners=False).
+    `backend`: "torch", "triton" or "auto" (see the module docstring).
     """
+    if resolve_backend(backend, value.device) == "triton":
+        from .ms_deform_attn_triton import ms_deform_attn_triton
+
+        return ms_deform_attn_triton(value, spatial_shapes, sampling_locations, attention_weights)
+    return _ms_deform_attn_torch(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+def _ms_deform_attn_torch(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
     batch, _, heads, head_dim = value.shape
     _, num_queries, _, levels, points, _ = sampling_locations.shape
     value_per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
@@ -51,12 +110,25 @@ def ms_deform_attn_core(
 
 
 class MSDeformAttn(nn.Module):
-    """Deformable attention over `n_levels` feature maps, `n_points` samples per head and level."""
+    """Deformable attention over `n_levels` feature maps, `n_points` samples per head and level.
 
-    def __init__(self, d_model: int = 256, n_levels: int = 3, n_heads: int = 8, n_points: int = 4):
+    `backend` picks the sampling implementation ("auto", "torch" or "triton"; see
+    `ms_deform_attn_core`). It is a plain attribute, not state: the state dict is the same for all
+    backends, and `module.backend = "torch"` switches an existing model.
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        n_levels: int = 3,
+        n_heads: int = 8,
+        n_points: int = 4,
+        backend: str = "auto",
+    ):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.backend = check_backend(backend)
         self.d_model = d_model
         self.n_levels = n_levels
         self.n_heads = n_heads
@@ -116,5 +188,5 @@ class MSDeformAttn(nn.Module):
             reference_points[:, :, None, :, None, :]
             + offsets / normalizer[None, None, None, :, None, :]
         )
-        output = ms_deform_attn_core(value, spatial_shapes, locations, weights)
+        output = ms_deform_attn_core(value, spatial_shapes, locations, weights, self.backend)
         return self.output_proj(output)

@@ -21,9 +21,17 @@ def _c2_xavier_fill(module: nn.Conv2d) -> None:
 class DeformableEncoderLayer(nn.Module):
     """Post-norm layer: deformable self-attention, then a ReLU FFN."""
 
-    def __init__(self, d_model: int, ffn_dim: int, n_levels: int, n_heads: int, n_points: int):
+    def __init__(
+        self,
+        d_model: int,
+        ffn_dim: int,
+        n_levels: int,
+        n_heads: int,
+        n_points: int,
+        attn_backend: str = "auto",
+    ):
         super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, backend=attn_backend)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, ffn_dim)
         self.linear2 = nn.Linear(ffn_dim, d_model)
@@ -51,10 +59,11 @@ class DeformableEncoder(nn.Module):
         n_levels: int,
         n_heads: int,
         n_points: int,
+        attn_backend: str = "auto",
     ):
         super().__init__()
         self.layers = nn.ModuleList(
-            DeformableEncoderLayer(d_model, ffn_dim, n_levels, n_heads, n_points)
+            DeformableEncoderLayer(d_model, ffn_dim, n_levels, n_heads, n_points, attn_backend)
             for _ in range(num_layers)
         )
 
@@ -87,7 +96,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
     """res2..res5 backbone features → (mask features at stride 4, [stride 32, 16, 8] maps).
 
     Runs in fp32 even under autocast (the paper does the same: deformable attention is
-    numerically fragile in half precision).
+    numerically fragile in half precision). `attn_backend` is the deformable attention's
+    implementation ("auto", "torch" or "triton", see `ms_deform_attn_core`).
     """
 
     def __init__(
@@ -100,6 +110,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         encoder_heads: int = 8,
         encoder_points: int = 4,
         norm_groups: int = 32,
+        attn_backend: str = "auto",
     ) -> None:
         super().__init__()
         if len(in_channels) != 4:
@@ -125,6 +136,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             self.num_levels,
             encoder_heads,
             encoder_points,
+            attn_backend,
         )
         for name, param in self.encoder.named_parameters():
             if param.dim() > 1 and "self_attn" not in name:
