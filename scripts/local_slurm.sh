@@ -4,23 +4,58 @@
 #
 #   sudo bash scripts/local_slurm.sh start     # install if needed, start munge/mariadb/slurm
 #   sudo bash scripts/local_slurm.sh status    # sinfo + squeue
+#   sudo bash scripts/local_slurm.sh logs      # the last lines of every daemon's log
 #   sudo bash scripts/local_slurm.sh stop      # cancel jobs, stop the daemons
 #   sudo bash scripts/local_slurm.sh purge     # stop and delete the state and generated configs
 #
 # Environment: LOCAL_SLURM_DIR (state, default /tmp/local_slurm), LOCAL_SLURM_ACCOUNTING=1|0
 # (slurmdbd + MariaDB; without it submitit cannot see a job that died and waits forever),
-# LOCAL_SLURM_CPUS (CPUs to declare, default nproc).
+# LOCAL_SLURM_CPUS (CPUs to declare, default nproc), LOCAL_SLURM_POLICY_RC (default
+# /usr/sbin/policy-rc.d; tests point it elsewhere).
 # The node is `localhost`, partition `debug`. Requeued jobs restart after ~10 s
 # (cred_expire=10, bf_interval=5) instead of SLURM's default 120 s.
-set -euo pipefail
+#
+# Every failure ends with a "FAILED in step ..." line naming the step and the command. Sourcing
+# the script only defines its functions (tests call one step at a time).
+#
+# Under `set -e`, `[[ cond ]] && cmd` as the last command of a function makes the function fail
+# when cond is false (it once made `start` exit 1 silently wherever policy-rc.d already existed):
+# write `if cond; then cmd; fi` instead.
+set -Eeuo pipefail
 
 D=${LOCAL_SLURM_DIR:-/tmp/local_slurm}
 ACCOUNTING=${LOCAL_SLURM_ACCOUNTING:-1}
 CPUS=${LOCAL_SLURM_CPUS:-$(nproc)}
 CONF=/etc/slurm/slurm.conf
 DBD_CONF=/etc/slurm/slurmdbd.conf
+POLICY_RC=${LOCAL_SLURM_POLICY_RC:-/usr/sbin/policy-rc.d}
+STEP="(none yet)"
+TEMP_POLICY_RC="" # set while a policy-rc.d this script created exists
 
 log() { echo "[local_slurm] $*"; }
+
+step() {  # step DESCRIPTION: names what runs next, for the log and for the failure message
+  STEP=$*
+  log "$*"
+}
+
+on_error() {  # ERR trap: the failing step and command (once, from the top-level shell)
+  local status=$1 line=$2 command=$3 file=${BASH_SOURCE[1]:-}
+  if [[ $BASH_SUBSHELL -ne 0 ]]; then return 0; fi
+  # a function that failed through `return N`: name the line that called it instead
+  if [[ $command == return* && -r $file ]]; then
+    command=$(sed -n "${line}{s/^[[:space:]]*//;p}" "$file")
+  fi
+  echo "[local_slurm] FAILED in step \"$STEP\": \`$command\` exited $status" \
+    "(${file##*/} line $line); daemon logs: $D/log" >&2
+}
+
+on_exit() {
+  if [[ -n $TEMP_POLICY_RC ]]; then rm -f "$TEMP_POLICY_RC"; fi
+}
+
+trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
+trap on_exit EXIT
 
 need_root() {
   if [[ $(id -u) -ne 0 ]]; then
@@ -29,24 +64,37 @@ need_root() {
   fi
 }
 
+installed() {  # installed PACKAGE: true when dpkg has it fully installed (not just config-files)
+  [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true) == installed ]]
+}
+
 install_packages() {
   local packages=(slurmctld slurmd slurm-client munge)
-  [[ $ACCOUNTING == 1 ]] && packages+=(slurmdbd mariadb-server)
+  if [[ $ACCOUNTING == 1 ]]; then packages+=(slurmdbd mariadb-server); fi
   local missing=()
   for p in "${packages[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    if ! installed "$p"; then missing+=("$p"); fi
   done
-  [[ ${#missing[@]} -eq 0 ]] && return
-  log "installing ${missing[*]}"
-  # policy-rc.d exit 101: the packages' maintainer scripts must not start daemons themselves
-  local made_policy=0
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    made_policy=1
+  if [[ ${#missing[@]} -eq 0 ]]; then return 0; fi
+  # policy-rc.d exit 101: the packages' maintainer scripts must not start daemons themselves.
+  # Docker's Debian images already have one (left alone); elsewhere one exists only during apt.
+  if [[ ! -e $POLICY_RC ]]; then
+    step "create a temporary $POLICY_RC"
+    TEMP_POLICY_RC=$POLICY_RC
+    printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC"
+    chmod +x "$POLICY_RC"
   fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  [[ $made_policy == 1 ]] && rm -f /usr/sbin/policy-rc.d
+  # the lock timeout: wait for another apt/dpkg on this machine instead of failing at once
+  local apt=(apt-get -o DPkg::Lock::Timeout=300)
+  step "apt-get update"
+  "${apt[@]}" update -qq
+  step "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}"
+  if [[ -n $TEMP_POLICY_RC ]]; then
+    rm -f "$TEMP_POLICY_RC"
+    TEMP_POLICY_RC=""
+  fi
+  return 0
 }
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
@@ -61,27 +109,37 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 }
 
 start_munge() {
-  if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return; fi
-  [[ -f /etc/munge/munge.key ]] || mungekey --create
-  chown -R munge:munge /etc/munge && chmod 0700 /etc/munge && chmod 0400 /etc/munge/munge.key
-  mkdir -p /run/munge && chown munge:munge /run/munge && chmod 0755 /run/munge
+  if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi
+  step "start munged"
+  if [[ ! -f /etc/munge/munge.key ]]; then mungekey --create; fi
+  chown -R munge:munge /etc/munge
+  chmod 0700 /etc/munge
+  chmod 0400 /etc/munge/munge.key
+  # systemd-tmpfiles would make /run/munge; without systemd nothing does
+  mkdir -p /run/munge
+  chown munge:munge /run/munge
+  chmod 0755 /run/munge
   runuser -u munge -- /usr/sbin/munged
   wait_for 10 munged bash -c 'munge -n | unmunge'
 }
 
 start_mariadb() {
-  mkdir -p "$D/mysqlrun" && chown mysql:mysql "$D/mysqlrun"
+  mkdir -p "$D/mysqlrun"
+  chown mysql:mysql "$D/mysqlrun" # every path mariadbd writes must belong to mysql
   if [[ ! -d $D/mysql/mysql ]]; then
+    step "initialise MariaDB in $D/mysql (log: $D/log/mariadb-install.log)"
     mariadb-install-db --user=mysql --datadir="$D/mysql" \
       --auth-root-authentication-method=socket >"$D/log/mariadb-install.log" 2>&1
   fi
   if ! mariadb-admin --socket="$D/mysqlrun/mysqld.sock" ping >/dev/null 2>&1; then
+    step "start mariadbd (log: $D/mysqlrun/mariadb.err)"
     setsid nohup mariadbd --no-defaults --user=mysql --datadir="$D/mysql" \
       --socket="$D/mysqlrun/mysqld.sock" --pid-file="$D/mysqlrun/mysqld.pid" \
       --log-error="$D/mysqlrun/mariadb.err" --bind-address=127.0.0.1 --port=3306 \
       >/dev/null 2>&1 &
     wait_for 30 mariadbd mariadb-admin --socket="$D/mysqlrun/mysqld.sock" ping
   fi
+  step "create the MariaDB user slurm"
   mariadb --socket="$D/mysqlrun/mysqld.sock" <<'SQL'
 CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
 CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm';
@@ -91,6 +149,7 @@ SQL
 }
 
 write_dbd_conf() {
+  step "write $DBD_CONF"
   cat >"$DBD_CONF" <<EOF
 AuthType=auth/munge
 DbdHost=localhost
@@ -108,9 +167,10 @@ EOF
 }
 
 write_slurm_conf() {
+  step "write $CONF"
   local mem_mb
   mem_mb=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
-  ((mem_mb > 8000)) && mem_mb=8000
+  if ((mem_mb > 8000)); then mem_mb=8000; fi
   local storage=accounting_storage/none gather=jobacct_gather/none
   if [[ $ACCOUNTING == 1 ]]; then
     storage=accounting_storage/slurmdbd
@@ -147,46 +207,54 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
+node_up() {  # the node takes jobs; resumes it when it registered down or drained
+  local state
+  state=$(sinfo -h -n localhost -o %T 2>/dev/null || true)
+  case $state in
+    idle | mixed | allocated | completing) return 0 ;;
+    down* | drain*) scontrol update nodename=localhost state=resume 2>/dev/null || true ;;
+  esac
+  return 1
+}
+
 start() {
   need_root
   install_packages
+  step "make $D"
   mkdir -p "$D"/{log,run,state,spool} /etc/slurm
   start_munge
   if [[ $ACCOUNTING == 1 ]]; then
     start_mariadb
     write_dbd_conf
     if ! pgrep -x slurmdbd >/dev/null; then
+      step "start slurmdbd (log: $D/log/slurmdbd.log)"
       slurmdbd
       wait_for 30 "slurmdbd on port 6819" bash -c 'exec 3<>/dev/tcp/127.0.0.1/6819'
     fi
   fi
   write_slurm_conf
-  pgrep -x slurmctld >/dev/null || slurmctld
-  pgrep -x slurmd >/dev/null || slurmd -N localhost
-  if [[ $ACCOUNTING == 1 ]]; then
-    sacctmgr -i add cluster localcluster >/dev/null 2>&1 || true
+  if ! pgrep -x slurmctld >/dev/null; then
+    step "start slurmctld (log: $D/log/slurmctld.log)"
+    slurmctld
   fi
-  for _ in $(seq 120); do
-    state=$(sinfo -h -n localhost -o %T 2>/dev/null || true)
-    case $state in
-      idle | mixed | allocated) break ;;
-      down* | drain*) scontrol update nodename=localhost state=resume 2>/dev/null || true ;;
-    esac
-    sleep 0.5
-  done
-  [[ $state == idle || $state == mixed || $state == allocated ]] || {
-    echo "node localhost did not come up (state: '${state:-none}'); see $D/log" >&2
-    exit 1
-  }
+  if ! pgrep -x slurmd >/dev/null; then
+    step "start slurmd (log: $D/log/slurmd.log)"
+    slurmd -N localhost
+  fi
+  if [[ $ACCOUNTING == 1 ]]; then
+    sacctmgr -i add cluster localcluster >/dev/null 2>&1 || true # slurmctld registers it itself
+  fi
+  step "wait for node localhost to take jobs"
+  wait_for 60 "node localhost to be idle (sinfo -n localhost; logs in $D/log)" node_up
   log "up: partition debug, node localhost ($CPUS CPUs), accounting=$ACCOUNTING, logs in $D/log"
 }
 
 stop_pidfile() {  # stop_pidfile FILE...
   local pids=()
   for f in "$@"; do
-    [[ -f $f ]] && pids+=("$(cat "$f")")
+    if [[ -s $f ]]; then pids+=("$(cat "$f")"); fi
   done
-  [[ ${#pids[@]} -eq 0 ]] && return
+  if [[ ${#pids[@]} -eq 0 ]]; then return 0; fi
   kill "${pids[@]}" 2>/dev/null || true
   for _ in $(seq 20); do
     kill -0 "${pids[@]}" 2>/dev/null || break
@@ -198,6 +266,7 @@ stop_pidfile() {  # stop_pidfile FILE...
 
 stop() {
   need_root
+  step "stop the jobs and daemons"
   scancel --user=root 2>/dev/null || true
   stop_pidfile "$D/run/slurmd.pid" "$D/run/slurmctld.pid"
   stop_pidfile "$D/run/slurmdbd.pid"
@@ -208,6 +277,7 @@ stop() {
 
 purge() {
   stop
+  step "delete $D and the generated configs"
   rm -rf "$D" "$CONF" "$DBD_CONF"
   log "purged $D and the generated configs"
 }
@@ -217,13 +287,31 @@ status() {
   squeue
 }
 
-case ${1:-} in
-  start) start ;;
-  stop) stop ;;
-  purge) purge ;;
-  status) status ;;
-  *)
-    echo "usage: $0 {start|status|stop|purge}" >&2
-    exit 2
-    ;;
-esac
+logs() {  # the last lines of each daemon's log, for a failure report
+  local f
+  for f in "$D"/log/*.log "$D/mysqlrun/mariadb.err"; do
+    if [[ -f $f ]]; then
+      echo "==> $f <=="
+      tail -n "${LOCAL_SLURM_LOG_LINES:-30}" "$f"
+    fi
+  done
+  return 0
+}
+
+main() {
+  case ${1:-} in
+    start) start ;;
+    stop) stop ;;
+    purge) purge ;;
+    status) status ;;
+    logs) logs ;;
+    *)
+      echo "usage: $0 {start|status|logs|stop|purge}" >&2
+      exit 2
+      ;;
+  esac
+}
+
+# sourced (the tests): define the functions only
+if [[ ${BASH_SOURCE[0]} != "$0" ]]; then return 0; fi
+main "$@"

@@ -2,7 +2,9 @@
 finishes, and a job signalled for pre-emption saves, requeues and resumes where it stopped.
 
 Runs where a cluster answers (`bash scripts/local_slurm.sh start` makes one on this machine;
-`.ci/run` does that when it can); skipped otherwise. Partition: $M2F_TEST_SLURM_PARTITION or debug.
+`.ci/run` does that when it can); skipped otherwise, unless M2F_REQUIRE_SLURM=1 (which `.ci/run`
+sets once its cluster is up): then a cluster that does not answer fails the tests instead.
+Partition: $M2F_TEST_SLURM_PARTITION or debug.
 """
 
 import csv
@@ -24,23 +26,38 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTITION = os.environ.get("M2F_TEST_SLURM_PARTITION", "debug")
 
 
-def _cluster_up() -> bool:
-    if shutil.which("sinfo") is None or shutil.which("sacct") is None:
-        return False
+def _cluster_down_reason() -> str | None:
+    """Why the partition cannot take jobs, or None when it answers with a usable node."""
+    missing = [c for c in ("sinfo", "sacct", "scontrol", "scancel") if shutil.which(c) is None]
+    if missing:
+        return f"no SLURM client ({', '.join(missing)} not on PATH)"
     try:
         out = subprocess.run(
             ["sinfo", "-h", "-p", PARTITION, "-o", "%T"], capture_output=True, text=True, timeout=10
         )
     except subprocess.TimeoutExpired:
-        return False
-    return out.returncode == 0 and any(s in out.stdout for s in ("idle", "mixed"))
+        return f"sinfo -p {PARTITION} did not answer in 10 s"
+    usable = ("idle", "mixed", "allocated", "completing")  # a trailing * means not responding
+    if out.returncode != 0 or not set(out.stdout.split()) & set(usable):
+        answer = (out.stdout + out.stderr).strip()
+        return f"no SLURM partition '{PARTITION}' answering (sinfo -p {PARTITION}: {answer!r})"
+    return None
 
+
+DOWN_REASON = _cluster_down_reason()
+REQUIRED = os.environ.get("M2F_REQUIRE_SLURM") == "1"
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.slurm,
-    pytest.mark.skipif(not _cluster_up(), reason=f"no SLURM partition '{PARTITION}' answering"),
+    pytest.mark.skipif(DOWN_REASON is not None and not REQUIRED, reason=str(DOWN_REASON)),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _required_cluster() -> None:
+    if DOWN_REASON is not None:  # only reached with M2F_REQUIRE_SLURM=1: the skipif passed
+        pytest.fail(f"M2F_REQUIRE_SLURM=1 but {DOWN_REASON}", pytrace=False)
 
 
 def _sweep(tmp_path: Path, *overrides: str) -> subprocess.Popen:
