@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .data import SegmentationDataModule, check_task
 from .lightning_module import Mask2FormerModule
+from .modeling.backbone_weights import weights_from_config
 from .preemption import PREEMPTED_CHECKPOINT, SlurmPreemption
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -122,7 +123,7 @@ def model_config(cfg: DictConfig, num_classes: int) -> dict[str, Any]:
         **m,
         "num_classes": num_classes,
         "backbone": cfg.backbone.name,
-        "backbone_pretrained": cfg.backbone.pretrained,
+        "backbone_weights": weights_from_config(cfg),
         "backbone_kwargs": OmegaConf.to_container(cfg.backbone.kwargs, resolve=True) or {},
     }
 
