@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .data import SegmentationDataModule, check_task
 from .lightning_module import Mask2FormerModule
 from .modeling.backbone_weights import weights_from_config
+from .precision import resolve_precision, trainer_precision
 from .preemption import PREEMPTED_CHECKPOINT, SlurmPreemption
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -44,17 +45,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_task(cfg.dataset.name, cfg.task.name)
     if cfg.logger.name not in ("wandb", "csv", "none"):
         raise ValueError(f"logger.name must be wandb, csv or none; got {cfg.logger.name}")
-    if str(cfg.trainer.get("precision", "32")) not in (
-        "32",
-        "32-true",
-        "16-mixed",
-        "bf16-mixed",
-        "64",
-        "64-true",
-    ):
-        raise ValueError(
-            f"precision must be 32, 16-mixed or bf16-mixed; got {cfg.trainer.precision}"
-        )
+    resolve_precision(cfg.trainer.get("precision", "32"), False, False)  # raises on bad values
 
 
 def images_per_step(cfg: DictConfig) -> int:
@@ -240,6 +231,7 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
 
 def build_trainer(cfg: DictConfig, output_dir: Path, logger=False, callbacks=None) -> L.Trainer:
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs["precision"] = trainer_precision(kwargs)  # `auto`: bf16/fp16 mixed on CUDA, else 32
     if not kwargs.get("val_check_interval"):
         kwargs["val_check_interval"] = None
         kwargs["limit_val_batches"] = kwargs.get("limit_val_batches", 0)
