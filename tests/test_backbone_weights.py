@@ -260,3 +260,24 @@ def test_every_experiment_composes_with_its_paper_weights(experiment: str, tmp_p
         "train", [f"experiment={experiment}", "backbone.weights=/data/R-50.pkl"], tmp_path
     )
     assert model_config(cfg, 133)["backbone_weights"] == "/data/R-50.pkl"
+
+
+def test_a_tag_is_fetched_from_its_hub_repository(tiny_swin, monkeypatch) -> None:
+    """The download itself is timm's (no network in tests): the tag reaches the right repository
+    and what comes back goes through the same strict load."""
+    import timm.models
+
+    asked = []
+
+    def fake_download(model_id: str, **kwargs):
+        asked.append(model_id)
+        return dict(tiny_swin.state_dict())
+
+    monkeypatch.setattr(timm.models, "load_state_dict_from_hf", fake_download)
+    backbone = TimmBackbone("swin_t", weights="swin_tiny_patch4_window7_224.ms_in1k", **TINY_SWIN)
+    assert asked == ["timm/swin_tiny_patch4_window7_224.ms_in1k"]
+    assert_loaded_exactly(backbone, tiny_swin.state_dict())
+    with pytest.raises(
+        ValueError, match="unknown backbone weights 'resnet50.no_such_tag'.*tv_in1k"
+    ):
+        TimmBackbone("r50", weights="resnet50.no_such_tag")

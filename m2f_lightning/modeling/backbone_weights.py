@@ -138,13 +138,16 @@ def download_weights(tag: str) -> dict[str, torch.Tensor]:
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    pretrained_cfg = timm.models.get_pretrained_cfg(tag)
-    if pretrained_cfg is None or "." not in tag:
+    try:
+        pretrained_cfg = timm.models.get_pretrained_cfg(tag)
+    except RuntimeError:  # a known architecture with an unknown tag
+        pretrained_cfg = None
+    if pretrained_cfg is None:
         arch = tag.split(".")[0]
-        known = timm.list_pretrained(f"{arch}.*")
         raise ValueError(
-            f"unknown backbone weights '{tag}': give a timm tag (architecture.tag, e.g. "
-            f"{known[:6] or ['resnet50.tv_in1k']}) or the path of a local weights file"
+            f"unknown backbone weights '{tag}': give a timm tag (the paper's for {arch}: "
+            f"'{official_weights(arch)}'; timm.list_pretrained('{arch}.*') lists the others) "
+            "or the path of a local weights file"
         )
     try:
         if pretrained_cfg.hf_hub_id:
