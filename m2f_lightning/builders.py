@@ -15,8 +15,8 @@ from .inference import InferenceSettings
 from .lightning_module import Mask2FormerModule
 from .losses import SetCriterion
 from .modeling import Mask2Former
-
-PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "64", "64-true")
+from .modeling.backbone_weights import weights_from_config
+from .precision import resolve_precision, trainer_precision
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -24,9 +24,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_task(cfg.dataset.name, cfg.task.name, _container(cfg.dataset.get("source")))
     if cfg.logger.name not in ("wandb", "csv", "none"):
         raise ValueError(f"logger.name must be wandb, csv or none; got {cfg.logger.name}")
-    precision = str(cfg.trainer.get("precision", "32"))
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 32, 16-mixed or bf16-mixed; got {precision}")
+    resolve_precision(cfg.trainer.get("precision", "32"), False, False)  # raises on bad values
 
 
 def images_per_step(cfg: DictConfig) -> int:
@@ -78,8 +76,14 @@ def build_datamodule(
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> Mask2Former:
-    """The plain `Mask2Former` of `model.net` (the backbone group fills its backbone keys)."""
-    return instantiate(cfg.model.net, num_classes=num_classes, _convert_="all")
+    """The plain `Mask2Former` of `model.net` (the backbone group fills its backbone keys; the
+    weights are none when `init_weights` replaces them anyway)."""
+    return instantiate(
+        cfg.model.net,
+        num_classes=num_classes,
+        backbone_weights=weights_from_config(cfg),
+        _convert_="all",
+    )
 
 
 def build_criterion(cfg: DictConfig, num_classes: int) -> SetCriterion:
@@ -158,6 +162,7 @@ def build_trainer(
 ) -> L.Trainer:
     """A Trainer from the `trainer` group (precision included), writing under `output_dir`."""
     kwargs = _container(cfg.trainer)
+    kwargs["precision"] = trainer_precision(kwargs)  # `auto`: bf16/fp16 mixed on CUDA, else 32
     if not kwargs.get("val_check_interval"):
         kwargs["val_check_interval"] = None
         kwargs["limit_val_batches"] = kwargs.get("limit_val_batches", 0)

@@ -33,6 +33,7 @@ def tiny_model(num_classes: int = 5, backbone: str = "swin_t", **overrides: obje
 # Hydra overrides that shrink any composed config to a model that trains in milliseconds
 TINY_OVERRIDES = [
     "backbone=swin_t",
+    "backbone.weights=null",
     "++backbone.kwargs={embed_dim: 16, depths: [1, 1, 1, 1], num_heads: [1, 1, 2, 2], window_size: 4, drop_path_rate: 0.0}",
     "model.net.num_queries=6",
     "model.net.hidden_dim=32",

@@ -99,7 +99,9 @@ def load_model(
             "num_classes=... (and backbone=..., num_queries=... if not the R50 defaults)"
         )
     config, state, class_names = read_weights(path)
-    config = {**config, **overrides, "backbone_pretrained": False}
+    # the file holds every tensor: never fetch ImageNet weights to overwrite them
+    config = {**config, **overrides, "backbone_weights": None}
+    config.pop("backbone_pretrained", None)  # configs saved before `backbone_weights`
     model = Mask2Former(**config)
     load_state_strict(model, state, str(path))
     model.class_names = class_names

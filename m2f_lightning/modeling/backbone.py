@@ -14,6 +14,8 @@ from timm.layers import freeze_batch_norm_2d
 from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 from torch import nn
 
+from .backbone_weights import load_backbone_weights, resolve_weights_argument
+
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 
 ALIASES = {
@@ -67,8 +69,11 @@ class TimmBackbone(nn.Module):
 
     Args:
         name: timm model name or alias (r50, r101, swin_t, swin_s, swin_b, swin_l).
-        pretrained: False (random init), True (timm's hub weights; needs a network) or the path
-            of a local weights file (safetensors or a torch state dict, read with weights_only).
+        weights: None (random init), a timm tag such as `resnet50.tv_in1k` (downloaded once
+            through the Hugging Face hub, then cached) or a local file: timm/torchvision state
+            dict (.pth, .safetensors), detectron2 `R-50.pkl`, Microsoft Swin `.pth`. Loaded
+            strictly (see `backbone_weights`); the Swin output norms start fresh.
+        pretrained: deprecated spelling: True is the paper's tag for `name`, a string a file.
         frozen_bn: replace BatchNorm by FrozenBatchNorm2d (the paper's ResNet setting);
             default True for models with BatchNorm.
         out_norm: a LayerNorm on each output (the paper's Swin setting); default True for Swin.
@@ -78,7 +83,8 @@ class TimmBackbone(nn.Module):
     def __init__(
         self,
         name: str = "resnet50",
-        pretrained: bool | str = False,
+        weights: str | Path | None = None,
+        pretrained: bool | str | Path | None = None,
         frozen_bn: bool | None = None,
         out_norm: bool | None = None,
         **timm_kwargs: object,
@@ -91,18 +97,9 @@ class TimmBackbone(nn.Module):
             kwargs.setdefault("strict_img_size", False)
             kwargs.setdefault("always_partition", True)
             kwargs.setdefault("drop_path_rate", 0.3)
-        if isinstance(pretrained, str | Path) and str(pretrained):
-            path = Path(pretrained)
-            if not path.is_file():
-                raise FileNotFoundError(f"backbone weights file not found: {path}")
-            kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
-            use_pretrained = True
-        else:
-            use_pretrained = bool(pretrained)
+        weights = resolve_weights_argument(self.name, weights, pretrained)
         try:
-            body = timm.create_model(
-                self.name, pretrained=use_pretrained, features_only=True, **kwargs
-            )
+            body = timm.create_model(self.name, pretrained=False, features_only=True, **kwargs)
         except RuntimeError as err:
             raise RuntimeError(f"could not build timm backbone '{self.name}': {err}") from err
         reductions = body.feature_info.reduction()
@@ -115,7 +112,7 @@ class TimmBackbone(nn.Module):
             out_indices = [body.feature_info.out_indices[i] for i in wanted]
             body = timm.create_model(
                 self.name,
-                pretrained=use_pretrained,
+                pretrained=False,
                 features_only=True,
                 out_indices=out_indices,
                 **kwargs,
@@ -123,6 +120,10 @@ class TimmBackbone(nn.Module):
         self.channels: list[int] = list(body.feature_info.channels())
         self.strides: list[int] = [4, 8, 16, 32]
         self.channels_last = getattr(body, "output_fmt", "NCHW") == "NHWC" or self.is_swin
+
+        self.weights = weights
+        if weights is not None:
+            load_backbone_weights(body, self.name, kwargs, weights)
 
         if frozen_bn is None:
             frozen_bn = any(isinstance(m, nn.BatchNorm2d) for m in body.modules())

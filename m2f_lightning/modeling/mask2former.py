@@ -22,6 +22,8 @@ class Mask2Former(nn.Module):
 
     Every size is a keyword argument; `model.config` is the dict that rebuilds the model through
     `Mask2Former.from_config`. The defaults are the paper's (R50, 100 queries, 9 decoder layers).
+    `backbone_weights` is a timm tag (`resnet50.tv_in1k`), a local weights file or None (random
+    init); `backbone_pretrained` is its deprecated spelling (True: the paper's tag).
     """
 
     def __init__(
@@ -29,7 +31,7 @@ class Mask2Former(nn.Module):
         *,
         num_classes: int,
         backbone: str = "resnet50",
-        backbone_pretrained: bool | str = False,
+        backbone_weights: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         num_queries: int = 100,
         hidden_dim: int = 256,
@@ -44,6 +46,7 @@ class Mask2Former(nn.Module):
         decoder_ffn_dim: int = 2048,
         norm_groups: int = 32,
         size_divisibility: int = 32,
+        backbone_pretrained: bool | str | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -52,7 +55,7 @@ class Mask2Former(nn.Module):
         self.config: dict[str, Any] = {
             "num_classes": num_classes,
             "backbone": backbone,
-            "backbone_pretrained": False,  # weights live in the state dict once built
+            "backbone_weights": None,  # weights live in the state dict once built
             "backbone_kwargs": backbone_kwargs,
             "num_queries": num_queries,
             "hidden_dim": hidden_dim,
@@ -70,7 +73,9 @@ class Mask2Former(nn.Module):
         }
         self.num_classes = num_classes
         self.size_divisibility = size_divisibility
-        self.backbone = TimmBackbone(backbone, pretrained=backbone_pretrained, **backbone_kwargs)
+        self.backbone = TimmBackbone(
+            backbone, weights=backbone_weights, pretrained=backbone_pretrained, **backbone_kwargs
+        )
         self.pixel_decoder = MSDeformAttnPixelDecoder(
             self.backbone.channels,
             conv_dim=pixel_decoder_dim,
