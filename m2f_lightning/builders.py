@@ -78,16 +78,26 @@ def build_datamodule(
 def build_model(cfg: DictConfig, num_classes: int) -> Mask2Former:
     """The plain `Mask2Former` of `model.net` (the backbone group fills its backbone keys; the
     weights are none when `init_weights` replaces them anyway)."""
-    return instantiate(
-        cfg.model.net,
-        num_classes=num_classes,
-        backbone_weights=weights_from_config(cfg),
-        _convert_="all",
+    return _instantiate(
+        cfg.model.net, num_classes=num_classes, backbone_weights=weights_from_config(cfg)
     )
 
 
 def build_criterion(cfg: DictConfig, num_classes: int) -> SetCriterion:
-    return instantiate(cfg.model.criterion, num_classes=num_classes, _convert_="all")
+    return _instantiate(cfg.model.criterion, num_classes=num_classes)
+
+
+def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, letting a user's mistake (missing weights, a bad size) through
+    as itself rather than wrapped in Hydra's InstantiationException."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError, KeyError)):
+            raise err.__cause__ from None
+        raise
 
 
 def inference_settings(cfg: DictConfig) -> InferenceSettings:

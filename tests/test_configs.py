@@ -4,7 +4,7 @@ combinations fail early with the valid choices."""
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from m2f_lightning.builders import (
     build_datamodule,
@@ -57,6 +57,9 @@ def test_the_users_command_lines_compose(tmp_path: Path) -> None:
     )
     validate_config(cfg)
     assert cfg.trainer.precision == "bf16-mixed"
+    assert cfg.model.net.backbone_weights == "swin_tiny_patch4_window7_224.ms_in1k"
+    with open_dict(cfg):
+        cfg.backbone.weights = None  # no network in tests
     model = build_model(cfg, 133)
     assert model.backbone.name == "swin_tiny_patch4_window7_224" and model.num_classes == 133
     assert model.backbone.channels == [96, 192, 384, 768]
