@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .data import SegmentationDataModule, check_task
 from .lightning_module import Mask2FormerModule
 from .preemption import PREEMPTED_CHECKPOINT, SlurmPreemption
+from .resume_state import RandomState
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # `m2f_lightning/conf` links to the checkout's `conf/`; an installed wheel holds a copy of it
@@ -110,6 +111,7 @@ def build_datamodule(
         max_train_samples=d.get("max_train_samples"),
         max_val_samples=d.get("max_val_samples"),
         predict_paths=predict_paths,
+        seed=cfg.get("seed", 0),  # resume/sampling hook: data order + augmentation
     )
 
 
@@ -225,6 +227,7 @@ def build_callbacks(cfg: DictConfig, output_dir: Path) -> list[L.Callback]:
             mode="max",
         ),
         RichModelSummary(max_depth=2),
+        RandomState(),  # resume hook: every RNG state travels in the checkpoint
     ]
     if sys.stdout.isatty():
         callbacks.append(RichProgressBar())

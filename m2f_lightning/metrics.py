@@ -235,7 +235,10 @@ class SegmentationMetrics(torch.nn.Module):
 
     def update(self, results: Sequence[dict[str, Any]], batch: dict[str, Any]) -> None:
         """Feed post-processed results (see `inference.postprocess`) and the batch's eval targets."""
+        scored = batch.get("scored") or [True] * len(results)
         for i, result in enumerate(results):
+            if not scored[i]:  # a padding duplicate of another rank's image (data/sampling.py)
+                continue
             if self.pq is not None:
                 pred = panoptic_to_pairs(result["panoptic_seg"], result["segments_info"])
                 target = batch["panoptic"][i].to(pred.device)
