@@ -423,7 +423,9 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
     module = _module_from_weights(cfg, dm, cfg.checkpoint)
     trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), [])
     trainer.test(module, datamodule=dm, verbose=False)
-    results = module.test_results
+    results = getattr(module, "test_results", None)
+    if results is None:  # ddp_spawn: ranks ran in children; Lightning sends back their metrics
+        results = {k[5:]: v for k, v in _scalars(trainer.callback_metrics, "test/").items()}
     summary = {
         "output_dir": str(output_dir),
         "checkpoint": str(cfg.checkpoint),
