@@ -72,6 +72,7 @@ def build_datamodule(
         dataset=cfg.dataset.name,
         task=cfg.task.name,
         predict_paths=predict_paths,
+        seed=cfg.get("seed", 0),  # data order and augmentation: (seed, epoch, index)
     )
 
 
@@ -140,6 +141,7 @@ def build_callbacks(
     )
 
     from .callbacks import TextProgress, WandbMedia
+    from .resume_state import RandomState
 
     callbacks: list[L.Callback] = [
         ModelCheckpoint(
@@ -153,6 +155,7 @@ def build_callbacks(
             mode="max",
         ),
         RichModelSummary(max_depth=2),
+        RandomState(),  # every RNG state travels in the checkpoint (exact resume)
     ]
     if sys.stdout.isatty():
         callbacks.append(RichProgressBar())

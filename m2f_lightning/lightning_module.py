@@ -112,11 +112,11 @@ class Mask2FormerModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> list[SegmentationResult]:
         results = self.predict_batch(batch)
-        self.val_metrics.update(results, batch.eval_targets)
+        self.val_metrics.update(*_scored(results, batch))
         return results  # handed to callbacks (W&B overlays)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self.test_metrics.update(self.predict_batch(batch), batch.eval_targets)
+        self.test_metrics.update(*_scored(self.predict_batch(batch), batch))
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[SegmentationResult]:
         return self.predict_batch(batch)
@@ -148,3 +148,11 @@ class Mask2FormerModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+def _scored(results: list[SegmentationResult], batch: Batch) -> tuple[list, list]:
+    """Results and targets of the images this rank scores: a distributed evaluation sampler
+    repeats an image only to fill a rank's last batch, and marks the copy (data/sampling.py)."""
+    keep = batch.scored or [True] * len(results)
+    pairs = [(r, t) for r, t, k in zip(results, batch.eval_targets, keep, strict=True) if k]
+    return [r for r, _ in pairs], [t for _, t in pairs]

@@ -170,6 +170,30 @@ class PanopticQuality(Metric):
         return out
 
 
+class GatheredMeanAveragePrecision(MeanAveragePrecision):
+    """torchmetrics' mask AP, synchronised for ranks that scored different numbers of images.
+
+    torchmetrics gathers its per-image list states element by element (and its RLE masks by
+    interleaving the ranks' lists), which needs the same number of images on every rank: a
+    3-and-2 split aborts in gloo with a collective size mismatch. Here every list state is
+    gathered whole (`all_gather_object`, on CPU) and concatenated rank by rank, so each image
+    is scored once whatever the split, a rank with no image included.
+    """
+
+    def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
+        import torch.distributed as dist
+
+        world_size = dist.get_world_size(process_group)
+        for attr in self._defaults:
+            local = getattr(self, attr)
+            if not isinstance(local, list):
+                raise TypeError(f"unexpected non-list state {attr} in MeanAveragePrecision")
+            local = [v.cpu() if isinstance(v, torch.Tensor) else v for v in local]
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, local, group=process_group)
+            setattr(self, attr, [item for rank_items in gathered for item in rank_items])
+
+
 class SemanticIoU(MulticlassJaccardIndex):
     """mIoU over a dataset-level confusion matrix (ignore label 255), averaged like detectron2's
     SemSegEvaluator: over the classes that appear in the ground truth or the prediction."""
@@ -223,7 +247,7 @@ class SegmentationMetrics(torch.nn.Module):
         self.ignore_label = ignore_label
         self.pq = PanopticQuality(thing_ids, stuff_ids) if task == "panoptic" else None
         self.ap = (
-            MeanAveragePrecision(
+            GatheredMeanAveragePrecision(
                 iou_type="segm", backend="faster_coco_eval", class_metrics=class_metrics
             )
             if task in ("panoptic", "instance")

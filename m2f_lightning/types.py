@@ -107,6 +107,8 @@ class Batch:
     image_ids: list[int | str]
     targets: list[TrainTarget] | None = None  # training
     eval_targets: list[EvalTarget] | None = None  # evaluation (validation / test)
+    # evaluation: False for an image a rank repeats only to fill its last batch (never scored)
+    scored: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.file_names)

@@ -16,6 +16,7 @@ from .catalog import DatasetMetadata
 from .datasets import build_reader, check_task, metadata_for
 from .datasets.base import Reader
 from .io import read_image
+from .sampling import SampleKey, eval_loader, seed_transform, train_loader, unpack_key
 from .targets import IGNORE, eval_targets, semantic_from_panoptic, train_targets
 from .transforms import build_train_transform, eval_resize
 
@@ -49,7 +50,12 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: "int | SampleKey") -> dict[str, Any]:
+        # sampling hook: a key carries the augmentation seed of (seed, epoch, index) and whether
+        # an evaluation item is scored (see data/sampling.py)
+        index, aug_seed, scored = unpack_key(key)
+        if self.train and aug_seed is not None:
+            seed_transform(self.transform, aug_seed)
         sample = self.reader[index]
         height, width = sample.image.shape[:2]
         item: dict[str, Any] = {
@@ -63,6 +69,7 @@ class SegmentationDataset(Dataset):
         else:
             image = self.transform(image=sample.image)["image"]
             item["eval_target"] = eval_targets(self.task, self.metadata, sample)
+            item["scored"] = scored  # False for a rank's padding duplicate (sampling.py)
         item["image"] = _to_tensor(image)
         item["image_size"] = tuple(image.shape[:2])
         return item
@@ -156,6 +163,7 @@ def collate(items: list[dict[str, Any]], size_divisibility: int = 32) -> Batch:
             batch.targets.append({"labels": item["targets"]["labels"], "masks": full})
     if "eval_target" in items[0]:
         batch.eval_targets = [item["eval_target"] for item in items]
+        batch.scored = [bool(item.get("scored", True)) for item in items]
     return batch
 
 
@@ -173,6 +181,8 @@ class SegmentationDataModule(L.LightningDataModule):
         max_train_samples / max_val_samples: use only the first N images (quick runs).
         predict_paths: image files or folders for `predict`.
         source: where a `custom` dataset's files are (see `datasets/custom.py`).
+        seed: seeds the training order (with the epoch) and each sample's augmentation (with
+            the epoch and the index); see data/sampling.py.
     """
 
     def __init__(
@@ -193,6 +203,7 @@ class SegmentationDataModule(L.LightningDataModule):
         predict_paths: Sequence[str] | None = None,
         size_divisibility: int = 32,
         source: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         check_task(dataset, task, source)
@@ -211,6 +222,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.max_val_samples = max_val_samples
         self.predict_paths = list(predict_paths) if predict_paths else None
         self.size_divisibility = size_divisibility
+        self.seed = seed  # data order and augmentation: functions of (seed, epoch, index)
         self.source = dict(source or {})
         self.metadata: DatasetMetadata = metadata_for(dataset, task, self.source, root)
         self.train_set: Dataset | None = None
@@ -242,17 +254,21 @@ class SegmentationDataModule(L.LightningDataModule):
                 raise ValueError("predict needs data.predict_paths (image files or folders)")
             self.predict_set = ImageFolderDataset(self.predict_paths, eval_transform)
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return dict(
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
             collate_fn=partial(collate, size_divisibility=self.size_divisibility),
         )
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        # sampling hook: the loaders shard themselves (trainer use_distributed_sampler=False)
+        if shuffle:
+            return train_loader(
+                dataset, batch_size, self.seed, self.trainer, **self._loader_kwargs()
+            )
+        return eval_loader(dataset, batch_size, self.trainer, **self._loader_kwargs())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)
@@ -264,4 +280,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_set, self.eval_batch_size, shuffle=False)
+        # one process (cli.predict); Lightning wraps it to track the indices of predictions
+        return DataLoader(
+            self.predict_set, batch_size=self.eval_batch_size, **self._loader_kwargs()
+        )
