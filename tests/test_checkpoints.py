@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from m2f_lightning.checkpoints import init_from_weights, load_model, save_model
-from m2f_lightning.checkpoints.d2 import read_d2_pickle
+from m2f_lightning.checkpoints import init_from_weights, load_model, read_d2_pickle, save_model
 from m2f_lightning.checkpoints.io import CLASS_HEAD
 from tests.helpers import tiny_model
 

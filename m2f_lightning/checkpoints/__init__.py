@@ -1,6 +1,7 @@
 """Weights in and out: our checkpoints, Lightning checkpoints, HF directories, model-zoo .pkl."""
 
-from .d2 import convert_d2_state_dict, read_d2_pickle
+from ..modeling.d2_format import read_d2_pickle
+from .d2 import convert_d2_state_dict
 from .hf import convert_hf_state_dict, hf_config_to_ours, read_hf_checkpoint
 from .io import init_from_weights, load_model, load_state_strict, read_weights, save_model
 

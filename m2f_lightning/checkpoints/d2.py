@@ -1,56 +1,14 @@
 """Convert a detectron2 model-zoo `.pkl` of the original Mask2Former into our key layout.
 
-The file is a pickle; we read it with an unpickler that only rebuilds plain containers and numpy
-arrays, so a malicious file cannot run code.
+The file is read by `modeling.d2_format.read_d2_pickle`, an unpickler that only rebuilds plain
+containers and numpy arrays, so a malicious file cannot run code.
 """
 
-import pickle
 import re
-from pathlib import Path
 
-import numpy as np
 import torch
 
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("collections", "OrderedDict"),
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to unpickle {module}.{name}: a model-zoo .pkl may only hold dicts, lists, "
-            "strings, numbers and numpy arrays"
-        )
-
-
-def read_d2_pickle(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read the `model` dict of a detectron2 checkpoint `.pkl` as torch tensors."""
-    path = Path(path)
-    with path.open("rb") as f:
-        try:
-            data = _RestrictedUnpickler(f, encoding="latin1").load()
-        except pickle.UnpicklingError as err:
-            raise pickle.UnpicklingError(f"{path}: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict in the .pkl, got {type(data).__name__}")
-    weights = data.get("model", data)
-    tensors = {}
-    for key, value in weights.items():
-        if not isinstance(value, np.ndarray):
-            continue
-        key = key.removeprefix("module.")
-        tensors[key] = torch.from_numpy(np.ascontiguousarray(value))
-    return tensors
-
+from ..modeling.d2_format import rename_resnet
 
 _D2_RENAMES: list[tuple[str, str]] = [
     # pixel decoder
@@ -90,21 +48,6 @@ _D2_RENAMES: list[tuple[str, str]] = [
 ]
 
 
-def _rename_resnet(key: str) -> str | None:
-    m = re.match(r"^backbone\.res(\d)\.(\d+)\.(conv(\d)|shortcut)(\.norm)?\.(.+)$", key)
-    if m is None:
-        if key.startswith("backbone.stem.conv1.norm."):
-            return "backbone.body.bn1." + key.rsplit(".", 1)[1]
-        if key == "backbone.stem.conv1.weight":
-            return "backbone.body.conv1.weight"
-        return None
-    stage, block, part, conv_idx, norm, leaf = m.groups()
-    prefix = f"backbone.body.layer{int(stage) - 1}.{block}."
-    if part == "shortcut":
-        return prefix + ("downsample.1." if norm else "downsample.0.") + leaf
-    return prefix + (f"bn{conv_idx}." if norm else f"conv{conv_idx}.") + leaf
-
-
 def _rename_swin_layers(key: str, tensor: torch.Tensor, out: dict[str, torch.Tensor]) -> bool:
     m = re.match(r"^backbone\.layers\.(\d+)\.(blocks\.\d+\..+|downsample\..+)$", key)
     if m is None:
@@ -126,7 +69,7 @@ def convert_d2_state_dict(weights: dict[str, torch.Tensor]) -> dict[str, torch.T
             continue
         if _rename_swin_layers(key, tensor, out):
             continue
-        renamed = _rename_resnet(key)
+        renamed = rename_resnet(key)
         if renamed is None:
             for pattern, replacement in _D2_RENAMES:
                 if re.search(pattern, key):

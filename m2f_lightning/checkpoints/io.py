@@ -6,7 +6,8 @@ from typing import Any
 import torch
 
 from ..modeling import Mask2Former
-from .d2 import convert_d2_state_dict, read_d2_pickle
+from ..modeling.d2_format import read_d2_pickle
+from .d2 import convert_d2_state_dict
 from .hf import convert_hf_state_dict, read_hf_checkpoint
 
 FORMAT_VERSION = 1

@@ -123,7 +123,7 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
             "as resnet50.tv_in1k or the path of a local .pth / .safetensors / .pkl file)"
         )
     if path.suffix == ".pkl":
-        from ..checkpoints.d2 import read_d2_pickle  # restricted unpickler: arrays and dicts only
+        from .d2_format import read_d2_pickle  # restricted unpickler: arrays and dicts only
 
         return read_d2_pickle(path)
     if path.suffix == ".safetensors":
@@ -182,14 +182,14 @@ def download_weights(tag: str) -> dict[str, torch.Tensor]:
 
 def _from_detectron2_resnet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """detectron2 ResNet names (stem.conv1, res2.0.conv1.norm, .shortcut) → timm's."""
-    from ..checkpoints.d2 import _rename_resnet
+    from .d2_format import rename_resnet
 
     out = {}
     for key, value in state.items():
         if re.match(r"^(stem\.fc|fc1000|linear)\.", key):  # ImageNet classifier
             out["fc." + key.rsplit(".", 1)[1]] = value
             continue
-        renamed = _rename_resnet("backbone." + key)
+        renamed = rename_resnet("backbone." + key)
         out[renamed.removeprefix("backbone.body.") if renamed else key] = value
     return out
 

@@ -48,6 +48,20 @@ def _source_index(loc, size):
 
 
 @triton.jit
+def _sample_point(loc_ptr, attn_ptr, idx, valid_q, wf, hf):
+    """One sampling point per query: its attention weight, the fractional offsets (tx, ty) inside
+    its bilinear cell and the cell's top-left corner (x0, y0), all fp32 / int32 [BLOCK_Q]."""
+    x = tl.load(loc_ptr + 2 * idx, mask=valid_q, other=0.0).to(tl.float32)
+    y = tl.load(loc_ptr + 2 * idx + 1, mask=valid_q, other=0.0).to(tl.float32)
+    w = tl.load(attn_ptr + idx, mask=valid_q, other=0.0).to(tl.float32)
+    ix = _source_index(x, wf)
+    iy = _source_index(y, hf)
+    x0f = tl.floor(ix)
+    y0f = tl.floor(iy)
+    return w, ix - x0f, iy - y0f, x0f.to(tl.int32), y0f.to(tl.int32)
+
+
+@triton.jit
 def _ms_deform_attn_fwd(
     value_ptr,
     shapes_ptr,
@@ -84,17 +98,7 @@ def _ms_deform_attn_fwd(
         wf = width.to(tl.float32)
         for point in tl.static_range(POINTS):
             idx = attn_base + level * POINTS + point
-            x = tl.load(loc_ptr + 2 * idx, mask=q_mask, other=0.0).to(tl.float32)
-            y = tl.load(loc_ptr + 2 * idx + 1, mask=q_mask, other=0.0).to(tl.float32)
-            w = tl.load(attn_ptr + idx, mask=q_mask, other=0.0).to(tl.float32)
-            ix = _source_index(x, wf)
-            iy = _source_index(y, hf)
-            x0f = tl.floor(ix)
-            y0f = tl.floor(iy)
-            tx = ix - x0f
-            ty = iy - y0f
-            x0 = x0f.to(tl.int32)
-            y0 = y0f.to(tl.int32)
+            w, tx, ty, x0, y0 = _sample_point(loc_ptr, attn_ptr, idx, q_mask, wf, hf)
             _, _, v00 = _corner(
                 value_ptr, row_base, x0, y0, width, height, col, q_mask, d_mask, HEADS, HEAD_DIM
             )
@@ -171,17 +175,7 @@ def _ms_deform_attn_bwd(
         wf = width.to(tl.float32)
         for point in tl.static_range(POINTS):
             idx = attn_base + level * POINTS + point
-            x = tl.load(loc_ptr + 2 * idx, mask=q_mask, other=0.0).to(tl.float32)
-            y = tl.load(loc_ptr + 2 * idx + 1, mask=q_mask, other=0.0).to(tl.float32)
-            w = tl.load(attn_ptr + idx, mask=q_mask, other=0.0).to(tl.float32)
-            ix = _source_index(x, wf)
-            iy = _source_index(y, hf)
-            x0f = tl.floor(ix)
-            y0f = tl.floor(iy)
-            tx = ix - x0f
-            ty = iy - y0f
-            x0 = x0f.to(tl.int32)
-            y0 = y0f.to(tl.int32)
+            w, tx, ty, x0, y0 = _sample_point(loc_ptr, attn_ptr, idx, q_mask, wf, hf)
             # d(value sample)/d(corner value), scattered into grad_value, is w * bilinear weight
             weighted = w[:, None] * grad_out
             o00, m00, v00 = _corner(
