@@ -2,7 +2,9 @@
 LightningModule, callbacks and Trainer. Nothing here trains; `commands` does."""
 
 import inspect
+import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -137,10 +139,9 @@ def build_callbacks(
         LearningRateMonitor,
         ModelCheckpoint,
         RichModelSummary,
-        RichProgressBar,
     )
 
-    from .callbacks import TextProgress, WandbMedia
+    from .callbacks import StepProgressBar, TextProgress, WandbMedia
     from .resume_state import RandomState
 
     callbacks: list[L.Callback] = [
@@ -158,7 +159,7 @@ def build_callbacks(
         RandomState(),  # every RNG state travels in the checkpoint (exact resume)
     ]
     if sys.stdout.isatty():
-        callbacks.append(RichProgressBar())
+        callbacks.append(StepProgressBar())
     else:  # a log file (SLURM, CI, a pipe): plain lines instead of a live bar
         callbacks.append(TextProgress(cfg.get("progress_every_n_steps", 50)))
     if cfg.logger.name != "none":
@@ -170,10 +171,32 @@ def build_callbacks(
     return callbacks
 
 
+class _DropRecords:
+    """A logging filter dropping the records whose message contains one of `needles`."""
+
+    def __init__(self, *needles: str) -> None:
+        self.needles = needles
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in str(record.msg) for n in self.needles)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's hints that do not apply here: "`srun` is available but not used"
+    (SLURM jobs are launched by submitit or scripts/, which use srun; a login-node run is meant
+    to be local) and the litlogger advertisement."""
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropRecords) for f in logger.filters):
+            logger.addFilter(_DropRecords("litlogger"))
+
+
 def build_trainer(
     cfg: DictConfig, output_dir: Path, logger: Any = False, callbacks: list | None = None
 ) -> L.Trainer:
     """A Trainer from the `trainer` group (precision included), writing under `output_dir`."""
+    quiet_lightning()
     kwargs = _container(cfg.trainer)
     kwargs["precision"] = trainer_precision(kwargs)  # `auto`: bf16/fp16 mixed on CUDA, else 32
     if not kwargs.get("val_check_interval"):
@@ -186,7 +209,18 @@ def build_trainer(
         # ranks and addresses from SLURM; pre-emption is handled by SlurmPreemption (train), which
         # saves at a step boundary, not by Lightning's auto-requeue, which saves mid-step
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    callbacks = callbacks or []
+    callbacks = list(callbacks or [])
+    from lightning.pytorch.callbacks.progress import ProgressBar
+
+    if kwargs.get("enable_progress_bar", True) and not any(
+        isinstance(c, ProgressBar) for c in callbacks
+    ):
+        if sys.stdout.isatty():
+            from .callbacks import StepProgressBar
+
+            callbacks.append(StepProgressBar())
+        else:  # a log file: no live bar (TextProgress prints training's plain lines)
+            kwargs["enable_progress_bar"] = False
     return L.Trainer(
         **kwargs,
         # per job: never shared between the jobs of a sweep
