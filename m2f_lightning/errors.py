@@ -42,6 +42,13 @@ class MissingCheckpointError(CheckpointError, FileNotFoundError):
     """A checkpoint path with no file behind it."""
 
 
+class CheckpointMismatchError(CheckpointError, KeyError):
+    """Weights whose tensors do not fit the model (missing or unexpected keys)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class RefusedPickleError(CheckpointError, pickle.UnpicklingError):
     """A checkpoint holding Python objects other than tensors and plain containers: refused,
     since unpickling them could run any code."""

@@ -97,7 +97,11 @@ def compare_categories(
                 f"id {cat['id']} is named {name!r} in the file, "
                 f"{metadata.class_names[index]!r} in the catalog"
             )
-        if not things_only and "isthing" in cat and bool(cat["isthing"]) != metadata.is_thing[index]:
+        if (
+            not things_only
+            and "isthing" in cat
+            and bool(cat["isthing"]) != metadata.is_thing[index]
+        ):
             differences.append(
                 f"id {cat['id']} ({metadata.class_names[index]!r}) has isthing={cat['isthing']} "
                 f"in the file but is a {'thing' if metadata.is_thing[index] else 'stuff'} class "
