@@ -1,7 +1,7 @@
-"""Entry points: `python train.py` / `m2f-train`, `m2f-evaluate` and `m2f-predict`.
+"""Entry points: `python train.py` / `m2f-train`, `m2f-evaluate`, `m2f-predict`, `m2f-doctor`.
 
-Each composes the Hydra tree in `conf/` (train.yaml, evaluate.yaml, predict.yaml share
-common.yaml), runs one function of `commands` and prints a user's mistake as one `error:` line.
+Each composes the Hydra tree in `conf/` (train.yaml, evaluate.yaml, predict.yaml, doctor.yaml
+share common.yaml), runs one function of `commands` and prints a user's mistake as one `error:` line.
 """
 
 import os
@@ -132,6 +132,15 @@ def _predict_main(cfg: DictConfig) -> None:
     run_command(predict, cfg)
 
 
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="doctor")
+def _doctor_main(cfg: DictConfig) -> None:
+    from .doctor import doctor
+
+    code = run_command(doctor, cfg)
+    if code:
+        raise SystemExit(code)
+
+
 def _with_upgraded_argv(main: Callable[[], Any]) -> Any:
     sys.argv = [sys.argv[0], *upgrade_overrides(sys.argv[1:])]
     return main()
@@ -147,3 +156,7 @@ def evaluate_main() -> Any:
 
 def predict_main() -> Any:
     return _with_upgraded_argv(_predict_main)
+
+
+def doctor_main() -> Any:
+    return _with_upgraded_argv(_doctor_main)
