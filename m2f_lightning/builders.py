@@ -2,7 +2,10 @@
 LightningModule, callbacks and Trainer. Nothing here trains; `commands` does."""
 
 import inspect
+import logging
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .data import SegmentationDataModule, check_task
+from .errors import CheckpointError, ConfigError, DataError
 from .inference import InferenceSettings
 from .lightning_module import Mask2FormerModule
 from .losses import SetCriterion
@@ -23,8 +27,11 @@ def validate_config(cfg: DictConfig) -> None:
     """Fail before any work on combinations that cannot run, naming the valid choices."""
     check_task(cfg.dataset.name, cfg.task.name, _container(cfg.dataset.get("source")))
     if cfg.logger.name not in ("wandb", "csv", "none"):
-        raise ValueError(f"logger.name must be wandb, csv or none; got {cfg.logger.name}")
-    resolve_precision(cfg.trainer.get("precision", "32"), False, False)  # raises on bad values
+        raise ConfigError(f"logger.name must be wandb, csv or none; got {cfg.logger.name}")
+    try:
+        resolve_precision(cfg.trainer.get("precision", "32"), False, False)
+    except ValueError as err:
+        raise ConfigError(f"trainer.precision: {err}") from None
 
 
 def images_per_step(cfg: DictConfig) -> int:
@@ -55,6 +62,71 @@ def warn_if_not_the_recipe_batch(cfg: DictConfig) -> None:
             f"trainer.accumulate_grad_batches). Match it with e.g. "
             f"trainer.accumulate_grad_batches={max(1, accumulate * recipe // actual)}."
         )
+
+
+def world_size(cfg: DictConfig) -> int:
+    """Processes a run trains on: devices × nodes (`auto`/-1 devices: every visible GPU)."""
+    t = cfg.trainer
+    devices = t.get("devices", 1)
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        devices = len(devices)
+    elif devices in ("auto", -1, "-1"):
+        import torch
+
+        gpu = t.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+        devices = max(1, torch.cuda.device_count()) if gpu else 1
+    return int(devices) * int(t.get("num_nodes", 1))
+
+
+def check_run_has_work(cfg: DictConfig, dm: SegmentationDataModule, train: bool) -> None:
+    """Stop before starting a run that would make no training step or evaluate no image (a
+    small split, a large batch, many devices), saying which numbers to change."""
+    world = world_size(cfg)
+    if dm.val_set is not None and len(dm.val_set) == 0:
+        raise DataError(
+            f"the validation split of dataset '{cfg.dataset.name}' has no images "
+            f"({_source_of(dm.val_set)}): nothing to evaluate"
+        )
+    if not train or cfg.trainer.get("fast_dev_run"):
+        return
+    if cfg.trainer.get("max_steps") == 0:
+        raise ConfigError("trainer.max_steps=0 (dataset.max_steps): no training step to make")
+    images = len(dm.train_set)
+    if images == 0:
+        raise DataError(
+            f"the training split of dataset '{cfg.dataset.name}' has no images "
+            f"({_source_of(dm.train_set)})"
+        )
+    per_device = -(-images // world)
+    if per_device // dm.batch_size == 0:
+        limit = " (dataset.max_train_samples)" if dm.max_train_samples is not None else ""
+        raise ConfigError(
+            f"no training step can be made: the training split has {images} image(s){limit}, "
+            f"{per_device} per device over {world} device(s) (trainer.devices × "
+            f"trainer.num_nodes), fewer than dataset.batch_size={dm.batch_size} (incomplete "
+            "batches are dropped). Lower dataset.batch_size or trainer.devices, or add images."
+        )
+
+
+def _source_of(dataset: Any) -> str:
+    reader = getattr(dataset, "reader", None)
+    source = getattr(reader, "json_file", None)
+    return f"read from {source}" if source else "check dataset.source / the dataset folder"
+
+
+def check_writable(folder: Path) -> None:
+    """Fail at start when checkpoints cannot be written to `folder` (Lightning's atomic save
+    swallows a PermissionError and reports a checkpoint that does not exist)."""
+    probe = folder / f".write_test_{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot write checkpoints to {folder}: {err.strerror or err}. Make the folder "
+            "writable, or choose another output folder: hydra.run.dir=..."
+        ) from None
 
 
 def _container(node: Any) -> Any:
@@ -137,14 +209,25 @@ def build_callbacks(
         LearningRateMonitor,
         ModelCheckpoint,
         RichModelSummary,
-        RichProgressBar,
     )
 
-    from .callbacks import TextProgress, WandbMedia
+    from .callbacks import StepProgressBar, TextProgress, WandbMedia
     from .resume_state import RandomState
 
+    class CheckedModelCheckpoint(ModelCheckpoint):
+        """Stops the run, naming the path, when a checkpoint it saved is not on disk
+        (Lightning 2.6's atomic save swallows PermissionError: Lightning-AI/pytorch-lightning#21800)."""
+
+        def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+            super()._save_checkpoint(trainer, filepath)
+            if trainer.is_global_zero and not Path(filepath).is_file():
+                raise CheckpointError(
+                    f"checkpoint {filepath} was not written (is {Path(filepath).parent} "
+                    "writable, is the disk full?); stopping rather than training on without one"
+                )
+
     callbacks: list[L.Callback] = [
-        ModelCheckpoint(
+        CheckedModelCheckpoint(
             dirpath=str(output_dir / "checkpoints"),
             filename="step{step:07d}",
             auto_insert_metric_name=False,
@@ -158,7 +241,7 @@ def build_callbacks(
         RandomState(),  # every RNG state travels in the checkpoint (exact resume)
     ]
     if sys.stdout.isatty():
-        callbacks.append(RichProgressBar())
+        callbacks.append(StepProgressBar())
     else:  # a log file (SLURM, CI, a pipe): plain lines instead of a live bar
         callbacks.append(TextProgress(cfg.get("progress_every_n_steps", 50)))
     if cfg.logger.name != "none":
@@ -170,10 +253,32 @@ def build_callbacks(
     return callbacks
 
 
+class _DropRecords:
+    """A logging filter dropping the records whose message contains one of `needles`."""
+
+    def __init__(self, *needles: str) -> None:
+        self.needles = needles
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in str(record.msg) for n in self.needles)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's hints that do not apply here: "`srun` is available but not used"
+    (SLURM jobs are launched by submitit or scripts/, which use srun; a login-node run is meant
+    to be local) and the litlogger advertisement."""
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropRecords) for f in logger.filters):
+            logger.addFilter(_DropRecords("litlogger"))
+
+
 def build_trainer(
     cfg: DictConfig, output_dir: Path, logger: Any = False, callbacks: list | None = None
 ) -> L.Trainer:
     """A Trainer from the `trainer` group (precision included), writing under `output_dir`."""
+    quiet_lightning()
     kwargs = _container(cfg.trainer)
     kwargs["precision"] = trainer_precision(kwargs)  # `auto`: bf16/fp16 mixed on CUDA, else 32
     if not kwargs.get("val_check_interval"):
@@ -186,7 +291,19 @@ def build_trainer(
         # ranks and addresses from SLURM; pre-emption is handled by SlurmPreemption (train), which
         # saves at a step boundary, not by Lightning's auto-requeue, which saves mid-step
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    callbacks = callbacks or []
+    callbacks = list(callbacks or [])
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks.progress import ProgressBar
+
+    if kwargs.get("enable_progress_bar", True) and not any(
+        isinstance(c, ProgressBar) for c in callbacks
+    ):
+        if sys.stdout.isatty():
+            from .callbacks import StepProgressBar
+
+            callbacks.append(StepProgressBar())
+        else:  # a log file: no live bar (TextProgress prints training's plain lines)
+            kwargs["enable_progress_bar"] = False
     return L.Trainer(
         **kwargs,
         # per job: never shared between the jobs of a sweep
@@ -194,5 +311,5 @@ def build_trainer(
         logger=logger,
         callbacks=callbacks,
         plugins=plugins or None,
-        enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
     )

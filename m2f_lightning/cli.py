@@ -1,10 +1,11 @@
-"""Entry points: `python train.py` / `m2f-train`, `m2f-evaluate` and `m2f-predict`.
+"""Entry points: `python train.py` / `m2f-train`, `m2f-evaluate`, `m2f-predict`, `m2f-doctor`.
 
-Each composes the Hydra tree in `conf/` (train.yaml, evaluate.yaml, predict.yaml share
-common.yaml), runs one function of `commands` and prints a user's mistake as one `error:` line.
+Each composes the Hydra tree in `conf/` (train.yaml, evaluate.yaml, predict.yaml, doctor.yaml
+share common.yaml), runs one function of `commands` and prints a user's mistake as one `error:` line.
 """
 
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from .commands import evaluate, predict, train
+from .errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # `m2f_lightning/conf` links to the checkout's `conf/`; an installed wheel holds a copy of it
@@ -64,14 +66,52 @@ def upgrade_overrides(args: list[str]) -> list[str]:
     return upgraded
 
 
-def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run a command; a user's mistake gets a red `error:` line before its traceback."""
+def _show_tracebacks(cfg: DictConfig) -> bool:
+    return bool(cfg.get("verbose")) or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def _remove_unused_run_dir() -> None:
+    """A run stopped by a user's mistake before it wrote anything leaves no output folder: remove
+    the one Hydra made for it if it holds only Hydra's own files (config copy, empty log)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN:
+        return
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    ours = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= ours:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def print_error(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+
+
+def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run a command. A user's mistake (`errors.UserError`, or a file that is not there) ends the
+    process with one `error:` message and exit code 1, no traceback unless asked for
+    (`HYDRA_FULL_ERROR=1` or `verbose=true`); anything else is a bug and keeps its traceback."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     try:
         return command(cfg)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}")
+    except (UserError, FileNotFoundError) as err:
+        print_error(str(err))
+        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if _show_tracebacks(cfg) or multirun:  # a sweep goes on with its other jobs
+            raise
+        _remove_unused_run_dir()
+        raise SystemExit(1) from None
+    except Exception as err:
+        print_error(
+            f"unexpected {type(err).__name__}: {err}\n(this is a bug, not a mistake of yours: "
+            "the traceback follows; please report it)"
+        )
         raise
 
 
@@ -92,6 +132,15 @@ def _predict_main(cfg: DictConfig) -> None:
     run_command(predict, cfg)
 
 
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="doctor")
+def _doctor_main(cfg: DictConfig) -> None:
+    from .doctor import doctor
+
+    code = run_command(doctor, cfg)
+    if code:
+        raise SystemExit(code)
+
+
 def _with_upgraded_argv(main: Callable[[], Any]) -> Any:
     sys.argv = [sys.argv[0], *upgrade_overrides(sys.argv[1:])]
     return main()
@@ -107,3 +156,7 @@ def evaluate_main() -> Any:
 
 def predict_main() -> Any:
     return _with_upgraded_argv(_predict_main)
+
+
+def doctor_main() -> Any:
+    return _with_upgraded_argv(_doctor_main)

@@ -14,13 +14,21 @@ from .builders import (
     build_datamodule,
     build_module,
     build_trainer,
+    check_run_has_work,
+    check_writable,
     validate_config,
     warn_if_not_the_recipe_batch,
 )
 from .data import SegmentationDataModule
+from .errors import CheckpointError
 from .modeling import Mask2Former
 from .preemption import SlurmPreemption
-from .resume import load_init_weights, resume_path, retire_preemption_checkpoint
+from .resume import (
+    check_resume_fits,
+    load_init_weights,
+    resume_path,
+    retire_preemption_checkpoint,
+)
 from .wandb_run import build_logger, finish_wandb
 
 
@@ -49,40 +57,47 @@ def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
-    validate_config(cfg)
-    warn_if_not_the_recipe_batch(cfg)
     output_dir = Path(output_dir or hydra_output_dir())
-    output_dir.mkdir(parents=True, exist_ok=True)
     preemption = SlurmPreemption(output_dir)
     preemption.install()  # early: SLURM may signal while the job is still starting
     try:
-        L.seed_everything(cfg.seed, workers=True)
+        # everything a user can get wrong is checked before a folder, a W&B run or a process
+        # is made: the config, every annotation file, the run's size, the checkpoint to resume
+        validate_config(cfg)
+        warn_if_not_the_recipe_batch(cfg)
         dm = build_datamodule(cfg)
+        dm.setup("fit")
+        check_run_has_work(cfg, dm, train=True)
+        L.seed_everything(cfg.seed, workers=True)
         module = build_module(cfg, dm)
+        ckpt_path = resume_path(cfg, output_dir)
+        if ckpt_path:
+            check_resume_fits(ckpt_path, module, cfg)
+        check_writable(output_dir / "checkpoints")
         if cfg.get("init_weights"):
             load_init_weights(module, cfg.init_weights)
         callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
         trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
-        ckpt_path = resume_path(cfg, output_dir)
         if ckpt_path and trainer.is_global_zero:
             print(f"resuming from {ckpt_path}", flush=True)
         start = time.perf_counter()
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         train_seconds = time.perf_counter() - start
+        retire_preemption_checkpoint(trainer, output_dir)
+        summary: dict[str, Any] = {
+            "output_dir": str(output_dir),
+            "train_seconds": round(train_seconds, 1),
+            "global_step": trainer.global_step,
+            "val": scalars(trainer.callback_metrics, "val/", strip=False),  # "val/PQ", ...
+        }
+        if cfg.get("test_after_training") and not cfg.trainer.get("fast_dev_run"):
+            # still covered by the pre-emption handler: a signal stops the test cleanly
+            (logged,) = trainer.test(module, datamodule=dm, verbose=False)
+            summary["test"] = scalars(logged, "test/")
     finally:  # a pre-emption leaves through here as `Preempted`, after its checkpoint
         preemption.uninstall()
-    retire_preemption_checkpoint(trainer, output_dir)
-    summary: dict[str, Any] = {
-        "output_dir": str(output_dir),
-        "train_seconds": round(train_seconds, 1),
-        "global_step": trainer.global_step,
-        "val": scalars(trainer.callback_metrics, "val/", strip=False),  # "val/PQ", ...
-    }
-    if cfg.get("test_after_training") and not cfg.trainer.get("fast_dev_run"):
-        (logged,) = trainer.test(module, datamodule=dm, verbose=False)
-        summary["test"] = scalars(logged, "test/")
     checkpoint_cb = trainer.checkpoint_callback
-    if checkpoint_cb is not None and checkpoint_cb.last_model_path:
+    if checkpoint_cb is not None and Path(checkpoint_cb.last_model_path or "").is_file():
         summary["last_checkpoint"] = checkpoint_cb.last_model_path
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -102,7 +117,7 @@ def load_weights_for(cfg: DictConfig, dm: SegmentationDataModule, path: str) -> 
         overrides["num_classes"] = dm.metadata.num_classes
     model = load_model(path, **overrides)
     if model.num_classes != dm.metadata.num_classes:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} predicts {model.num_classes} classes but dataset '{cfg.dataset.name}' "
             f"({cfg.task.name}) has {dm.metadata.num_classes}"
         )
@@ -119,10 +134,12 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
 
 def _evaluate(cfg: DictConfig, output_dir: Path | None) -> dict[str, float]:
     validate_config(cfg)
+    dm = build_datamodule(cfg)
+    dm.setup("test")  # the annotation files checked before a folder or a W&B run is made
+    check_run_has_work(cfg, dm, train=False)
+    module = build_module(cfg, dm, model=load_weights_for(cfg, dm, cfg.checkpoint))
     output_dir = Path(output_dir or hydra_output_dir())
     output_dir.mkdir(parents=True, exist_ok=True)
-    dm = build_datamodule(cfg)
-    module = build_module(cfg, dm, model=load_weights_for(cfg, dm, cfg.checkpoint))
     trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), [])
     (logged,) = trainer.test(module, datamodule=dm, verbose=False)
     results = scalars(logged, "test/")

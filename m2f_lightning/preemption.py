@@ -39,48 +39,74 @@ def slurm_job_id() -> str | None:
 
 
 class SlurmPreemption(L.Callback):
-    """Save `<output_dir>/preempted.ckpt` and requeue the job when SLURM sends `signum`.
+    """Save `<output_dir>/preempted.ckpt` and requeue the job when SLURM sends SIGUSR1; save and
+    stop (no requeue) on SIGTERM.
 
-    Call `install()` as early as possible (SLURM may signal while the job is still starting) and
-    `uninstall()` when done.
+    The signal is acted on at the next batch boundary of training, validation or the test that
+    follows training, so no phase of a run dies on the signal's default action. SIGUSR1 is the
+    pre-emption warning (`--signal=USR1@120`): the job is requeued. SIGTERM is what `scancel` and
+    SLURM's own pre-emption send (SLURM requeues a pre-empted job itself; a cancelled one must not
+    come back), so it only saves and stops. Call `install()` as early as possible (SLURM may
+    signal while the job is still starting) and `uninstall()` when the command is done.
     """
 
-    def __init__(self, output_dir: Path, signum: int = signal.SIGUSR1) -> None:
+    REQUEUE_ON = (signal.SIGUSR1,)
+
+    def __init__(
+        self, output_dir: Path, signums: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)
+    ) -> None:
         self.path = Path(output_dir) / PREEMPTED_CHECKPOINT
-        self.signum = signum
-        self._signalled = False
-        self._previous: Any = None
+        self.signums = tuple(signums)
+        self._signalled: int | None = None
+        self._previous: dict[int, Any] = {}
         self._pid: int | None = None
 
     def install(self) -> None:
-        self._previous = signal.signal(self.signum, self._record)
+        self._previous = {s: signal.signal(s, self._record) for s in self.signums}
         self._pid = os.getpid()
 
     def uninstall(self) -> None:
         if self._pid == os.getpid():
-            signal.signal(self.signum, self._previous or signal.SIG_DFL)
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous or signal.SIG_DFL)
             self._pid = None
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         # only a flag: data loader workers inherit the handler and a handler may run anywhere
-        if os.getpid() == self._pid:
-            self._signalled = True
+        if os.getpid() == self._pid and self._signalled is None:
+            self._signalled = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        self._stop_if_signalled(trainer, "training")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        self._stop_if_signalled(trainer, "validation")
+
+    def on_test_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        self._stop_if_signalled(trainer, "the test after training")
+
+    def _stop_if_signalled(self, trainer: L.Trainer, phase: str) -> None:
         # every rank takes part, so all save at the same step even when only some got the signal
-        if not trainer.strategy.reduce_boolean_decision(self._signalled, all=False):
+        if not trainer.strategy.reduce_boolean_decision(self._signalled is not None, all=False):
             return
+        requeue = self._signalled in self.REQUEUE_ON or self._signalled is None  # another rank's
         partial = self.path.with_name(self.path.name + ".partial")
         trainer.save_checkpoint(partial)  # collective; rank 0 writes
         if trainer.is_global_zero:
             os.replace(partial, self.path)  # never a truncated file under the resumed name
-            print(f"pre-empted: saved {self.path} at step {trainer.global_step}", flush=True)
-            self._requeue()
+            name = signal.Signals(self._signalled).name if self._signalled else "a signal"
+            print(
+                f"pre-empted ({name} during {phase}): saved {self.path} at step "
+                f"{trainer.global_step}",
+                flush=True,
+            )
+            if requeue:
+                self._requeue()
         trainer.strategy.barrier("slurm_preemption")
         # leave now: `should_stop` would still run a validation first, minutes on COCO
         raise Preempted(
-            f"pre-empted at step {trainer.global_step}: {self.path} (the requeued job, or a rerun "
-            f"with the same output dir and resume=auto, continues from it)"
+            f"pre-empted at step {trainer.global_step} during {phase}: {self.path} (the requeued "
+            f"job, or a rerun with the same output dir and resume=auto, continues from it)"
         )
 
     @staticmethod

@@ -2,11 +2,13 @@
 checkpoint's retirement after a finished fit, and starting from other weights (`init_weights`).
 The signal side of pre-emption is `preemption.py`."""
 
+import json
 from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig
 
+from .errors import CheckpointError, MissingCheckpointError
 from .lightning_module import Mask2FormerModule
 from .preemption import PREEMPTED_CHECKPOINT
 
@@ -28,8 +30,57 @@ def resume_path(cfg: DictConfig, output_dir: Path) -> str | None:
         return str(max(existing, key=lambda p: p.stat().st_mtime_ns))
     path = Path(cfg.resume)
     if not path.is_file():
-        raise FileNotFoundError(f"resume checkpoint not found: {path}")
+        raise MissingCheckpointError(
+            f"resume checkpoint not found: {path} (resume=auto continues from this output folder's own checkpoints; resume=null starts afresh)"
+        )
     return str(path)
+
+
+# model-config keys that do not change the tensors a checkpoint holds
+_NOT_ARCHITECTURE = ("backbone_weights", "backbone_pretrained")
+
+
+def _plain(value: object) -> object:
+    """Tuples as lists, so a config read back from a checkpoint compares equal to a built one."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_resume_fits(ckpt_path: str, module: Mask2FormerModule, cfg: DictConfig) -> None:
+    """Fail before training when the checkpoint `fit` would resume from was saved by another
+    model config (another size, backbone or class count): Lightning would answer with dozens of
+    "size mismatch" lines and no word about the old checkpoint it found."""
+    from .checkpoints.reading import load_torch_file
+
+    try:
+        ckpt = load_torch_file(ckpt_path, mmap=True)
+    except CheckpointError as err:
+        raise CheckpointError(
+            f"{err}\n(resume={cfg.resume} picked it; start afresh with resume=null, or choose "
+            "another output folder: hydra.run.dir=...)"
+        ) from None
+    stored = (
+        (ckpt.get("hyper_parameters") or {}).get("model_config") if isinstance(ckpt, dict) else None
+    )
+    if not isinstance(stored, dict):
+        return
+    stored, current = _plain(stored), _plain(module.model.config)
+    differences = [
+        f"{key}: {stored.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        for key in sorted(set(stored) | set(current))
+        if key not in _NOT_ARCHITECTURE and stored.get(key) != current.get(key)
+    ]
+    if differences:
+        how = (
+            "resume=auto found it in this output folder"
+            if cfg.resume == "auto"
+            else f"resume={cfg.resume} names it"
+        )
+        raise CheckpointError(
+            f"cannot resume from {ckpt_path} ({how}): it was saved by another model config:\n  "
+            + "\n  ".join(differences[:12])
+            + "\nStart this config afresh with resume=null (this folder's checkpoints get "
+            "overwritten), or give it another output folder: hydra.run.dir=outputs/<new name>"
+        )
 
 
 def retire_preemption_checkpoint(trainer: L.Trainer, output_dir: Path) -> None:

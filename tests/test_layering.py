@@ -24,17 +24,18 @@ UPPER_LAYERS = (
 # module prefix → (imports it must not make, our modules it may import: None = any)
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     "m2f_lightning.types": ((*FRAMEWORKS,), ()),
+    "m2f_lightning.errors": ((*FRAMEWORKS, "torch"), ()),
     "m2f_lightning.modeling": (
         (*FRAMEWORKS, "m2f_lightning.data", *UPPER_LAYERS),
-        ("m2f_lightning.modeling", "m2f_lightning.types"),
+        ("m2f_lightning.modeling", "m2f_lightning.types", "m2f_lightning.errors"),
     ),
     "m2f_lightning.losses": (
         (*FRAMEWORKS, "m2f_lightning.data", *UPPER_LAYERS),
-        ("m2f_lightning.losses", "m2f_lightning.types"),
+        ("m2f_lightning.losses", "m2f_lightning.types", "m2f_lightning.errors"),
     ),
     "m2f_lightning.data": (
         ("hydra", "omegaconf", "m2f_lightning.modeling", "m2f_lightning.losses"),
-        ("m2f_lightning.data", "m2f_lightning.types"),
+        ("m2f_lightning.data", "m2f_lightning.types", "m2f_lightning.errors"),
     ),
     "m2f_lightning.metrics": ((*FRAMEWORKS,), ("m2f_lightning.metrics", "m2f_lightning.types")),
     "m2f_lightning.inference": ((*FRAMEWORKS,), ("m2f_lightning.inference", "m2f_lightning.types")),

@@ -1,6 +1,6 @@
 """Callbacks of the training and evaluation commands."""
 
-from .progress import HEADLINE_METRICS, TextProgress
+from .progress import HEADLINE_METRICS, StepProgressBar, TextProgress
 from .wandb_media import WandbMedia
 
-__all__ = ["HEADLINE_METRICS", "TextProgress", "WandbMedia"]
+__all__ = ["HEADLINE_METRICS", "StepProgressBar", "TextProgress", "WandbMedia"]

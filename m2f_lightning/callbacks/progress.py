@@ -4,6 +4,7 @@ import time
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
 HEADLINE_METRICS = ("PQ", "PQ_th", "PQ_st", "AP", "AP50", "mIoU")
@@ -63,3 +64,20 @@ class TextProgress(L.Callback):
             headline = [k for k in HEADLINE_METRICS if k in values] or list(values)[:8]
             shown = "  ".join(f"{k} {values[k]:.1f}" for k in headline)
             print(f"validation at step {trainer.global_step}: {shown}", flush=True)
+
+
+class StepProgressBar(RichProgressBar):
+    """Rich's live bars for a terminal, the training bar labelled `step N/max_steps` (the schedule
+    is counted in steps; Rich's own `Epoch 0/-2` means nothing with `max_epochs=-1`)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        max_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        return f"step {trainer.global_step}" + (f"/{max_steps}" if max_steps else "")
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, *args, **kwargs)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(
+                self.train_progress_bar_id, description=self._get_train_description(0)
+            )

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .reading import load_torch_file
+
 # keys of the HF checkpoint that carry nothing for inference
 _IGNORED = (
     re.compile(r"^criterion\.empty_weight$"),
@@ -347,7 +349,7 @@ def read_hf_checkpoint(
 
         state = load_file(str(safetensors_file))
     elif bin_file.is_file():
-        state = torch.load(bin_file, map_location="cpu", weights_only=True)
+        state = load_torch_file(bin_file)
     else:
         raise FileNotFoundError(
             f"HF checkpoint directory {directory} has neither model.safetensors nor pytorch_model.bin"

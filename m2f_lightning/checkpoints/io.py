@@ -5,10 +5,12 @@ from typing import Any
 
 import torch
 
+from ..errors import CheckpointError, CheckpointMismatchError, MissingCheckpointError
 from ..modeling import Mask2Former
 from ..modeling.d2_format import read_d2_pickle
 from .d2 import convert_d2_state_dict
 from .hf import convert_hf_state_dict, read_hf_checkpoint
+from .reading import load_torch_file
 
 FORMAT_VERSION = 1
 
@@ -42,7 +44,9 @@ def load_state_strict(model: Mask2Former, state_dict: dict[str, torch.Tensor], s
             f"unexpected keys ({len(result.unexpected_keys)}): {result.unexpected_keys[:20]}"
         )
     if problems:
-        raise KeyError(f"weights from {source} do not fit the model: " + "; ".join(problems))
+        raise CheckpointMismatchError(
+            f"weights from {source} do not fit the model: " + "; ".join(problems)
+        )
 
 
 def _lightning_model_state(ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -65,21 +69,21 @@ def read_weights(
     config is empty for a model-zoo `.pkl`, which does not store the architecture."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise MissingCheckpointError(f"no checkpoint at {path}")
     if path.is_dir():
         config, hf_state, class_names = read_hf_checkpoint(path)
         return config, convert_hf_state_dict(hf_state), class_names
     if path.suffix == ".pkl":
         return {}, convert_d2_state_dict(read_d2_pickle(path)), None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path} is not a checkpoint dict")
+        raise CheckpointError(f"{path} is not a checkpoint dict")
     if ckpt.get("format") == "m2f_lightning":
         return dict(ckpt["model_config"]), ckpt["state_dict"], ckpt.get("class_names")
     if "state_dict" in ckpt and "pytorch-lightning_version" in ckpt:
         config, state = _lightning_model_state(ckpt)
         return config, state, (ckpt.get("hyper_parameters") or {}).get("class_names")
-    raise ValueError(f"{path}: unknown checkpoint format (keys: {sorted(ckpt)[:10]})")
+    raise CheckpointError(f"{path}: unknown checkpoint format (keys: {sorted(ckpt)[:10]})")
 
 
 def load_model(
@@ -128,14 +132,14 @@ def init_from_weights(model: Mask2Former, path: str | Path) -> list[str]:
         if k in target and v.shape != target[k].shape
     ]
     if mismatched:
-        raise ValueError(
+        raise CheckpointError(
             f"weights from {path} have another architecture than the model (same backbone, "
             f"queries and widths needed; only the class count may differ): {mismatched[:10]}"
         )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in kept]
     if missing or result.unexpected_keys:
-        raise KeyError(
+        raise CheckpointMismatchError(
             f"weights from {path} do not fit the model: missing {missing[:20]}, "
             f"unexpected {result.unexpected_keys[:20]}"
         )

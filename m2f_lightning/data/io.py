@@ -5,14 +5,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import DataError, MissingDataError
 
-class DataError(ValueError):
-    """A problem with a file on disk (missing, corrupt, inconsistent); the message names it."""
+__all__ = ["DataError", "MissingDataError", "check_same_size", "read_image", "read_label"]
 
 
 def _open(path: Path) -> Image.Image:
     if not path.is_file():
-        raise DataError(f"missing file: {path}")
+        raise MissingDataError(f"missing file: {path}")
     try:
         image = Image.open(path)
         image.load()

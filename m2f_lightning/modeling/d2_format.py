@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import RefusedPickleError
+
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -39,7 +41,7 @@ def read_d2_pickle(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             data = _RestrictedUnpickler(f, encoding="latin1").load()
         except pickle.UnpicklingError as err:
-            raise pickle.UnpicklingError(f"{path}: {err}") from err
+            raise RefusedPickleError(f"{path}: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a dict in the .pkl, got {type(data).__name__}")
     weights = data.get("model", data)

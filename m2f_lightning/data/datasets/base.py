@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import MissingDataError
+
 
 @dataclass
 class Sample:
@@ -39,4 +41,4 @@ class Reader:
 def require_dir(path: Path, what: str, layout: str, hint: str) -> None:
     """Fail early with the expected layout when a dataset folder is missing."""
     if not path.is_dir():
-        raise FileNotFoundError(f"{what} not found: {path}\nExpected layout:\n{layout}\n{hint}")
+        raise MissingDataError(f"{what} not found: {path}\nExpected layout:\n{layout}\n{hint}")

@@ -18,8 +18,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ...errors import ConfigError, DataError, MissingDataError
 from ..catalog import DatasetMetadata
-from ..io import DataError
 from .base import Reader
 from .instance import CocoInstanceReader
 from .panoptic import PanopticReader
@@ -35,7 +35,7 @@ FORMAT_TASKS = {
 def _format(source: dict[str, Any]) -> str:
     fmt = source.get("format")
     if fmt not in FORMAT_TASKS:
-        raise ValueError(
+        raise ConfigError(
             f"dataset.source.format must be one of {sorted(FORMAT_TASKS)}; got {fmt!r}"
         )
     return fmt
@@ -57,7 +57,7 @@ def palette(n: int) -> list[tuple[int, int, int]]:
 def _split_entry(source: dict[str, Any], split: str, key: str, root: Path) -> Path:
     entry = (source.get(split) or {}).get(key)
     if not entry:
-        raise ValueError(f"dataset.source.{split}.{key} is not set (format {source['format']})")
+        raise ConfigError(f"dataset.source.{split}.{key} is not set (format {source['format']})")
     path = Path(entry).expanduser()
     return path if path.is_absolute() else root / path
 
@@ -66,7 +66,7 @@ def _split_entry(source: dict[str, Any], split: str, key: str, root: Path) -> Pa
 def _json_categories(json_file: str) -> list[dict[str, Any]]:
     path = Path(json_file)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise MissingDataError(f"annotation file not found: {path}")
     categories = json.loads(path.read_text()).get("categories")
     if not categories:
         raise DataError(f"{path}: no 'categories' list to take the classes from")
@@ -79,7 +79,7 @@ def custom_metadata(source: dict[str, Any], task: str, root: Path) -> DatasetMet
     if fmt == "semantic_png":
         names = list(source.get("classes") or [])
         if not names:
-            raise ValueError("dataset.source.classes must list the class names of semantic_png")
+            raise ConfigError("dataset.source.classes must list the class names of semantic_png")
         ids = list(range(len(names)))
         is_thing = [False] * len(names)
     else:
@@ -105,7 +105,7 @@ def custom_reader(
     fmt = _format(source)
     images = _split_entry(source, split, "images", root)
     if not images.is_dir():
-        raise FileNotFoundError(f"dataset.source.{split}.images: no folder at {images}")
+        raise MissingDataError(f"dataset.source.{split}.images: no folder at {images}")
     if fmt == "semantic_png":
         labels = _split_entry(source, split, "labels", root)
         pattern = source.get("image_glob", "*.jpg")

@@ -1,30 +1,27 @@
 """Readers for instance annotations: COCO JSON (polygons and RLE, via pycocotools) and
 Cityscapes gtFine instanceIds PNGs."""
 
-import contextlib
-import io
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 
 from ..catalog import DatasetMetadata
 from ..io import DataError, check_same_size, read_image, read_label
+from ..validation import check_instance_annotations, compare_categories, load_json
 from .base import Reader, Sample
 
 
 class CocoInstanceReader(Reader):
-    """COCO instances JSON: one mask per annotation (overlaps allowed), crowd flagged."""
+    """COCO instances JSON: one mask per annotation (overlaps allowed), crowd flagged. The file
+    is checked record by record when read (`validation.check_instance_annotations`)."""
 
     def __init__(self, json_file: Path, image_dir: Path, metadata: DatasetMetadata) -> None:
-        if not json_file.is_file():
-            raise FileNotFoundError(f"instance annotation file not found: {json_file}")
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco = COCO(str(json_file))
-        for ann in self.coco.dataset.get("annotations", []):
-            metadata.contiguous_id(ann["category_id"], source=str(json_file))
-        self.image_ids = sorted(self.coco.imgs)
+        data = load_json(json_file, ("images", "annotations"), "instance annotation file")
+        compare_categories(data.get("categories"), metadata, json_file, things_only=True)
+        self.images, self.anns = check_instance_annotations(data, json_file, metadata)
+        self.image_ids = sorted(self.images, key=str)
+        self.json_file = json_file
         self.image_dir = image_dir
         self.metadata = metadata
 
@@ -33,26 +30,32 @@ class CocoInstanceReader(Reader):
 
     def __getitem__(self, index: int) -> Sample:
         image_id = self.image_ids[index]
-        info = self.coco.imgs[image_id]
+        info = self.images[image_id]
         path = self.image_dir / info["file_name"]
         image = read_image(path)
         height, width = image.shape[:2]
-        if (info.get("height", height), info.get("width", width)) != (height, width):
+        if (info["height"], info["width"]) != (height, width):
             raise DataError(
-                f"{path} is {width}x{height} but the annotation file says {info['width']}x{info['height']}"
+                f"{path} is {width}x{height} but {self.json_file} says "
+                f"{info['width']}x{info['height']} (image id {image_id})"
             )
-        anns = self.coco.imgToAnns.get(image_id, [])
+        anns = self.anns.get(image_id, [])
         masks = np.zeros((len(anns), height, width), dtype=np.uint8)
         for i, ann in enumerate(anns):
             segm = ann["segmentation"]
-            if isinstance(segm, list):
-                rles = mask_utils.frPyObjects(segm, height, width)
-                rle = mask_utils.merge(rles)
-            elif isinstance(segm.get("counts"), list):
-                rle = mask_utils.frPyObjects(segm, height, width)
-            else:
-                rle = segm
-            masks[i] = mask_utils.decode(rle)
+            try:
+                if isinstance(segm, list):
+                    rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+                elif isinstance(segm["counts"], list):
+                    rle = mask_utils.frPyObjects(segm, height, width)
+                else:
+                    rle = segm
+                masks[i] = mask_utils.decode(rle)
+            except (TypeError, ValueError, IndexError) as err:
+                raise DataError(
+                    f"{self.json_file}: annotation id {ann.get('id')} (image id {image_id}): "
+                    f"undecodable segmentation ({err})"
+                ) from None
         return Sample(
             image=image,
             file_name=str(path),

@@ -1,7 +1,6 @@
 """Readers for the COCO panoptic format (PNG with RGB-encoded segment ids + JSON), which COCO,
 ADE20K (prepared), Cityscapes (cityscapesScripts) and Mapillary Vistas all use."""
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 
 from ..catalog import DatasetMetadata
 from ..io import DataError, check_same_size, read_image, read_label, rgb_to_id
+from ..validation import check_panoptic_annotations, compare_categories, load_json
 from .base import Reader, Sample
 
 
@@ -26,27 +26,17 @@ class PanopticReader(Reader):
         image_path: Callable[[dict], Path],
         metadata: DatasetMetadata,
     ) -> None:
-        if not json_file.is_file():
-            raise FileNotFoundError(f"panoptic annotation file not found: {json_file}")
-        data = json.loads(json_file.read_text())
-        images = {img["id"]: img for img in data.get("images", [])}
-        self.records = []
-        for ann in data["annotations"]:
-            info = images.get(ann["image_id"])
-            if info is None:
-                raise DataError(f"{json_file}: annotation for unknown image id {ann['image_id']}")
-            for seg in ann["segments_info"]:
-                metadata.contiguous_id(
-                    seg["category_id"], source=f"{json_file} ({ann['file_name']})"
-                )
-            self.records.append(
-                {
-                    "image": image_path(info),
-                    "png": panoptic_dir / ann["file_name"],
-                    "image_id": ann["image_id"],
-                    "segments_info": ann["segments_info"],
-                }
-            )
+        data = load_json(json_file, ("images", "annotations"), "panoptic annotation file")
+        compare_categories(data.get("categories"), metadata, json_file)
+        self.records = [
+            {
+                "image": image_path(info),
+                "png": panoptic_dir / ann["file_name"],
+                "image_id": ann["image_id"],
+                "segments_info": ann["segments_info"],
+            }
+            for info, ann in check_panoptic_annotations(data, json_file, metadata)
+        ]
         self.metadata = metadata
         self.json_file = json_file
 

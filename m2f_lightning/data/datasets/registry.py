@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...errors import ConfigError
 from ..catalog import DatasetMetadata, get_metadata
 from .base import Reader, require_dir
 from .instance import CityscapesInstanceReader, CocoInstanceReader
@@ -66,11 +67,11 @@ def check_task(dataset: str, task: str, options: dict[str, Any] | None = None) -
     elif dataset in DATASETS:
         tasks = DATASETS[dataset].tasks
     else:
-        raise ValueError(
+        raise ConfigError(
             f"unknown dataset '{dataset}'; choose one of {sorted([*DATASETS, 'custom'])}"
         )
     if task not in tasks:
-        raise ValueError(
+        raise ConfigError(
             f"dataset '{dataset}' has no annotations for task '{task}'; valid tasks: {list(tasks)}"
         )
 
@@ -100,7 +101,7 @@ def build_reader(
     """The reader of one split (`train` or `val`) of a dataset for a task."""
     check_task(dataset, task, options)
     if split not in ("train", "val"):
-        raise ValueError(f"unknown split '{split}': choose train or val")
+        raise ConfigError(f"unknown split '{split}': choose train or val")
     meta = metadata_for(dataset, task, options, root)
     if dataset == "custom":
         from .custom import custom_reader
