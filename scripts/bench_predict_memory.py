@@ -19,27 +19,36 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 PREDICT = "from m2f_lightning.cli import predict_main; predict_main()"
 
 
-def make_inputs(tmp: Path, width: int, height: int) -> tuple[Path, Path]:
-    from m2f_lightning.checkpoints import save_model
-    from m2f_lightning.modeling import Mask2Former
+SAVE = """
+import sys, torch
+from m2f_lightning.checkpoints import save_model
+from m2f_lightning.modeling import Mask2Former
+torch.manual_seed(0)
+save_model(Mask2Former(num_classes=133, backbone="r50"), sys.argv[1])
+"""
 
-    torch.manual_seed(0)
-    model = Mask2Former(num_classes=133, backbone="r50")
-    checkpoint = save_model(model, tmp / "r50_coco_random.pt")
+
+def make_checkpoint(code: Path, path: Path) -> Path:
+    """Random weights, saved by the checkout under test (checkpoint configs change over time)."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    subprocess.run([sys.executable, "-c", SAVE, str(path)], env=env, check=True)
+    return path
+
+
+def make_photo(tmp: Path, width: int, height: int) -> Path:
+    """A smooth photo-like JPEG (one of pure noise would be needlessly large)."""
     rng = np.random.default_rng(0)
-    # a smooth photo-like image (JPEG of pure noise would be needlessly large)
     small = rng.integers(0, 256, (height // 50 + 1, width // 50 + 1, 3), dtype=np.uint8)
     image = Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR)
     photo = tmp / f"photo_{width}x{height}.jpg"
     image.save(photo, quality=90)
-    return checkpoint, photo
+    return photo
 
 
 def run_predict(
@@ -95,8 +104,9 @@ def main() -> None:
         tmp = Path(tmp_name)
         for size in sizes:
             width, height = (int(v) for v in size.lower().split("x"))
-            checkpoint, photo = make_inputs(tmp, width, height)
+            photo = make_photo(tmp, width, height)
             for i, code in enumerate(codes):
+                checkpoint = make_checkpoint(code, tmp / f"r50_coco_random_{i}.pt")
                 result = run_predict(
                     code, checkpoint, photo, args.task, tmp / f"out{i}_{size}", args.limit_gb
                 )
