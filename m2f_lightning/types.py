@@ -9,7 +9,7 @@ H x W the image on disk, h x w the image after resizing/augmentation, Hp x Wp th
 """
 
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Protocol, TypedDict
 
 import torch
 
@@ -60,6 +60,16 @@ class Segment:
     score: float = 1.0
 
 
+class ClassScores(Protocol):
+    """Per-class scores [K, H, W]: a tensor, or `inference.SemanticScores`, which keeps them at
+    the network's resolution and computes the full-size argmax on demand (bounded memory)."""
+
+    @property
+    def shape(self) -> torch.Size: ...
+
+    def argmax(self, dim: int) -> torch.Tensor: ...
+
+
 @dataclass
 class SegmentationResult:
     """One image's post-processed prediction at its original size (H, W).
@@ -68,7 +78,7 @@ class SegmentationResult:
     AP and mIoU from one panoptic model); instance → `instances`; semantic → `sem_seg`.
     """
 
-    sem_seg: torch.Tensor | None = None  # float [K, H, W] class scores
+    sem_seg: ClassScores | None = None  # [K, H, W] class scores
     panoptic_seg: torch.Tensor | None = None  # int32 [H, W] segment ids, 0 = void
     segments: list[Segment] = field(default_factory=list)
     instances: InstanceSet | None = None

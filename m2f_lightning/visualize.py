@@ -25,19 +25,32 @@ def overlay(
     alpha: float = 0.55,
     segment_map: np.ndarray | None = None,
     ignore: int = 255,
+    rows: int = 256,
 ) -> np.ndarray:
-    """Blend class colours over the image; with `segment_map`, draw segment boundaries in white."""
-    colored = colorize(class_map, colors, ignore).astype(np.float32)
-    valid = (class_map != ignore)[..., None]
-    out = np.where(
-        valid, (1 - alpha) * image.astype(np.float32) + alpha * colored, image.astype(np.float32)
-    )
-    if segment_map is not None:
-        edges = np.zeros(segment_map.shape, dtype=bool)
-        edges[1:, :] |= segment_map[1:, :] != segment_map[:-1, :]
-        edges[:, 1:] |= segment_map[:, 1:] != segment_map[:, :-1]
-        out[edges] = 255
-    return out.clip(0, 255).astype(np.uint8)
+    """Blend class colours over the image; with `segment_map`, draw segment boundaries in white.
+
+    Computed `rows` image rows at a time, so that the float32 intermediates stay small for a
+    large photo (a whole 24-megapixel image in float32 is 288 MB per array).
+    """
+    height = image.shape[0]
+    out = np.empty((*image.shape[:2], 3), dtype=np.uint8)
+    for start in range(0, height, rows):
+        band = slice(start, min(start + rows, height))
+        colored = colorize(class_map[band], colors, ignore).astype(np.float32)
+        valid = (class_map[band] != ignore)[..., None]
+        pixels = image[band].astype(np.float32)
+        blended = np.where(valid, (1 - alpha) * pixels + alpha * colored, pixels)
+        if segment_map is not None:
+            edges = np.zeros(segment_map[band].shape, dtype=bool)
+            first = 1 if start == 0 else 0  # the image's first row has no row above
+            edges[first:] |= (
+                segment_map[start + first : band.stop]
+                != segment_map[start + first - 1 : band.stop - 1]
+            )
+            edges[:, 1:] |= segment_map[band][:, 1:] != segment_map[band][:, :-1]
+            blended[edges] = 255
+        out[band] = blended.clip(0, 255).astype(np.uint8)
+    return out
 
 
 def class_map(
