@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from .commands import evaluate, predict, train
+from .commands import InputsFailed, evaluate, predict, train
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # `m2f_lightning/conf` links to the checkout's `conf/`; an installed wheel holds a copy of it
@@ -89,7 +89,13 @@ def _evaluate_main(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def _predict_main(cfg: DictConfig) -> None:
-    run_command(predict, cfg)
+    try:
+        run_command(predict, cfg)
+    except InputsFailed as failed:  # the other inputs' files are written: say which failed
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {failed}", highlight=False)
+        sys.exit(1)
 
 
 def _with_upgraded_argv(main: Callable[[], Any]) -> Any:

@@ -1,0 +1,40 @@
+"""`m2f-evaluate save_predictions=true` on two processes writes what one device writes: each
+image exactly once (a rank's padding duplicate is not written), the per-rank JSON entries
+merged on rank 0."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from m2f_lightning.commands import evaluate
+from tests.helpers import compose
+from tests.test_ddp import TWO_RANKS, _overrides, datasets, oracle  # noqa: F401 (fixtures)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix != ".zip"  # zips hold timestamps
+    }
+
+
+@pytest.mark.slow
+def test_save_predictions_on_two_processes_equals_one_device(
+    datasets: Path,  # noqa: F811
+    tmp_path: Path,
+    oracle: None,  # noqa: F811
+) -> None:
+    common = _overrides(datasets, "checkpoint=unused", "save_predictions=true")
+    evaluate(compose("evaluate", common, tmp_path / "one"), tmp_path / "one")
+    evaluate(compose("evaluate", [*common, *TWO_RANKS], tmp_path / "two"), tmp_path / "two")
+    one = _files(tmp_path / "one" / "predictions")
+    two = _files(tmp_path / "two" / "predictions")
+    name = "panoptic_val2017_m2f_results"
+    data = json.loads(one[f"{name}.json"])
+    assert [a["image_id"] for a in data["annotations"]] == [1, 2, 3, 4, 5]  # each once
+    assert len([k for k in one if k.startswith(f"{name}/")]) == 5
+    assert two.keys() == one.keys()
+    assert two == one
+    assert (tmp_path / "two" / "predictions" / f"{name}.zip").is_file()
