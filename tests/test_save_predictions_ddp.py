@@ -7,9 +7,26 @@ from pathlib import Path
 
 import pytest
 
+from m2f_lightning import builders, commands
 from m2f_lightning.commands import evaluate
 from tests.helpers import compose
-from tests.test_ddp import TWO_RANKS, _overrides, datasets, oracle  # noqa: F401 (fixtures)
+from tests.test_ddp import TWO_RANKS, OracleModule, _overrides, datasets  # noqa: F401 (fixture)
+
+
+class NamedOracle(OracleModule):
+    """The oracle's results, named after their images as the real module names them."""
+
+    def predict_batch(self, batch):
+        results = super().predict_batch(batch)
+        for result, name, image_id in zip(results, batch.file_names, batch.image_ids, strict=True):
+            result.file_name, result.image_id = name, image_id
+        return results
+
+
+@pytest.fixture
+def oracle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builders, "Mask2FormerModule", NamedOracle)
+    monkeypatch.setattr(commands, "load_weights_for", lambda cfg, dm, path: None)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -24,7 +41,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 def test_save_predictions_on_two_processes_equals_one_device(
     datasets: Path,  # noqa: F811
     tmp_path: Path,
-    oracle: None,  # noqa: F811
+    oracle: None,
 ) -> None:
     common = _overrides(datasets, "checkpoint=unused", "save_predictions=true")
     evaluate(compose("evaluate", common, tmp_path / "one"), tmp_path / "one")
