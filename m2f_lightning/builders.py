@@ -134,7 +134,7 @@ def _container(node: Any) -> Any:
 
 
 def build_datamodule(
-    cfg: DictConfig, predict_paths: list[str] | None = None
+    cfg: DictConfig, predict_paths: list[str] | None = None, predict_split: str | None = None
 ) -> SegmentationDataModule:
     """The datamodule from the `dataset` group: every key that is a datamodule argument."""
     accepted = set(inspect.signature(SegmentationDataModule).parameters)
@@ -144,6 +144,7 @@ def build_datamodule(
         dataset=cfg.dataset.name,
         task=cfg.task.name,
         predict_paths=predict_paths,
+        predict_split=predict_split,
         seed=cfg.get("seed", 0),  # data order and augmentation: (seed, epoch, index)
     )
 

@@ -129,7 +129,7 @@ def _evaluate_main(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def _predict_main(cfg: DictConfig) -> None:
-    run_command(predict, cfg)
+    run_command(predict, cfg)  # unreadable inputs: `InputsFailed`, exit 1 after the others
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="doctor")

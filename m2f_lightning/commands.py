@@ -20,7 +20,7 @@ from .builders import (
     warn_if_not_the_recipe_batch,
 )
 from .data import SegmentationDataModule
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 from .modeling import Mask2Former
 from .preemption import SlurmPreemption
 from .resume import (
@@ -140,7 +140,14 @@ def _evaluate(cfg: DictConfig, output_dir: Path | None) -> dict[str, float]:
     module = build_module(cfg, dm, model=load_weights_for(cfg, dm, cfg.checkpoint))
     output_dir = Path(output_dir or hydra_output_dir())
     output_dir.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), [])
+    callbacks: list[L.Callback] = []
+    if cfg.get("save_predictions"):
+        from .callbacks import PredictionSaver
+
+        callbacks.append(
+            PredictionSaver(prediction_writer(cfg, dm, output_dir / "predictions", "val"))
+        )
+    trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
     (logged,) = trainer.test(module, datamodule=dm, verbose=False)
     results = scalars(logged, "test/")
     summary = {
@@ -149,35 +156,75 @@ def _evaluate(cfg: DictConfig, output_dir: Path | None) -> dict[str, float]:
         "test": results,
         "metrics_file": "eval_metrics.json",
     }
+    if callbacks:
+        summary["predictions"] = str(output_dir / "predictions")
     if trainer.is_global_zero:  # metrics are already synchronised across ranks
         (output_dir / "eval_metrics.json").write_text(json.dumps(summary, indent=2))
         print_summary(summary)
     return results
 
 
+class InputsFailed(UserError, RuntimeError):
+    """Predict ran on every readable input and wrote its files, but some inputs could not be
+    read: `failed` lists (input, reason), `written` the files of the others."""
+
+    def __init__(self, failed: list[tuple[str, str]], written: list[Path]) -> None:
+        self.failed = failed
+        self.written = written
+        names = "\n".join(f"  {name}: {reason}" for name, reason in failed)
+        super().__init__(f"{len(failed)} input(s) could not be read:\n{names}")
+
+
+def prediction_writer(
+    cfg: DictConfig, dm: SegmentationDataModule, out_dir: Path, split: str | None
+):
+    """The writer of predict (`split` None: folder inputs) or of evaluate's save_predictions."""
+    from .prediction_writer import PredictionWriter
+
+    return PredictionWriter(
+        cfg.task.name,
+        dm.metadata,
+        out_dir,
+        dataset=cfg.dataset.name if split else None,
+        split=split,
+        method=str(cfg.get("method", "m2f")),
+        overlays=bool(cfg.get("overlays", True)),
+        score_threshold=cfg.get("instance_score_threshold", 0.5),
+    )
+
+
 def predict(cfg: DictConfig, output_dir: Path | None = None) -> list[Path]:
-    """Run on plain images; write overlays and the task's result files."""
-    from .prediction_writer import write_predictions
+    """Run on plain images (`inputs=`) or on a dataset split (`split=`); write overlays and the
+    task's result files, each image's as soon as it is done. Inputs that cannot be read are
+    named at the end (`InputsFailed`, after everything else is written)."""
+    from .callbacks import PredictionSaver
 
     validate_config(cfg)
     output_dir = Path(output_dir or hydra_output_dir())
-    inputs = list(cfg.inputs) if not isinstance(cfg.inputs, str) else [cfg.inputs]
-    dm = build_datamodule(cfg, predict_paths=inputs)
+    inputs, split = cfg.get("inputs"), cfg.get("split")
+    if bool(inputs) == bool(split):
+        raise ValueError(
+            "predict needs either inputs=[files or folders] or split=train|val|test, not both"
+        )
+    if inputs:
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    dm = build_datamodule(cfg, predict_paths=inputs or None, predict_split=split or None)
     module = build_module(cfg, dm, model=load_weights_for(cfg, dm, cfg.checkpoint))
+    dm.setup("predict")
+    for name, reason in dm.predict_set.skipped:
+        print(f"skipped {name}: {reason}", flush=True)
+    out_dir = output_dir / "predictions"
+    saver = PredictionSaver(prediction_writer(cfg, dm, out_dir, split or None))
     # one process: a DDP predict would return each rank's share only (and write partial files)
     single = cfg.copy()
     with open_dict(single):
         single.trainer.update(devices=1, num_nodes=1, strategy="auto", sync_batchnorm=False)
-    trainer = build_trainer(single, output_dir, False, [])
-    batches = trainer.predict(module, datamodule=dm)
-    written = write_predictions(
-        [result for batch in batches for result in batch],
-        cfg.task.name,
-        dm.metadata,
-        output_dir / "predictions",
-        cfg.get("instance_score_threshold", 0.5),
-    )
-    print(f"wrote {len(written)} files under {output_dir / 'predictions'}", flush=True)
+    trainer = build_trainer(single, output_dir, False, [saver])
+    trainer.predict(module, datamodule=dm, return_predictions=False)
+    written = saver.files
+    print(f"wrote {len(written)} files under {out_dir}", flush=True)
+    if saver.unreadable:
+        raise InputsFailed(saver.unreadable, written)
     return written
 
 

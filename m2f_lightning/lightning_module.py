@@ -115,10 +115,14 @@ class Mask2FormerModule(L.LightningModule):
         self.val_metrics.update(*_scored(results, batch))
         return results  # handed to callbacks (W&B overlays)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self.test_metrics.update(*_scored(self.predict_batch(batch), batch))
+    def test_step(self, batch: Batch, batch_idx: int) -> list[SegmentationResult]:
+        results = self.predict_batch(batch)
+        self.test_metrics.update(*_scored(results, batch))
+        return results  # handed to callbacks (PredictionSaver); Lightning keeps none
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[SegmentationResult]:
+        if len(batch) == 0:  # every input of the batch was unreadable (Batch.unreadable)
+            return []
         return self.predict_batch(batch)
 
     def _log_metrics(self, metrics: SegmentationMetrics, stage: str) -> None:

@@ -1,8 +1,33 @@
-"""Files written by `m2f-predict`: overlays, COCO-panoptic PNG + JSON, COCO instance results
-(RLE) or semantic PNGs."""
+"""Files written by `m2f-predict` and `m2f-evaluate save_predictions=true`.
+
+Two layouts:
+
+- Folder inputs (`inputs=`): `<stem>_overlay.png` per image plus the task's files, ids the file
+  stems: `<stem>_panoptic.png` + `panoptic.json` (COCO panoptic format), `instances_results.json`
+  (COCO results, RLE masks) or `<stem>_semantic.png` (contiguous class ids).
+- A dataset split (`split=`, or evaluation): the files each official evaluator or benchmark
+  server reads, with the dataset's own image ids, file names and category ids:
+  panoptic   `panoptic_<split>_<method>_results/<image stem>.png` + `….json` (+ `….zip`), read
+             by panopticapi's `pq_compute`, the COCO server and cityscapesScripts; the thing
+             instances of the same model also as detections (below);
+  instance   `detections_<split>_<method>_results.json` (+ `….zip`), a COCO results list
+             (`COCO.loadRes`); Cityscapes: `cityscapes_instance_<split>_<method>_results/` with
+             `<image stem>_pred.txt` (`masks/<png> <label id> <score>` per line) + mask PNGs,
+             read by cityscapesScripts' evalInstanceLevelSemanticLabeling;
+  semantic   `semantic_<split>_<method>_results/<image stem>.png` in the dataset's label space
+             (ADE20K 1..150 with 0 = other; Cityscapes labelIds; otherwise the contiguous ids
+             the dataset's label PNGs hold);
+  overlays   `overlays/<image stem>.png` (when asked).
+  `<split>` is COCO's name (`val2017`, `test-dev2017`) for COCO-format datasets.
+
+Per-image files are written as each result arrives; the JSON lists at `finish()` (after
+`merge()` of every rank's `state()` under DDP).
+"""
 
 import json
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -11,15 +36,255 @@ from pycocotools import mask as mask_utils
 from .data.catalog import DatasetMetadata
 from .data.io import id_to_rgb, read_image
 from .types import SegmentationResult
-from .visualize import class_map, overlay
+from .visualize import class_map, overlay_panel, segment_map
+
+COCO_SPLITS = {"train": "train2017", "val": "val2017", "test": "test-dev2017"}
 
 
-def _id_to_rgb_by_rows(ids: np.ndarray, rows: int = 256) -> np.ndarray:
-    """`id_to_rgb` a band of rows at a time (it works in int64: 1.2 GB for a 24 MP image)."""
-    out = np.empty((*ids.shape, 3), dtype=np.uint8)
-    for start in range(0, len(ids), rows):
-        out[start : start + rows] = id_to_rgb(ids[start : start + rows])
-    return out
+def split_name(dataset: str, split: str) -> str:
+    """The split as the dataset's own file names spell it (COCO: val2017, test-dev2017)."""
+    return COCO_SPLITS.get(split, split) if dataset in ("coco", "synthetic") else split
+
+
+def semantic_file_ids(dataset: str, metadata: DatasetMetadata) -> np.ndarray:
+    """Contiguous class → the value its label PNGs (and official evaluators) use."""
+    if dataset == "ade20k":  # 0 = "other", classes 1..150
+        return np.asarray(metadata.dataset_ids, dtype=np.int64) + 1
+    if dataset == "cityscapes":  # labelIds, as evalPixelLevelSemanticLabeling reads them
+        return np.asarray(metadata.dataset_ids, dtype=np.int64)
+    return np.arange(metadata.num_classes, dtype=np.int64)
+
+
+def _json_id(image_id: Any) -> int | str:
+    if isinstance(image_id, (int, np.integer)) and not isinstance(image_id, bool):
+        return int(image_id)
+    if isinstance(image_id, str) and image_id.isdigit() and str(int(image_id)) == image_id:
+        return int(image_id)  # an integer id that travelled as text
+    return str(image_id)
+
+
+def _rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    return rle
+
+
+class PredictionWriter:
+    """Writes results as they come (see the module docstring for the files).
+
+    Args:
+        task: panoptic | instance | semantic.
+        metadata: the dataset's classes.
+        out_dir: where the files go.
+        dataset, split: a dataset split → the benchmark layout; None → the folder layout.
+        method: the method name in benchmark file names.
+        overlays: also write overlay panels.
+        score_threshold: instances drawn in overlays (every top-k instance goes to the files).
+    """
+
+    def __init__(
+        self,
+        task: str,
+        metadata: DatasetMetadata,
+        out_dir: Path,
+        dataset: str | None = None,
+        split: str | None = None,
+        method: str = "m2f",
+        overlays: bool = True,
+        score_threshold: float = 0.5,
+    ) -> None:
+        self.task = task
+        self.metadata = metadata
+        self.out_dir = Path(out_dir)
+        self.dataset = dataset
+        self.benchmark = dataset is not None and split is not None
+        self.overlays = overlays
+        self.score_threshold = score_threshold
+        self.panoptic: list[dict] = []
+        self.detections: list[dict] = []
+        self.written: list[Path] = []
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.benchmark:
+            name = split_name(dataset, split)
+            self.prefix = {
+                kind: f"{kind}_{name}_{method}_results"
+                for kind in ("panoptic", "detections", "semantic", "cityscapes_instance")
+            }
+            self.semantic_ids = semantic_file_ids(dataset, metadata)
+
+    # -- per image -----------------------------------------------------------------------
+    def write(self, result: SegmentationResult) -> list[Path]:
+        """Write one image's files now; keep its JSON entries for `finish`."""
+        stem = Path(result.file_name).stem
+        image_id = _json_id(result.image_id) if self.benchmark else stem
+        new: list[Path] = []
+        if self.task == "panoptic":
+            new.append(self._panoptic(result, stem, image_id))
+        if self.task == "semantic":
+            new.append(self._semantic(result, stem))
+        if result.instances is not None and self.task in ("instance", "panoptic"):
+            if self.benchmark and self.dataset == "cityscapes" and self.task == "instance":
+                new += self._cityscapes_instances(result, stem)
+            elif self.benchmark or self.task == "instance":
+                self._detections(result, image_id)
+        if self.overlays:
+            new.append(self._overlay(result, stem))
+        self.written += new
+        return new
+
+    def _panoptic(self, result: SegmentationResult, stem: str, image_id: int | str) -> Path:
+        seg = result.panoptic_seg.cpu().numpy()
+        if self.benchmark:
+            png = self.out_dir / self.prefix["panoptic"] / f"{stem}.png"
+        else:
+            png = self.out_dir / f"{stem}_panoptic.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(id_to_rgb(seg)).save(png)
+        ids, areas = np.unique(seg, return_counts=True)
+        area = dict(zip(ids.tolist(), areas.tolist(), strict=True))
+        self.panoptic.append(
+            {
+                "image_id": image_id,
+                "file_name": png.name,
+                "segments_info": [
+                    {
+                        "id": int(s.id),
+                        "category_id": int(self.metadata.dataset_ids[s.category_id]),
+                        "isthing": int(s.isthing),
+                        "score": float(s.score),
+                        "area": int(area.get(s.id, 0)),
+                    }
+                    for s in result.segments
+                ],
+            }
+        )
+        return png
+
+    def _semantic(self, result: SegmentationResult, stem: str) -> Path:
+        classes = result.class_map().cpu().numpy()
+        if self.benchmark:
+            png = self.out_dir / self.prefix["semantic"] / f"{stem}.png"
+            values = self.semantic_ids[classes]
+        else:
+            png = self.out_dir / f"{stem}_semantic.png"
+            values = classes
+        png.parent.mkdir(parents=True, exist_ok=True)
+        dtype = np.uint8 if values.max(initial=0) < 256 else np.uint16
+        Image.fromarray(values.astype(dtype)).save(png)
+        return png
+
+    def _detections(self, result: SegmentationResult, image_id: int | str) -> None:
+        inst = result.instances
+        scores = inst.scores.cpu().numpy()
+        for i in np.argsort(-scores, kind="stable"):
+            self.detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(self.metadata.dataset_ids[int(inst.labels[i])]),
+                    "segmentation": _rle(inst.masks[i].cpu().numpy()),
+                    "score": float(scores[i]),
+                }
+            )
+
+    def _cityscapes_instances(self, result: SegmentationResult, stem: str) -> list[Path]:
+        folder = self.out_dir / self.prefix["cityscapes_instance"]
+        (folder / "masks").mkdir(parents=True, exist_ok=True)
+        inst = result.instances
+        scores = inst.scores.cpu().numpy()
+        lines, new = [], []
+        for k, i in enumerate(np.argsort(-scores, kind="stable")):
+            mask = inst.masks[i].cpu().numpy()
+            if not mask.any():
+                continue
+            png = folder / "masks" / f"{stem}_{k:03d}.png"
+            Image.fromarray(mask.astype(np.uint8) * 255).save(png)
+            new.append(png)
+            label_id = int(self.metadata.dataset_ids[int(inst.labels[i])])
+            lines.append(f"masks/{png.name} {label_id} {float(scores[i]):.6f}\n")
+        txt = folder / f"{stem}_pred.txt"
+        txt.write_text("".join(lines))
+        return [txt, *new]
+
+    def _overlay(self, result: SegmentationResult, stem: str) -> Path:
+        image = read_image(result.file_name)
+        panel = overlay_panel(
+            image,
+            class_map(result, self.score_threshold),
+            self.metadata.colors,
+            self.metadata.class_names,
+            segment_map=segment_map(result, self.score_threshold),
+        )
+        if self.benchmark:
+            out = self.out_dir / "overlays" / f"{stem}.png"
+        else:
+            out = self.out_dir / f"{stem}_overlay.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(panel).save(out)
+        return out
+
+    # -- the lists -----------------------------------------------------------------------
+    def state(self) -> dict[str, list]:
+        """This process's JSON entries (what `merge` takes from the other ranks)."""
+        return {"panoptic": self.panoptic, "detections": self.detections, "written": self.written}
+
+    def merge(self, states: list[dict[str, list]]) -> None:
+        """Take every rank's entries (this one's included, in `states`)."""
+        self.panoptic = [a for s in states for a in s["panoptic"]]
+        self.detections = [d for s in states for d in s["detections"]]
+        self.written = [p for s in states for p in s["written"]]
+
+    def finish(self) -> list[Path]:
+        """Write the JSON lists (and the servers' zips); returns every file written."""
+        key = lambda entry: (str(type(entry["image_id"])), entry["image_id"])  # noqa: E731
+        self.panoptic.sort(key=key)
+        if self.task == "panoptic":
+            self._finish_panoptic()
+        write_detections = self.task == "instance" and not (
+            self.benchmark and self.dataset == "cityscapes"
+        )
+        if write_detections or (self.benchmark and self.task == "panoptic"):
+            self.detections.sort(key=key)  # stable: each image's by score
+            if self.benchmark:
+                name = self.prefix["detections"]
+                out = self.out_dir / f"{name}.json"
+                out.write_text(json.dumps(self.detections))
+                self.written += [out, self._zip(name, [out])]
+            else:
+                out = self.out_dir / "instances_results.json"
+                out.write_text(json.dumps(self.detections))
+                self.written.append(out)
+        return self.written
+
+    def _finish_panoptic(self) -> None:
+        categories = [
+            {"id": int(d), "name": n, "isthing": int(t)}
+            for d, n, t in zip(
+                self.metadata.dataset_ids,
+                self.metadata.class_names,
+                self.metadata.is_thing,
+                strict=True,
+            )
+        ]
+        data = {"annotations": self.panoptic, "categories": categories}
+        if not self.benchmark:
+            out = self.out_dir / "panoptic.json"
+            out.write_text(json.dumps(data))
+            self.written.append(out)
+            return
+        name = self.prefix["panoptic"]
+        out = self.out_dir / f"{name}.json"
+        out.write_text(json.dumps(data))
+        pngs = sorted((self.out_dir / name).glob("*.png"))
+        self.written += [out, self._zip(name, [out, *pngs])]
+
+    def _zip(self, name: str, files: list[Path]) -> Path:
+        """`<name>.zip` holding `files` at their paths under out_dir (the servers' layout: the
+        JSON at the top, the panoptic PNGs in the folder of the same name)."""
+        out = self.out_dir / f"{name}.zip"
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in files:
+                archive.write(path, path.relative_to(self.out_dir).as_posix())
+        return out
 
 
 def write_predictions(
@@ -29,71 +294,8 @@ def write_predictions(
     out_dir: Path,
     score_threshold: float = 0.5,
 ) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    panoptic_annotations, instance_results = [], []
+    """The folder layout for a list of results (ids = file stems)."""
+    writer = PredictionWriter(task, metadata, out_dir, score_threshold=score_threshold)
     for result in results:
-        path = Path(result.file_name)
-        stem = path.stem
-        image = read_image(path)
-        if task == "panoptic":
-            seg = result.panoptic_seg.cpu().numpy()
-            png = out_dir / f"{stem}_panoptic.png"
-            Image.fromarray(_id_to_rgb_by_rows(seg)).save(png)
-            written.append(png)
-            panoptic_annotations.append(
-                {
-                    "file_name": png.name,
-                    "image_id": stem,
-                    "segments_info": [
-                        {
-                            "id": s.id,
-                            "category_id": metadata.dataset_ids[s.category_id],
-                            "isthing": int(s.isthing),
-                            "score": s.score,
-                            "area": int((seg == s.id).sum()),
-                        }
-                        for s in result.segments
-                    ],
-                }
-            )
-            vis = overlay(image, class_map(result), metadata.colors, segment_map=seg)
-        elif task == "semantic":
-            classes = result.class_map().cpu().numpy().astype(np.uint8)
-            png = out_dir / f"{stem}_semantic.png"
-            Image.fromarray(classes).save(png)
-            written.append(png)
-            vis = overlay(image, classes, metadata.colors)
-        else:
-            inst = result.instances
-            for i in np.argsort(-inst.scores.cpu().numpy()):
-                mask = inst.masks[i].cpu().numpy()
-                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-                rle["counts"] = rle["counts"].decode()
-                instance_results.append(
-                    {
-                        "image_id": stem,
-                        "category_id": metadata.dataset_ids[int(inst.labels[i])],
-                        "segmentation": rle,
-                        "score": float(inst.scores[i]),
-                    }
-                )
-            vis = overlay(image, class_map(result, score_threshold), metadata.colors)
-        out = out_dir / f"{stem}_overlay.png"
-        Image.fromarray(vis).save(out)
-        written.append(out)
-    if task == "panoptic":
-        categories = [
-            {"id": d, "name": n, "isthing": int(t)}
-            for d, n, t in zip(
-                metadata.dataset_ids, metadata.class_names, metadata.is_thing, strict=True
-            )
-        ]
-        out = out_dir / "panoptic.json"
-        out.write_text(json.dumps({"annotations": panoptic_annotations, "categories": categories}))
-        written.append(out)
-    if task == "instance":
-        out = out_dir / "instances_results.json"
-        out.write_text(json.dumps(instance_results))
-        written.append(out)
-    return written
+        writer.write(result)
+    return writer.finish()

@@ -119,6 +119,9 @@ class Batch:
     eval_targets: list[EvalTarget] | None = None  # evaluation (validation / test)
     # evaluation: False for an image a rank repeats only to fill its last batch (never scored)
     scored: list[bool] | None = None
+    # prediction: (input, reason) of the inputs of this batch that could not be read; they hold
+    # no image in the batch (which may then be empty)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.file_names)

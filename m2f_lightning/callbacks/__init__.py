@@ -1,6 +1,7 @@
 """Callbacks of the training and evaluation commands."""
 
+from .prediction_saver import PredictionSaver
 from .progress import HEADLINE_METRICS, StepProgressBar, TextProgress
 from .wandb_media import WandbMedia
 
-__all__ = ["HEADLINE_METRICS", "StepProgressBar", "TextProgress", "WandbMedia"]
+__all__ = ["HEADLINE_METRICS", "PredictionSaver", "StepProgressBar", "TextProgress", "WandbMedia"]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..types import Batch, SegmentationResult
-from ..visualize import class_map, overlay
+from ..visualize import class_map, overlay_panel, segment_map
 
 
 def _wandb_logger(trainer: L.Trainer):
@@ -35,8 +35,8 @@ def image_at_original_size(batch: Batch, index: int) -> np.ndarray:
 
 
 class WandbMedia(L.Callback):
-    """Logs `num_images` validation images with prediction / ground-truth masks and colour
-    overlays, and the per-class PQ / IoU of each validation and test as a table."""
+    """Logs `num_images` validation images with prediction / ground-truth masks and overlay
+    panels (image beside the prediction, class names on segments, contours), and the per-class PQ / IoU of each validation and test as a table."""
 
     def __init__(
         self, class_names: list[str], colors: list[list[int]], num_images: int = 4
@@ -69,6 +69,7 @@ class WandbMedia(L.Callback):
                 {
                     "image": image_at_original_size(batch, i),
                     "pred": class_map(result),
+                    "segments": segment_map(result),
                     "gt": gt.cpu().numpy() if isinstance(gt, torch.Tensor) else None,
                 }
             )
@@ -105,7 +106,11 @@ class WandbMedia(L.Callback):
         logger.log_image("val/examples", images=[i["image"] for i in kept], masks=masks, step=step)
         logger.log_image(
             "val/overlays",
-            images=[overlay(i["image"], i["pred"], self.colors) for i in kept],
+            # image | prediction with class names and contours, upscaled to be legible
+            images=[
+                overlay_panel(i["image"], i["pred"], self.colors, self.class_names, i["segments"])
+                for i in kept
+            ],
             step=step,
         )
 

@@ -103,18 +103,36 @@ class SegmentationDataset(Dataset):
         return out["image"], train_targets(self.task, self.metadata, sem_seg=out["mask"])
 
 
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
 class ImageFolderDataset(Dataset):
-    """Plain images (files or folders of them) for prediction; no annotations."""
+    """Plain images (files or folders of them) for prediction; no annotations.
+
+    Predict goes on past bad inputs: a path that does not exist is kept and reported as
+    unreadable when its turn comes (as is a file that does not decode); a directory or FIFO
+    named like an image inside a folder, or a named input that is neither a file nor a folder
+    (a FIFO, a socket), is not an image file: it is listed in `skipped` and never opened."""
 
     def __init__(self, paths: Sequence[str | Path], transform) -> None:
         files: list[Path] = []
+        self.skipped: list[tuple[str, str]] = []
         for path in map(Path, paths):
             if path.is_dir():
-                files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+                for p in sorted(path.rglob("*")):
+                    if not _is_image_name(p):
+                        continue
+                    if p.is_file():
+                        files.append(p)
+                    else:  # a folder named like an image, a FIFO
+                        self.skipped.append((str(p), "not a regular file"))
             elif path.is_file():
                 files.append(path)
+            elif path.exists():  # a FIFO, a socket, a device
+                self.skipped.append((str(path), "not a regular file"))
             else:
-                raise FileNotFoundError(f"no image or folder at {path}")
+                files.append(path)  # reported as missing in its turn, after the others ran
         if not files:
             raise FileNotFoundError(f"no images found in {list(map(str, paths))}")
         self.files = files
@@ -124,21 +142,58 @@ class ImageFolderDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image = read_image(self.files[index])
-        resized = self.transform(image=image)["image"]
-        return {
-            "image": _to_tensor(resized),
-            "image_size": tuple(resized.shape[:2]),
-            "orig_size": tuple(image.shape[:2]),
-            "file_name": str(self.files[index]),
-            "image_id": self.files[index].stem,
-        }
+        path = self.files[index]
+        if not path.exists():
+            return {"file_name": str(path), "error": "no such file"}
+        try:
+            image = read_image(path)
+        except Exception as err:  # any undecodable input: name it at the end, go on
+            return {"file_name": str(path), "error": f"{type(err).__name__}: {err}"}
+        return _predict_item(image, str(path), path.stem, self.transform)
+
+
+class ReaderImagesDataset(Dataset):
+    """The images of a dataset split for prediction (ids from the split's files); a sample
+    that cannot be read is reported, not fatal."""
+
+    def __init__(self, reader: Reader, transform, name: str) -> None:
+        self.reader = reader
+        self.transform = transform
+        self.name = name
+        self.skipped: list[tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            sample = self.reader[index]
+        except Exception as err:
+            return {"file_name": f"{self.name}[{index}]", "error": f"{type(err).__name__}: {err}"}
+        return _predict_item(sample.image, sample.file_name, sample.image_id, self.transform)
+
+
+def _predict_item(image: np.ndarray, file_name: str, image_id: Any, transform) -> dict[str, Any]:
+    resized = transform(image=image)["image"]
+    return {
+        "image": _to_tensor(resized),
+        "image_size": tuple(resized.shape[:2]),
+        "orig_size": tuple(image.shape[:2]),
+        "file_name": file_name,
+        "image_id": image_id,
+    }
 
 
 def collate(items: list[dict[str, Any]], size_divisibility: int = 32) -> Batch:
     """Stack items into a `Batch`: images (uint8) and training masks (False) padded bottom/right
     to a common multiple of `size_divisibility`. The pad value does not matter: the model
-    normalises and zeroes everything outside `image_sizes`, as detectron2 does."""
+    normalises and zeroes everything outside `image_sizes`, as detectron2 does. Prediction items
+    that could not be read (an `error`) go to `Batch.unreadable`, not into the images."""
+    unreadable = [(item["file_name"], item["error"]) for item in items if "error" in item]
+    items = [item for item in items if "error" not in item]
+    if not items:
+        empty = torch.zeros((0, 3, size_divisibility, size_divisibility), dtype=torch.uint8)
+        return Batch(empty, [], [], [], [], unreadable=unreadable)
     max_h = max(item["image"].shape[1] for item in items)
     max_w = max(item["image"].shape[2] for item in items)
     pad_h = int(math.ceil(max_h / size_divisibility) * size_divisibility)
@@ -153,6 +208,7 @@ def collate(items: list[dict[str, Any]], size_divisibility: int = 32) -> Batch:
         orig_sizes=[tuple(item["orig_size"]) for item in items],
         file_names=[item["file_name"] for item in items],
         image_ids=[item["image_id"] for item in items],
+        unreadable=unreadable,
     )
     if "targets" in items[0]:
         batch.targets = []
@@ -180,6 +236,8 @@ class SegmentationDataModule(L.LightningDataModule):
         test_min_size / test_max_size: evaluation resize (short side / long-side cap).
         max_train_samples / max_val_samples: use only the first N images (quick runs).
         predict_paths: image files or folders for `predict`.
+        predict_split: or a split of the dataset to predict on (train, val, or test where the
+            dataset has an images-only test split; see `datasets/images.py`).
         source: where a `custom` dataset's files are (see `datasets/custom.py`).
         seed: seeds the training order (with the epoch) and each sample's augmentation (with
             the epoch and the index); see data/sampling.py.
@@ -201,6 +259,7 @@ class SegmentationDataModule(L.LightningDataModule):
         max_train_samples: int | None = None,
         max_val_samples: int | None = None,
         predict_paths: Sequence[str] | None = None,
+        predict_split: str | None = None,
         size_divisibility: int = 32,
         source: dict[str, Any] | None = None,
         seed: int = 0,
@@ -221,6 +280,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.max_train_samples = max_train_samples
         self.max_val_samples = max_val_samples
         self.predict_paths = list(predict_paths) if predict_paths else None
+        self.predict_split = predict_split
         self.size_divisibility = size_divisibility
         self.seed = seed  # data order and augmentation: functions of (seed, epoch, index)
         self.source = dict(source or {})
@@ -250,9 +310,21 @@ class SegmentationDataModule(L.LightningDataModule):
                 reader, self.task, self.metadata, eval_transform, False, self.max_val_samples
             )
         if stage == "predict" and self.predict_set is None:
-            if not self.predict_paths:
-                raise ValueError("predict needs data.predict_paths (image files or folders)")
-            self.predict_set = ImageFolderDataset(self.predict_paths, eval_transform)
+            if self.predict_split:
+                from .datasets.images import prediction_reader
+
+                reader = prediction_reader(
+                    self.dataset_name, self.task, self.predict_split, self.root, self.source
+                )
+                self.predict_set = ReaderImagesDataset(
+                    reader, eval_transform, f"{self.dataset_name}/{self.predict_split}"
+                )
+            elif self.predict_paths:
+                self.predict_set = ImageFolderDataset(self.predict_paths, eval_transform)
+            else:
+                raise ValueError(
+                    "predict needs data.predict_paths (image files or folders) or predict_split"
+                )
 
     def _loader_kwargs(self) -> dict[str, Any]:
         return dict(
