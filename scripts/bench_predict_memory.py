@@ -37,7 +37,8 @@ save_model(Mask2Former(num_classes=133, backbone="r50"), sys.argv[1])
 def make_checkpoint(code: Path, path: Path) -> Path:
     """Random weights, saved by the checkout under test (checkpoint configs change over time)."""
     env = {**os.environ, "PYTHONPATH": str(code)}
-    subprocess.run([sys.executable, "-c", SAVE, str(path)], env=env, check=True)
+    # cwd=code: `python -c` puts the working directory ahead of PYTHONPATH on sys.path
+    subprocess.run([sys.executable, "-c", SAVE, str(path)], env=env, cwd=code, check=True)
     return path
 
 
@@ -73,7 +74,7 @@ def run_predict(
             limit = int(limit_gb * 2**30)
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    run = subprocess.run(command, env=env, capture_output=True, text=True, preexec_fn=cap)
+    run = subprocess.run(command, env=env, cwd=code, capture_output=True, text=True, preexec_fn=cap)
     report = run.stderr
     peak_kb = re.search(r"Maximum resident set size \(kbytes\): (\d+)", report)
     wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", report)
