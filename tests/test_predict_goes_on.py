@@ -105,6 +105,7 @@ def test_cli_exits_1_naming_the_failed_input(
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
     monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # a user's view: no traceback
     with pytest.raises(SystemExit) as exit_info:
         cli.predict_main()
     assert exit_info.value.code == 1
