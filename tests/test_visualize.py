@@ -3,7 +3,6 @@
 import numpy as np
 
 from m2f_lightning.data.io import id_to_rgb
-from m2f_lightning.prediction_writer import _id_to_rgb_by_rows
 from m2f_lightning.visualize import overlay
 
 
@@ -41,4 +40,5 @@ def test_banded_overlay_and_panoptic_png_equal_the_whole_image_computation() -> 
             whole_image_overlay(image, class_map, colors),
         )
         ids = segments * 70_000 + 3
-        assert np.array_equal(_id_to_rgb_by_rows(ids, rows=rows), id_to_rgb(ids))
+        expected_rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], -1)
+        assert np.array_equal(id_to_rgb(ids, rows=rows), expected_rgb.astype(np.uint8))
