@@ -27,6 +27,13 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
 
 
+def keeps_empty_targets(task: str, recipe: str) -> bool:
+    """Whether the official mapper of (task, recipe) keeps the segments a crop emptied: the
+    panoptic mappers (LSJ and semantic-style) and the ADE20K / Cityscapes instance mapper do;
+    COCO's instance LSJ mapper filters them (utils.filter_empty_instances)."""
+    return not (task == "instance" and recipe == "lsj")
+
+
 class SegmentationDataset(Dataset):
     """A reader + augmentation + per-task targets. Training items carry augmented targets;
     evaluation items carry the resized image and ground truth at the original size."""
@@ -39,8 +46,10 @@ class SegmentationDataset(Dataset):
         transform,
         train: bool,
         max_samples: int | None = None,
+        keep_empty: bool = False,
     ) -> None:
         self.reader = reader
+        self.keep_empty = keep_empty  # segments emptied by the crop stay targets (targets.py)
         self.task = task
         self.metadata = metadata
         self.transform = transform
@@ -82,7 +91,11 @@ class SegmentationDataset(Dataset):
                 return out["image"], train_targets(self.task, self.metadata, sem_seg=out["mask"])
             out = self.transform(image=sample.image, mask=sample.id_map)
             return out["image"], train_targets(
-                self.task, self.metadata, id_map=out["mask"], segments=sample.segments
+                self.task,
+                self.metadata,
+                id_map=out["mask"],
+                segments=sample.segments,
+                keep_empty=self.keep_empty,
             )
         if sample.masks is not None:
             if len(sample.masks) == 0:
@@ -98,6 +111,7 @@ class SegmentationDataset(Dataset):
                 masks=np.asarray(out["masks"]),
                 labels=sample.labels,
                 crowd=sample.crowd,
+                keep_empty=self.keep_empty,
             )
         out = self.transform(image=sample.image, mask=sample.sem_seg)
         return out["image"], train_targets(self.task, self.metadata, sem_seg=out["mask"])
@@ -242,7 +256,13 @@ class SegmentationDataModule(L.LightningDataModule):
             reader = build_reader(self.dataset_name, self.task, "train", self.root, self.source)
             transform = build_train_transform(recipe, mask_pad=self._label_pad_value(), **aug)
             self.train_set = SegmentationDataset(
-                reader, self.task, self.metadata, transform, True, self.max_train_samples
+                reader,
+                self.task,
+                self.metadata,
+                transform,
+                True,
+                self.max_train_samples,
+                keep_empty=keeps_empty_targets(self.task, recipe),
             )
         if stage in (None, "fit", "validate", "test") and self.val_set is None:
             reader = build_reader(self.dataset_name, self.task, "val", self.root, self.source)

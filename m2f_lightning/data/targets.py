@@ -42,9 +42,14 @@ def train_targets(
     labels=None,
     crowd=None,
     sem_seg=None,
+    keep_empty: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Per-segment binary masks and their classes for the criterion. Segments emptied by a crop
-    are dropped."""
+    """Per-segment binary masks and their classes for the criterion.
+
+    `keep_empty`: a segment the crop emptied stays as an all-False mask (matched, supervised for
+    its class, counted in the number of masks), as the official panoptic mapper and ADE20K /
+    Cityscapes instance mapper keep them; without it, it is dropped, as the COCO instance (LSJ)
+    mapper filters empty instances. Crowd segments are never targets."""
     things = set(metadata.thing_ids)
     out_masks, out_labels = [], []
     if id_map is not None:
@@ -56,13 +61,13 @@ def train_targets(
                 if seg["iscrowd"] or (task == "instance" and seg["category"] not in things):
                     continue
                 mask = id_map == seg["id"]
-                if mask.any():
+                if keep_empty or mask.any():
                     out_masks.append(mask)
                     out_labels.append(seg["category"])
     if masks is not None:
         shape = masks.shape[1:]
         for mask, label, is_crowd in zip(masks, labels, crowd, strict=True):
-            if not is_crowd and label in things and mask.any():
+            if not is_crowd and label in things and (keep_empty or mask.any()):
                 out_masks.append(mask.astype(bool))
                 out_labels.append(int(label))
     if sem_seg is not None:

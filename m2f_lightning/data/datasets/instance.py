@@ -15,9 +15,18 @@ from .base import Reader, Sample
 
 
 class CocoInstanceReader(Reader):
-    """COCO instances JSON: one mask per annotation (overlaps allowed), crowd flagged."""
+    """COCO instances JSON: one mask per annotation (overlaps allowed), crowd flagged.
 
-    def __init__(self, json_file: Path, image_dir: Path, metadata: DatasetMetadata) -> None:
+    `filter_empty` (training) leaves out the images without a non-crowd annotation, as
+    detectron2's DATALOADER.FILTER_EMPTY_ANNOTATIONS (True in every official config) does."""
+
+    def __init__(
+        self,
+        json_file: Path,
+        image_dir: Path,
+        metadata: DatasetMetadata,
+        filter_empty: bool = False,
+    ) -> None:
         if not json_file.is_file():
             raise FileNotFoundError(f"instance annotation file not found: {json_file}")
         with contextlib.redirect_stdout(io.StringIO()):
@@ -25,6 +34,12 @@ class CocoInstanceReader(Reader):
         for ann in self.coco.dataset.get("annotations", []):
             metadata.contiguous_id(ann["category_id"], source=str(json_file))
         self.image_ids = sorted(self.coco.imgs)
+        if filter_empty:
+            self.image_ids = [
+                i
+                for i in self.image_ids
+                if any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns.get(i, []))
+            ]
         self.image_dir = image_dir
         self.metadata = metadata
 

@@ -122,7 +122,10 @@ def _coco_like(root: Path, task: str, split: str, meta: DatasetMetadata) -> Read
         return SemanticReader(pairs, meta.num_classes)
     if task == "instance" and (root / "annotations" / f"instances_{split}2017.json").is_file():
         return CocoInstanceReader(
-            root / "annotations" / f"instances_{split}2017.json", images, meta
+            root / "annotations" / f"instances_{split}2017.json",
+            images,
+            meta,
+            filter_empty=split == "train",
         )
     return PanopticReader(
         root / "annotations" / f"panoptic_{split}2017.json",
@@ -143,7 +146,9 @@ def _ade20k(root: Path, task: str, split: str, meta: DatasetMetadata) -> Reader:
         pairs = paired_files(images, labels, "*.jpg", lambda p: p.with_suffix(".png").name)
         return SemanticReader(pairs, meta.num_classes, transform)
     if task == "instance":
-        return CocoInstanceReader(root / f"ade20k_instance_{split}.json", images, meta)
+        return CocoInstanceReader(
+            root / f"ade20k_instance_{split}.json", images, meta, filter_empty=split == "train"
+        )
     return PanopticReader(
         root / f"ade20k_panoptic_{split}.json",
         root / f"ade20k_panoptic_{split}",
