@@ -189,6 +189,35 @@ def _semantic_full_resolution(
     return out
 
 
+def _semantic_padded_then_resized(
+    mask_cls: torch.Tensor,
+    mask_logits: torch.Tensor,
+    image_size: Sequence[int],
+    padded_size: Sequence[int],
+    original_size: Sequence[int],
+) -> torch.Tensor:
+    """A semantic-only model's class scores in the official order: mask logits upsampled to the
+    padded input, `semantic_inference` there (softmax × sigmoid), then the K class scores cropped
+    to the image and resized to the original size (bilinear)."""
+    probs = F.softmax(mask_cls.float(), dim=-1)[:, :-1]
+    scores = None
+    for start in range(0, len(mask_logits), QUERY_CHUNK):
+        chunk = F.interpolate(
+            mask_logits[None, start : start + QUERY_CHUNK].float(),
+            size=tuple(padded_size),
+            mode="bilinear",
+            align_corners=False,
+        )[0]
+        part = torch.einsum("qc,qhw->chw", probs[start : start + QUERY_CHUNK], chunk.sigmoid())
+        scores = part if scores is None else scores + part
+    scores = scores[:, : image_size[0], : image_size[1]]
+    if tuple(image_size) != tuple(original_size):
+        scores = F.interpolate(
+            scores[None], size=tuple(original_size), mode="bilinear", align_corners=False
+        )[0]
+    return scores
+
+
 def postprocess(
     outputs: dict[str, Any],
     image_sizes: Sequence[Sequence[int]],
@@ -203,7 +232,9 @@ def postprocess(
 
     panoptic → {"panoptic_seg", "segments_info", "instances", "sem_seg"} (the paper reports PQ, AP
     and mIoU from one panoptic model); instance → {"instances"}; semantic → {"sem_seg"}.
-    `sem_seg` holds the class scores [K, H, W].
+    `sem_seg` holds the class scores [K, H, W]. As the official model: a semantic-only model
+    scores classes at the padded size and resizes the scores; with panoptic (or instance) output
+    the mask logits are resized first and every result is computed from them.
     """
     if task not in ("panoptic", "instance", "semantic"):
         raise ValueError(f"unknown task '{task}': choose panoptic, instance or semantic")
@@ -214,7 +245,11 @@ def postprocess(
         mask_cls = outputs["pred_logits"][i]
         mask_logits = outputs["pred_masks"][i]
         result: dict[str, Any] = {}
-        if task in ("panoptic", "semantic"):
+        if task == "semantic":
+            result["sem_seg"] = _semantic_padded_then_resized(
+                mask_cls, mask_logits, image_size, padded_size, original_size
+            )
+        if task == "panoptic":
             result["sem_seg"] = _semantic_full_resolution(
                 mask_cls, mask_logits, image_size, padded_size, original_size
             )

@@ -1,0 +1,66 @@
+"""Evaluation as the official evaluators and the official model's inference do it (facts in
+shared/reference/fidelity.md §2, §7 and mask2former.md §4)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from m2f_lightning.inference import postprocess, semantic_inference
+from m2f_lightning.metrics import SemanticIoU
+
+
+def _detectron2_miou(conf: np.ndarray) -> float:
+    """SemSegEvaluator's arithmetic on a [gt, pred] confusion matrix: IoU = tp / (pos_gt +
+    pos_pred − tp), averaged over the classes with pos_gt > 0."""
+    tp = np.diag(conf)
+    pos_gt, pos_pred = conf.sum(1), conf.sum(0)
+    valid = pos_gt > 0
+    return float(np.mean(tp[valid] / (pos_gt + pos_pred - tp)[valid]))
+
+
+def test_miou_averages_over_the_classes_present_in_the_ground_truth() -> None:
+    # class 2 is predicted but never in the ground truth: detectron2 leaves it out of the mean
+    target = torch.tensor([[0, 0, 1, 1, 255]])
+    pred = torch.tensor([[0, 2, 1, 1, 2]])
+    metric = SemanticIoU(3)
+    metric.update(pred, target)
+    out = metric.compute()
+    conf = np.array([[1, 0, 1], [0, 2, 0], [0, 0, 0]])
+    assert out["miou"].item() == pytest.approx(_detectron2_miou(conf)) == pytest.approx(0.75)
+    assert torch.isnan(out["iou_per_class"][2])
+
+
+def test_miou_matches_detectron2_on_random_labels() -> None:
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 6, size=(2, 30, 30))
+    target[target == 5] = 255  # class 5 never in the ground truth ...
+    pred = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, 6, target.shape))
+    pred[pred == 255] = 5  # ... but predicted
+    metric = SemanticIoU(6)
+    metric.update(torch.from_numpy(pred), torch.from_numpy(target))
+    valid = target != 255
+    conf = np.zeros((6, 6))
+    np.add.at(conf, (target[valid], pred[valid]), 1)
+    assert metric.compute()["miou"].item() == pytest.approx(_detectron2_miou(conf), abs=1e-12)
+
+
+def test_semantic_only_inference_scores_at_the_padded_size_then_resizes_the_scores() -> None:
+    """Official order without panoptic/instance output: upsample the mask logits to the padded
+    input, softmax × sigmoid there, crop to the image, resize the K class scores."""
+    torch.manual_seed(0)
+    queries, classes = 5, 3
+    outputs = {
+        "pred_logits": torch.randn(1, queries, classes + 1),
+        "pred_masks": torch.randn(1, queries, 8, 8) * 4,
+        "padded_size": (32, 32),
+    }
+    image_size, original = (27, 30), (41, 37)
+    logits = F.interpolate(outputs["pred_masks"], size=(32, 32), mode="bilinear")[0]
+    scores = semantic_inference(outputs["pred_logits"][0], logits)[:, :27, :30]
+    expected = F.interpolate(scores[None], size=original, mode="bilinear")[0]
+    out = postprocess(outputs, [image_size], [original], "semantic")[0]["sem_seg"]
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # the panoptic model resizes the mask logits first (sem_seg_postprocess_before_inference)
+    pan = postprocess(outputs, [image_size], [original], "panoptic")[0]["sem_seg"]
+    assert (pan - expected).abs().max() > 1e-3
