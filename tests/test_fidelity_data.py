@@ -175,3 +175,24 @@ def test_instance_training_drops_images_without_a_non_crowd_annotation(tmp_path:
     val = CocoInstanceReader(tmp_path / "instances.json", tmp_path, meta)
     assert len(train) == 1 and train[0].image_id == 1
     assert len(val) == 3
+
+
+def test_instance_tasks_use_the_official_class_sets(tmp_path: Path) -> None:
+    """ADE20K instance: the 100 thing classes; Cityscapes instance: the 8 thing classes
+    (official SEM_SEG_HEAD.NUM_CLASSES 100 and 8)."""
+    from m2f_lightning.data import build_reader, metadata_for
+    from m2f_lightning.data.synthetic import write_dataset
+
+    ade, city = metadata_for("ade20k", "instance"), metadata_for("cityscapes", "instance")
+    assert ade.num_classes == 100 and ade.thing_ids == list(range(100))
+    assert city.class_names == [
+        *("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+    ]
+    assert metadata_for("ade20k", "panoptic").num_classes == 150
+    write_dataset("ade20k", tmp_path, num=2, num_val=2, seed=0)
+    write_dataset("cityscapes", tmp_path, num=2, num_val=2, seed=0)
+    for dataset, meta in (("ade20k", ade), ("cityscapes", city)):
+        sample = build_reader(dataset, "instance", "val", tmp_path)[0]
+        assert len(sample.labels) and max(sample.labels) < meta.num_classes
+        names = {meta.class_names[i] for i in sample.labels}
+        assert names <= set(metadata_for(dataset, "panoptic").class_names)

@@ -224,6 +224,7 @@ register(
   ADEChallengeData2016/ade20k_instance_{train,val}.json""",
         hint="Download ADEChallengeData2016 and run python scripts/prepare_ade20k.py (panoptic/instance), or: python scripts/make_synthetic.py --format ade20k --out DIR",
         catalog="ade20k",
+        task_catalogs={"instance": "ade20k_instance"},  # the 100 thing classes
         build_reader=_ade20k,
     )
 )
@@ -237,6 +238,7 @@ register(
   cityscapes/gtFine/cityscapes_panoptic_{train,val}.json + cityscapes_panoptic_{train,val}/*.png""",
         hint="Download leftImg8bit + gtFine and run python scripts/prepare_cityscapes.py, or: python scripts/make_synthetic.py --format cityscapes --out DIR",
         catalog="cityscapes",
+        task_catalogs={"instance": "cityscapes_instance"},  # the 8 thing classes
         build_reader=_cityscapes,
     )
 )
