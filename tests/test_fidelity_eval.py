@@ -64,3 +64,70 @@ def test_semantic_only_inference_scores_at_the_padded_size_then_resizes_the_scor
     # the panoptic model resizes the mask logits first (sem_seg_postprocess_before_inference)
     pan = postprocess(outputs, [image_size], [original], "panoptic")[0]["sem_seg"]
     assert (pan - expected).abs().max() > 1e-3
+
+
+def _eval_target(dataset: str, root, index: int = 0):
+    from m2f_lightning.data import build_reader, metadata_for
+    from m2f_lightning.data.targets import eval_targets
+
+    reader = build_reader(dataset, "panoptic", "val", root)
+    return reader[index], eval_targets("panoptic", metadata_for(dataset, "panoptic"), reader[index])
+
+
+def test_coco_panoptic_ap_is_scored_against_the_instances_json(tmp_path) -> None:
+    """The official COCO panoptic config scores AP with COCOEvaluator on instances_val2017.json;
+    the panoptic PNG only when that file is absent, with a warning that says so."""
+    import json
+
+    from m2f_lightning.data.synthetic import write_dataset
+
+    write_dataset("coco_panoptic", tmp_path, num=2, num_val=2, seed=0)
+    with pytest.warns(UserWarning, match="instances_val2017.json not found.*panoptic PNGs"):
+        sample, target = _eval_target("coco", tmp_path)
+    assert len(target.instances.labels) == len(
+        [s for s in sample.segments if s["category"] < 80]  # the thing segments of the PNG
+    )
+    panoptic = json.loads((tmp_path / "coco/annotations/panoptic_val2017.json").read_text())
+    instances = {
+        "images": panoptic["images"],
+        "categories": [c for c in panoptic["categories"] if c["isthing"]],
+        "annotations": [  # one square "car" (id 3) and one crowd "person" per image
+            {"id": 2 * i + k, "image_id": img["id"], "category_id": cat, "iscrowd": k,
+             "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]], "area": 400,
+             "bbox": [10, 10, 20, 20]}
+            for i, img in enumerate(panoptic["images"]) for k, cat in ((0, 3), (1, 1))
+        ],
+    }  # fmt: skip
+    (tmp_path / "coco/annotations/instances_val2017.json").write_text(json.dumps(instances))
+    _, target = _eval_target("coco", tmp_path)
+    inst = target.instances
+    assert inst.labels.tolist() == [2, 0]  # contiguous ids of car and person
+    assert inst.iscrowd.tolist() == [False, True]
+    assert inst.masks.shape[1:] == sample.id_map.shape and inst.masks[0].sum() == 400
+    assert inst.masks[0, 10:30, 10:30].all()
+
+
+def test_ade20k_panoptic_scores_ap_and_miou_against_the_official_files(tmp_path) -> None:
+    """ADE20K panoptic: AP against ade20k_instance_val.json, mIoU against the
+    annotations_detectron2 semantic PNGs (thing pixels without an instance keep their class)."""
+    from PIL import Image
+
+    from m2f_lightning.data.datasets.instance import load_coco
+    from m2f_lightning.data.synthetic import write_dataset
+
+    write_dataset("ade20k", tmp_path, num=2, num_val=2, seed=0)
+    ade = tmp_path / "ADEChallengeData2016"
+    sample, target = _eval_target("ade20k", tmp_path)
+    coco = load_coco(ade / "ade20k_instance_val.json")
+    assert len(target.instances.labels) == len(coco.imgToAnns[sample.image_id])
+    # without annotations_detectron2: derived from the panoptic PNG
+    derived = target.sem_seg.clone()
+    (ade / "annotations_detectron2/validation").mkdir(parents=True)
+    for png in (ade / "images/validation").glob("*.jpg"):
+        h, w = np.asarray(Image.open(png)).shape[:2]
+        label = np.full((h, w), 7, np.uint8)
+        label[0] = 255
+        Image.fromarray(label).save(ade / "annotations_detectron2/validation" / f"{png.stem}.png")
+    _, target = _eval_target("ade20k", tmp_path)
+    assert (target.sem_seg[1:] == 7).all() and (target.sem_seg[0] == 255).all()
+    assert not torch.equal(target.sem_seg, derived)

@@ -89,9 +89,12 @@ def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> EvalTarge
     if sample.id_map is not None:
         id_map, segments = sample.id_map, sample.segments
         if task in ("panoptic", "semantic"):
-            out.sem_seg = torch.from_numpy(
-                semantic_from_panoptic(id_map, segments).astype(np.int64)
-            )
+            # the dataset's semantic PNG where the reader found one (ADE20K's
+            # annotations_detectron2, as the official evaluator), else derived from the panoptic PNG
+            sem = sample.sem_seg if sample.sem_seg is not None and task == "panoptic" else None
+            if sem is None:
+                sem = semantic_from_panoptic(id_map, segments)
+            out.sem_seg = torch.from_numpy(sem.astype(np.int64))
         if task == "panoptic":
             pairs = np.full((*id_map.shape, 2), VOID_CATEGORY, dtype=np.int64)
             crowd = np.zeros(id_map.shape, dtype=bool)
@@ -102,7 +105,16 @@ def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> EvalTarge
                     crowd |= region
             out.panoptic = torch.from_numpy(pairs)
             out.panoptic_crowd = torch.from_numpy(crowd)
-        if task in ("panoptic", "instance"):
+        if task == "panoptic" and sample.eval_instances is not None:
+            # the instance JSON of the same image (COCO instances_val2017.json, ADE20K
+            # ade20k_instance_val.json), as the official evaluators score AP
+            masks, labels, crowd = sample.eval_instances
+            out.instances = InstanceSet(
+                masks=torch.from_numpy(masks.astype(bool)),
+                labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+                iscrowd=torch.from_numpy(np.asarray(crowd, dtype=bool)),
+            )
+        elif task in ("panoptic", "instance"):
             thing_segments = [s for s in segments if s["category"] in things]
             out.instances = InstanceSet(
                 masks=_stack([id_map == s["id"] for s in thing_segments], id_map.shape),

@@ -13,6 +13,10 @@ class Sample:
     Panoptic (and instance derived from panoptic): `id_map` (int32, 0 = void) + `segments`
     [{id, category (contiguous), iscrowd}]. Instance (COCO JSON, overlaps allowed): `masks`
     uint8 [N, H, W] + `labels` + `crowd`. Semantic: `sem_seg` uint8 [H, W], 255 = ignore.
+
+    Evaluation ground truth that the official evaluators take from other files than the
+    training annotation: `eval_instances` (masks, labels, crowd) from the instance JSON of a
+    panoptic dataset (AP), and `sem_seg` on a panoptic sample (mIoU from the semantic PNGs).
     """
 
     image: np.ndarray
@@ -24,6 +28,7 @@ class Sample:
     labels: np.ndarray | None = None
     crowd: np.ndarray | None = None
     sem_seg: np.ndarray | None = None
+    eval_instances: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 class Reader:

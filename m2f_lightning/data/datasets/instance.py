@@ -29,8 +29,7 @@ class CocoInstanceReader(Reader):
     ) -> None:
         if not json_file.is_file():
             raise FileNotFoundError(f"instance annotation file not found: {json_file}")
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco = COCO(str(json_file))
+        self.coco = load_coco(json_file)
         for ann in self.coco.dataset.get("annotations", []):
             metadata.contiguous_id(ann["category_id"], source=str(json_file))
         self.image_ids = sorted(self.coco.imgs)
@@ -56,29 +55,52 @@ class CocoInstanceReader(Reader):
             raise DataError(
                 f"{path} is {width}x{height} but the annotation file says {info['width']}x{info['height']}"
             )
-        anns = self.coco.imgToAnns.get(image_id, [])
-        masks = np.zeros((len(anns), height, width), dtype=np.uint8)
-        for i, ann in enumerate(anns):
-            segm = ann["segmentation"]
-            if isinstance(segm, list):
-                rles = mask_utils.frPyObjects(segm, height, width)
-                rle = mask_utils.merge(rles)
-            elif isinstance(segm.get("counts"), list):
-                rle = mask_utils.frPyObjects(segm, height, width)
-            else:
-                rle = segm
-            masks[i] = mask_utils.decode(rle)
+        masks, labels, crowd = annotation_masks(
+            self.coco, image_id, height, width, self.metadata, str(path)
+        )
         return Sample(
             image=image,
             file_name=str(path),
             image_id=image_id,
             masks=masks,
-            labels=np.array(
-                [self.metadata.contiguous_id(a["category_id"], str(path)) for a in anns],
-                dtype=np.int64,
-            ),
-            crowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+            labels=labels,
+            crowd=crowd,
         )
+
+
+def load_coco(json_file: Path) -> COCO:
+    """pycocotools' index of a COCO instances JSON, without its prints."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(json_file))
+
+
+def annotation_masks(
+    coco: COCO,
+    image_id: int,
+    height: int,
+    width: int,
+    metadata: DatasetMetadata,
+    source: str = "",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's annotations rasterised by pycocotools (polygons and RLE): masks uint8
+    [N, H, W], contiguous labels of `metadata`, crowd flags."""
+    anns = coco.imgToAnns.get(image_id, [])
+    masks = np.zeros((len(anns), height, width), dtype=np.uint8)
+    for i, ann in enumerate(anns):
+        segm = ann["segmentation"]
+        if isinstance(segm, list):
+            rles = mask_utils.frPyObjects(segm, height, width)
+            rle = mask_utils.merge(rles)
+        elif isinstance(segm.get("counts"), list):
+            rle = mask_utils.frPyObjects(segm, height, width)
+        else:
+            rle = segm
+        masks[i] = mask_utils.decode(rle)
+    labels = np.array(
+        [metadata.contiguous_id(a["category_id"], source) for a in anns], dtype=np.int64
+    )
+    crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+    return masks, labels, crowd
 
 
 class CityscapesInstanceReader(Reader):

@@ -10,6 +10,7 @@ import numpy as np
 from ..catalog import DatasetMetadata
 from ..io import DataError, check_same_size, read_image, read_label, rgb_to_id
 from .base import Reader, Sample
+from .instance import annotation_masks, load_coco
 
 
 class PanopticReader(Reader):
@@ -17,6 +18,11 @@ class PanopticReader(Reader):
 
     `image_path(image_info)` maps an entry of the JSON's `images` list to its image file (COCO:
     the .png name with .jpg; Cityscapes: under a city sub-folder).
+
+    Evaluation ground truth of the official evaluators, when given: `instances_json` (the COCO
+    instances JSON of the same images: AP is scored against its masks, found by image id, category
+    ids those of the panoptic catalog) and `semantic_png(image_info)` (the semantic label PNG,
+    contiguous ids and 255: mIoU is scored against it).
     """
 
     def __init__(
@@ -25,6 +31,8 @@ class PanopticReader(Reader):
         panoptic_dir: Path,
         image_path: Callable[[dict], Path],
         metadata: DatasetMetadata,
+        instances_json: Path | None = None,
+        semantic_png: Callable[[dict], Path] | None = None,
     ) -> None:
         if not json_file.is_file():
             raise FileNotFoundError(f"panoptic annotation file not found: {json_file}")
@@ -45,9 +53,11 @@ class PanopticReader(Reader):
                     "png": panoptic_dir / ann["file_name"],
                     "image_id": ann["image_id"],
                     "segments_info": ann["segments_info"],
+                    "semantic": semantic_png(info) if semantic_png else None,
                 }
             )
         self.metadata = metadata
+        self.instances = load_coco(instances_json) if instances_json is not None else None
         self.json_file = json_file
 
     def __len__(self) -> int:
@@ -83,10 +93,21 @@ class PanopticReader(Reader):
             }
             for s in record["segments_info"]
         ]
-        return Sample(
+        sample = Sample(
             image=image,
             file_name=str(record["image"]),
             image_id=record["image_id"],
             id_map=id_map.astype(np.int32),
             segments=segments,
         )
+        if self.instances is not None:
+            if record["image_id"] not in self.instances.imgs:
+                raise DataError(f"image id {record['image_id']} is not in the instances JSON")
+            sample.eval_instances = annotation_masks(
+                self.instances, record["image_id"], *id_map.shape, self.metadata, "instances JSON"
+            )
+        if record["semantic"] is not None:
+            semantic = read_label(record["semantic"])
+            check_same_size(image, semantic, record["image"], record["semantic"])
+            sample.sem_seg = semantic.astype(np.uint8)
+        return sample

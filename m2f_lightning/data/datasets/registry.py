@@ -8,6 +8,7 @@ code: see `custom.py` (`dataset=custom`).
 """
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,22 @@ def build_reader(
     return spec.build_reader(base / spec.folder, task, split, meta)
 
 
+def _official_instances(json_file: Path, task: str, split: str, dataset: str) -> Path | None:
+    """The instance JSON a panoptic model's AP is scored against (the official evaluators use
+    it); None, with a warning that says what is scored instead, when it is absent."""
+    if task != "panoptic" or split != "val":
+        return None
+    if json_file.is_file():
+        return json_file
+    warnings.warn(
+        f"{json_file} not found: the AP of this {dataset} panoptic model is scored against the "
+        "thing segments of the panoptic PNGs, not against the instance annotations the official "
+        "evaluator (and the paper's AP) uses; add the file to score the paper's AP",
+        stacklevel=2,
+    )
+    return None
+
+
 def _coco_like(root: Path, task: str, split: str, meta: DatasetMetadata) -> Reader:
     """COCO panoptic/instance; semantic reads `panoptic_semseg_*` PNGs written by
     scripts/prepare_coco_semantic.py, or derives them from the panoptic PNGs when absent."""
@@ -127,11 +144,16 @@ def _coco_like(root: Path, task: str, split: str, meta: DatasetMetadata) -> Read
             meta,
             filter_empty=split == "train",
         )
+    instances = root / "annotations" / f"instances_{split}2017.json"
     return PanopticReader(
         root / "annotations" / f"panoptic_{split}2017.json",
         root / f"panoptic_{split}2017",
         lambda info: images / info["file_name"].replace(".png", ".jpg"),
         meta,
+        # the demo's synthetic scenes have no instance file: their AP uses the panoptic PNGs
+        instances_json=None
+        if meta.name == "synthetic"
+        else _official_instances(instances, task, split, "COCO"),
     )
 
 
@@ -149,11 +171,20 @@ def _ade20k(root: Path, task: str, split: str, meta: DatasetMetadata) -> Reader:
         return CocoInstanceReader(
             root / f"ade20k_instance_{split}.json", images, meta, filter_empty=split == "train"
         )
+    # the official ADE20K panoptic evaluation: AP against ade20k_instance_val.json, mIoU
+    # against the annotations_detectron2 semantic PNGs (when prepared)
+    semantic = root / "annotations_detectron2" / folder
     return PanopticReader(
         root / f"ade20k_panoptic_{split}.json",
         root / f"ade20k_panoptic_{split}",
         lambda info: images / info["file_name"].replace(".png", ".jpg"),
         meta,
+        instances_json=_official_instances(
+            root / f"ade20k_instance_{split}.json", task, split, "ADE20K"
+        ),
+        semantic_png=(lambda info: semantic / Path(info["file_name"]).with_suffix(".png").name)
+        if task == "panoptic" and split == "val" and semantic.is_dir()
+        else None,
     )
 
 
