@@ -131,3 +131,37 @@ def test_ade20k_panoptic_scores_ap_and_miou_against_the_official_files(tmp_path)
     _, target = _eval_target("ade20k", tmp_path)
     assert (target.sem_seg[1:] == 7).all() and (target.sem_seg[0] == 255).all()
     assert not torch.equal(target.sem_seg, derived)
+
+
+@pytest.mark.slow
+def test_cityscapes_instance_ap_is_cityscapesscripts_with_coco_ap_beside_it(tmp_path) -> None:
+    """The paper's Cityscapes AP: cityscapesScripts' evalInstanceLevelSemanticLabeling on the
+    gtFine instanceIds PNGs; COCO-style AP is reported beside it as AP_coco."""
+    from m2f_lightning.data import build_reader, metadata_for
+    from m2f_lightning.data.synthetic import write_dataset
+    from m2f_lightning.data.targets import eval_targets
+    from m2f_lightning.metrics import SegmentationMetrics
+    from m2f_lightning.types import InstanceSet, SegmentationResult
+
+    write_dataset("cityscapes", tmp_path, num=2, num_val=2, seed=0, size=(256, 512))
+    meta = metadata_for("cityscapes", "instance")
+    reader = build_reader("cityscapes", "instance", "val", tmp_path)
+
+    def score(shift: int) -> dict[str, float]:
+        metrics = SegmentationMetrics(
+            "instance", meta.num_classes, meta.thing_ids, [], dataset_ids=meta.dataset_ids
+        )
+        for i in range(len(reader)):
+            target = eval_targets("instance", meta, reader[i])
+            assert target.instance_file.endswith("_gtFine_instanceIds.png")
+            gt = target.instances
+            keep = ~gt.iscrowd
+            masks = torch.roll(gt.masks[keep], shifts=shift, dims=2)
+            pred = InstanceSet(masks, gt.labels[keep], scores=torch.linspace(1, 0.5, len(masks)))
+            metrics.update([SegmentationResult(instances=pred)], [target])
+        return metrics.compute()
+
+    perfect, shifted = score(0), score(6)
+    assert perfect["AP"] == pytest.approx(100) and perfect["AP_coco"] == pytest.approx(100)
+    assert {"AP", "AP50", "AP_coco", "AP50_coco"} <= set(perfect)
+    assert shifted["AP"] < 100 and shifted["AP"] != pytest.approx(shifted["AP_coco"])

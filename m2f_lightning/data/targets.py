@@ -86,6 +86,8 @@ def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> EvalTarge
     """Ground truth at the original size for the task's metrics (see `types.EvalTarget`)."""
     things = set(metadata.thing_ids)
     out = EvalTarget()
+    if task in ("panoptic", "instance") and sample.instance_file is not None:
+        out.instance_file = sample.instance_file
     if sample.id_map is not None:
         id_map, segments = sample.id_map, sample.segments
         if task in ("panoptic", "semantic"):

@@ -16,7 +16,8 @@ class Sample:
 
     Evaluation ground truth that the official evaluators take from other files than the
     training annotation: `eval_instances` (masks, labels, crowd) from the instance JSON of a
-    panoptic dataset (AP), and `sem_seg` on a panoptic sample (mIoU from the semantic PNGs).
+    panoptic dataset (AP), `sem_seg` on a panoptic sample (mIoU from the semantic PNGs), and
+    `instance_file` (Cityscapes' instanceIds PNG, which cityscapesScripts' evaluation reads).
     """
 
     image: np.ndarray
@@ -29,6 +30,7 @@ class Sample:
     crowd: np.ndarray | None = None
     sem_seg: np.ndarray | None = None
     eval_instances: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    instance_file: str | None = None
 
 
 class Reader:

@@ -138,4 +138,5 @@ class CityscapesInstanceReader(Reader):
             else np.zeros((0, height, width), np.uint8),
             labels=np.array(labels, dtype=np.int64),
             crowd=np.array(crowd, dtype=bool),
+            instance_file=str(label_path),
         )

@@ -22,7 +22,8 @@ class PanopticReader(Reader):
     Evaluation ground truth of the official evaluators, when given: `instances_json` (the COCO
     instances JSON of the same images: AP is scored against its masks, found by image id, category
     ids those of the panoptic catalog) and `semantic_png(image_info)` (the semantic label PNG,
-    contiguous ids and 255: mIoU is scored against it).
+    contiguous ids and 255: mIoU is scored against it), `instance_png(image_info)` (Cityscapes'
+    instanceIds PNG: AP is scored by cityscapesScripts' evaluation of it).
     """
 
     def __init__(
@@ -33,6 +34,7 @@ class PanopticReader(Reader):
         metadata: DatasetMetadata,
         instances_json: Path | None = None,
         semantic_png: Callable[[dict], Path] | None = None,
+        instance_png: Callable[[dict], Path] | None = None,
     ) -> None:
         if not json_file.is_file():
             raise FileNotFoundError(f"panoptic annotation file not found: {json_file}")
@@ -54,6 +56,7 @@ class PanopticReader(Reader):
                     "image_id": ann["image_id"],
                     "segments_info": ann["segments_info"],
                     "semantic": semantic_png(info) if semantic_png else None,
+                    "instance_file": instance_png(info) if instance_png else None,
                 }
             )
         self.metadata = metadata
@@ -106,6 +109,8 @@ class PanopticReader(Reader):
             sample.eval_instances = annotation_masks(
                 self.instances, record["image_id"], *id_map.shape, self.metadata, "instances JSON"
             )
+        if record["instance_file"] is not None and record["instance_file"].is_file():
+            sample.instance_file = str(record["instance_file"])
         if record["semantic"] is not None:
             semantic = read_label(record["semantic"])
             check_same_size(image, semantic, record["image"], record["semantic"])

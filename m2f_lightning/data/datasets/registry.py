@@ -208,6 +208,12 @@ def _cityscapes(root: Path, task: str, split: str, meta: DatasetMetadata) -> Rea
         # by id: cityscapesScripts writes file_name "<id>_gtFine_leftImg8bit.png", not a real file
         lambda info: images / str(info["id"]).split("_")[0] / f"{info['id']}_leftImg8bit.png",
         meta,
+        # the paper's AP of a Cityscapes panoptic model: cityscapesScripts on the instanceIds PNGs
+        instance_png=(
+            lambda info: gt / str(info["id"]).split("_")[0] / f"{info['id']}_gtFine_instanceIds.png"
+        )
+        if task == "panoptic" and split == "val"
+        else None,
     )
 
 
