@@ -196,3 +196,41 @@ def test_instance_tasks_use_the_official_class_sets(tmp_path: Path) -> None:
         assert len(sample.labels) and max(sample.labels) < meta.num_classes
         names = {meta.class_names[i] for i in sample.labels}
         assert names <= set(metadata_for(dataset, "panoptic").class_names)
+
+
+def test_coco_instance_polygons_are_transformed_then_rasterised(tmp_path: Path) -> None:
+    """The official COCO instance mapper flips/resizes/crops the polygons and rasterises them
+    at the output size (pycocotools), rather than resizing a raster."""
+    from pycocotools import mask as mask_utils
+
+    from m2f_lightning.data import SegmentationDataset
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "a.jpg")
+    poly = [2.3, 3.1, 25.7, 4.4, 14.2, 17.6]
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 20, "width": 30}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": [poly],
+             "area": 150, "bbox": [2, 3, 24, 15]}
+        ],
+        "categories": [{"id": 1, "name": "person"}],
+    }  # fmt: skip
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    meta = get_metadata("coco_instance")
+    reader = CocoInstanceReader(
+        tmp_path / "instances.json", tmp_path, meta, filter_empty=True, keep_polygons=True
+    )
+    # s = 1: scale = min(64/20, 64/30) → 43 x 64, no crop; flip off
+    transform = lsj(size=64, min_scale=1.0, max_scale=1.0, flip_prob=0.0)
+    mask = SegmentationDataset(reader, "instance", meta, transform, train=True)[0]["targets"]
+    xy = np.array(poly).reshape(-1, 2) * [64 / 30, 43 / 20]
+    expected = mask_utils.decode(mask_utils.frPyObjects([xy.reshape(-1).tolist()], 64, 64)[0])
+    np.testing.assert_array_equal(mask["masks"][0].numpy(), expected.astype(bool))
+    # with the flip: x → 30 − x before the resize
+    transform = lsj(size=64, min_scale=1.0, max_scale=1.0, flip_prob=1.0)
+    mask = SegmentationDataset(reader, "instance", meta, transform, train=True)[0]["targets"]
+    flipped = np.array(poly).reshape(-1, 2)
+    flipped[:, 0] = 30 - flipped[:, 0]
+    xy = flipped * [64 / 30, 43 / 20]
+    expected = mask_utils.decode(mask_utils.frPyObjects([xy.reshape(-1).tolist()], 64, 64)[0])
+    np.testing.assert_array_equal(mask["masks"][0].numpy(), expected.astype(bool))

@@ -18,7 +18,7 @@ from .datasets.base import Reader
 from .io import read_image
 from .sampling import SampleKey, eval_loader, seed_transform, train_loader, unpack_key
 from .targets import IGNORE, eval_targets, semantic_from_panoptic, train_targets
-from .transforms import build_train_transform, eval_resize
+from .transforms import build_train_transform, eval_resize, lsj_polygon_masks
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -105,10 +105,22 @@ class SegmentationDataset(Dataset):
                     self.task, self.metadata, masks=empty, labels=[], crowd=[]
                 )
             out = self.transform(image=sample.image, masks=sample.masks)
+            masks = np.asarray(out["masks"])
+            if sample.polygons is not None:  # COCO instance: polygons moved, then rasterised
+                rasterised = lsj_polygon_masks(
+                    sample.polygons,
+                    out.get("applied_transforms", []),
+                    sample.image.shape[:2],
+                    out["image"].shape[:2],
+                )
+                if rasterised:
+                    masks = masks.copy()
+                    for i, mask in rasterised.items():
+                        masks[i] = mask
             return out["image"], train_targets(
                 self.task,
                 self.metadata,
-                masks=np.asarray(out["masks"]),
+                masks=masks,
                 labels=sample.labels,
                 crowd=sample.crowd,
                 keep_empty=self.keep_empty,

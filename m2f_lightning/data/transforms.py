@@ -165,6 +165,43 @@ class LargeScaleJitter(_ResizeCrop):
         }
 
 
+def lsj_polygon_masks(
+    polygons: list[list[np.ndarray] | None],
+    applied: list,
+    in_hw: Sequence[int],
+    out_hw: Sequence[int],
+) -> dict[int, np.ndarray]:
+    """COCO instance polygons through the LSJ geometry, then rasterised, as detectron2 does:
+    flip x → W − x, resize (x·w'/W, y·h'/H), shift by the crop offset, and pycocotools'
+    rasteriser at the output size (which clips at its border, as the crop clips the polygon).
+    `applied` is the pipeline's `applied_transforms`; returns {annotation index: uint8 mask}."""
+    from pycocotools import mask as mask_utils
+
+    params = dict(applied).get("LargeScaleJitter")
+    if params is None:
+        return {}
+    (height, width), (out_h, out_w) = in_hw, out_hw
+    sx, sy = params["out_w"] / width, params["out_h"] / height
+    masks = {}
+    for i, polys in enumerate(polygons):
+        if polys is None:
+            continue
+        moved = []
+        for poly in polys:
+            xy = poly.astype(np.float64).copy()
+            if params["flip"]:
+                xy[:, 0] = width - xy[:, 0]
+            xy[:, 0] = xy[:, 0] * sx - params["x0"]
+            xy[:, 1] = xy[:, 1] * sy - params["y0"]
+            moved.append(xy.reshape(-1).tolist())
+        if not moved:
+            masks[i] = np.zeros((out_h, out_w), dtype=np.uint8)
+            continue
+        rle = mask_utils.merge(mask_utils.frPyObjects(moved, out_h, out_w))
+        masks[i] = mask_utils.decode(rle)
+    return masks
+
+
 def shortest_edge_size(height: int, width: int, short: int, max_size: int) -> tuple[int, int]:
     """detectron2's ResizeShortestEdge output size: short side to `short`, then shrink so the
     long side is at most `max_size`; int(x + 0.5) at the end."""

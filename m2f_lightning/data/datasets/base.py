@@ -31,6 +31,8 @@ class Sample:
     sem_seg: np.ndarray | None = None
     eval_instances: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     instance_file: str | None = None
+    # COCO instance training: per annotation its polygons ([K, 2] x, y arrays) or None (RLE)
+    polygons: list[list[np.ndarray] | None] | None = None
 
 
 class Reader:

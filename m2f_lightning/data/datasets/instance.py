@@ -18,7 +18,9 @@ class CocoInstanceReader(Reader):
     """COCO instances JSON: one mask per annotation (overlaps allowed), crowd flagged.
 
     `filter_empty` (training) leaves out the images without a non-crowd annotation, as
-    detectron2's DATALOADER.FILTER_EMPTY_ANNOTATIONS (True in every official config) does."""
+    detectron2's DATALOADER.FILTER_EMPTY_ANNOTATIONS (True in every official config) does.
+    `keep_polygons` (training) also returns each annotation's polygons (None for RLE), which the
+    LSJ pipeline transforms and rasterises after the crop, as the official COCO instance mapper."""
 
     def __init__(
         self,
@@ -26,6 +28,7 @@ class CocoInstanceReader(Reader):
         image_dir: Path,
         metadata: DatasetMetadata,
         filter_empty: bool = False,
+        keep_polygons: bool = False,
     ) -> None:
         if not json_file.is_file():
             raise FileNotFoundError(f"instance annotation file not found: {json_file}")
@@ -41,6 +44,7 @@ class CocoInstanceReader(Reader):
             ]
         self.image_dir = image_dir
         self.metadata = metadata
+        self.keep_polygons = keep_polygons
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -58,6 +62,14 @@ class CocoInstanceReader(Reader):
         masks, labels, crowd = annotation_masks(
             self.coco, image_id, height, width, self.metadata, str(path)
         )
+        polygons = None
+        if self.keep_polygons:
+            polygons = [
+                [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in a["segmentation"]]
+                if isinstance(a["segmentation"], list)
+                else None
+                for a in self.coco.imgToAnns.get(image_id, [])
+            ]
         return Sample(
             image=image,
             file_name=str(path),
@@ -65,6 +77,7 @@ class CocoInstanceReader(Reader):
             masks=masks,
             labels=labels,
             crowd=crowd,
+            polygons=polygons,
         )
 
 

@@ -143,6 +143,7 @@ def _coco_like(root: Path, task: str, split: str, meta: DatasetMetadata) -> Read
             images,
             meta,
             filter_empty=split == "train",
+            keep_polygons=split == "train",
         )
     instances = root / "annotations" / f"instances_{split}2017.json"
     return PanopticReader(
