@@ -57,13 +57,24 @@ def train_targets(
         if task == "semantic":
             sem_seg = semantic_from_panoptic(id_map, segments)
         else:
-            for seg in segments:
-                if seg["iscrowd"] or (task == "instance" and seg["category"] not in things):
-                    continue
-                mask = id_map == seg["id"]
-                if keep_empty or mask.any():
-                    out_masks.append(mask)
-                    out_labels.append(seg["category"])
+            kept = [
+                seg
+                for seg in segments
+                if not seg["iscrowd"] and (task != "instance" or seg["category"] in things)
+            ]
+            # filled in place: no list of N full-size masks to copy into a stack
+            stacked = np.zeros((len(kept), *shape), dtype=bool)
+            for i, seg in enumerate(kept):
+                np.equal(id_map, seg["id"], out=stacked[i])
+            labels_all = [seg["category"] for seg in kept]
+            if not keep_empty and len(kept):
+                present = stacked.any(axis=(1, 2))
+                stacked = stacked[present]
+                labels_all = [c for c, p in zip(labels_all, present, strict=True) if p]
+            return {
+                "labels": torch.tensor(labels_all, dtype=torch.int64),
+                "masks": torch.from_numpy(stacked),
+            }
     if masks is not None:
         shape = masks.shape[1:]
         for mask, label, is_crowd in zip(masks, labels, crowd, strict=True):
