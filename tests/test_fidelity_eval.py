@@ -133,7 +133,6 @@ def test_ade20k_panoptic_scores_ap_and_miou_against_the_official_files(tmp_path)
     assert not torch.equal(target.sem_seg, derived)
 
 
-@pytest.mark.slow
 def test_cityscapes_instance_ap_is_cityscapesscripts_with_coco_ap_beside_it(tmp_path) -> None:
     """The paper's Cityscapes AP: cityscapesScripts' evalInstanceLevelSemanticLabeling on the
     gtFine instanceIds PNGs; COCO-style AP is reported beside it as AP_coco."""
