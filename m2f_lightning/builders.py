@@ -199,6 +199,7 @@ def build_module(
         max_steps=cfg.trainer.max_steps,
         inference=inference_settings(cfg),
         ignore_label=meta.ignore_label,
+        dataset_ids=list(meta.dataset_ids),
     )
 
 

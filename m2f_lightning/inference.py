@@ -518,6 +518,35 @@ def _instances_full_resolution(
     return {"masks": masks, "scores": scores * mask_scores, "labels": labels}
 
 
+def _semantic_padded_then_resized(
+    mask_cls: torch.Tensor,
+    mask_logits: torch.Tensor,
+    image_size: Sequence[int],
+    padded_size: Sequence[int],
+    original_size: Sequence[int],
+) -> torch.Tensor:
+    """A semantic-only model's class scores in the official order: mask logits upsampled to the
+    padded input, `semantic_inference` there (softmax × sigmoid), then the K class scores cropped
+    to the image and resized to the original size (bilinear)."""
+    probs = F.softmax(mask_cls.float(), dim=-1)[:, :-1]
+    scores = None
+    for start in range(0, len(mask_logits), QUERY_CHUNK):
+        chunk = F.interpolate(
+            mask_logits[None, start : start + QUERY_CHUNK].float(),
+            size=tuple(padded_size),
+            mode="bilinear",
+            align_corners=False,
+        )[0]
+        part = torch.einsum("qc,qhw->chw", probs[start : start + QUERY_CHUNK], chunk.sigmoid())
+        scores = part if scores is None else scores + part
+    scores = scores[:, : image_size[0], : image_size[1]]
+    if tuple(image_size) != tuple(original_size):
+        scores = F.interpolate(
+            scores[None], size=tuple(original_size), mode="bilinear", align_corners=False
+        )[0]
+    return scores
+
+
 def postprocess(
     outputs: dict[str, Any],
     image_sizes: Sequence[Sequence[int]],
@@ -532,8 +561,10 @@ def postprocess(
 
     panoptic → {"panoptic_seg", "segments_info", "instances", "sem_seg"} (the paper reports PQ, AP
     and mIoU from one panoptic model); instance → {"instances"}; semantic → {"sem_seg"}.
-    `sem_seg` holds the class scores [K, H, W] as a `SemanticScores`: `.argmax(0)` is the class
-    map, `.full()` the float tensor, both computed on demand.
+    `sem_seg` holds the class scores [K, H, W]. As the official model: a semantic-only model
+    scores classes at the padded size and resizes the scores (a tensor); with panoptic output the
+    mask logits are resized first, as a `SemanticScores` (`.argmax(0)` the class map, `.full()`
+    the float tensor, both computed on demand in bands of rows).
     """
     if task not in ("panoptic", "instance", "semantic"):
         raise ValueError(f"unknown task '{task}': choose panoptic, instance or semantic")
@@ -545,7 +576,11 @@ def postprocess(
         mask_logits = outputs["pred_masks"][i]
         sizes = (image_size, padded_size, original_size)
         result: dict[str, Any] = {}
-        if task in ("panoptic", "semantic"):
+        if task == "semantic":
+            result["sem_seg"] = _semantic_padded_then_resized(
+                mask_cls, mask_logits, image_size, padded_size, original_size
+            )
+        if task == "panoptic":
             result["sem_seg"] = SemanticScores(mask_cls, mask_logits, *sizes)
         if task == "panoptic":
             seg, segments = _panoptic_full_resolution(

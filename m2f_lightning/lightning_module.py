@@ -31,6 +31,8 @@ class Mask2FormerModule(L.LightningModule):
         scheduler: {name: poly|multistep|constant, power, milestones, gamma, warmup_steps,
             warmup_factor}; stepped per iteration up to `max_steps`.
         inference: post-processing thresholds (`InferenceSettings` or its fields as a dict).
+        dataset_ids: contiguous class → the dataset's label id (Cityscapes: cityscapesScripts'
+            instance evaluation reads them).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class Mask2FormerModule(L.LightningModule):
         inference: InferenceSettings | dict[str, Any] | None = None,
         ignore_label: int = 255,
         model_config: dict[str, Any] | None = None,
+        dataset_ids: list[int] | None = None,
     ) -> None:
         super().__init__()
         if model is None:
@@ -77,6 +80,7 @@ class Mask2FormerModule(L.LightningModule):
             thing_ids=thing_ids,
             stuff_ids=stuff_ids,
             ignore_label=ignore_label,
+            dataset_ids=dataset_ids,
         )
         self.val_metrics = SegmentationMetrics(**metric_args)
         self.test_metrics = SegmentationMetrics(**metric_args, class_metrics=True)

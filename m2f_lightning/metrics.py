@@ -5,6 +5,7 @@ All are torchmetrics `Metric`s with sum-reduced states, so they synchronise acro
 
 import logging
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -195,8 +196,16 @@ class GatheredMeanAveragePrecision(MeanAveragePrecision):
 
 
 class SemanticIoU(MulticlassJaccardIndex):
-    """mIoU over a dataset-level confusion matrix (ignore label 255), averaged like detectron2's
-    SemSegEvaluator: over the classes that appear in the ground truth or the prediction."""
+    """mIoU over a dataset-level confusion matrix (ignore label 255), as detectron2's
+    SemSegEvaluator computes it.
+
+    Pixels whose ground truth is the ignore label are left out. Per class c: IoU = tp /
+    (pos_gt + pos_pred − tp), with pos_gt the ground-truth pixels of c and pos_pred the pixels
+    predicted c (on non-ignored ground truth). mIoU is the mean IoU over the classes with
+    pos_gt > 0 (detectron2's acc_valid; its iou_valid, pos_gt > 0 and union > 0, selects the same
+    classes): a class present in the ground truth nowhere counts in the mean even if it is
+    predicted. `iou_per_class` is NaN for the classes left out.
+    """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs: Any) -> None:
         super().__init__(
@@ -204,13 +213,112 @@ class SemanticIoU(MulticlassJaccardIndex):
         )
 
     def compute(self) -> dict[str, torch.Tensor]:
-        confmat = self.confmat.double()
+        confmat = self.confmat.double()  # rows: ground truth, columns: prediction
         tp = confmat.diag()
-        union = confmat.sum(0) + confmat.sum(1) - tp
-        valid = union > 0
+        pos_gt, pos_pred = confmat.sum(1), confmat.sum(0)
+        union = pos_gt + pos_pred - tp
+        valid = pos_gt > 0
         iou = torch.where(valid, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
         miou = iou[valid].mean() if valid.any() else torch.tensor(0.0, dtype=torch.float64)
         return {"miou": miou, "iou_per_class": iou}
+
+
+class CityscapesInstanceAP:
+    """Cityscapes instance AP as the paper reports it: cityscapesScripts'
+    `evalInstanceLevelSemanticLabeling` (AP over overlaps 0.5:0.95 with its minimum region sizes,
+    and AP50), run on the gtFine instanceIds PNGs, as detectron2's CityscapesInstanceEvaluator.
+
+    `update` writes each predicted instance as a PNG and one text file per image (mask, label id,
+    score), as that evaluator does; `compute` gathers the records of every rank and evaluates.
+    Like the official evaluator it needs the files on one machine (one node).
+    """
+
+    def __init__(self, label_ids: Sequence[int]) -> None:
+        import tempfile
+
+        self.label_ids = [int(i) for i in label_ids]  # contiguous class → Cityscapes label id
+        self.root = Path(tempfile.gettempdir()).resolve() / "m2f_cityscapes_eval"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(dir=self.root))
+        self.records: list[tuple[str, str]] = []  # (ground-truth PNG, prediction text file)
+
+    def update(self, instances: InstanceSet, instance_file: str) -> None:
+        from PIL import Image
+
+        stem = f"{len(self.records):06d}_{Path(instance_file).stem}"
+        lines = []
+        masks = instances.masks.cpu().numpy()
+        scores = _need(instances.scores, "instance scores").cpu().tolist()
+        for k, (mask, label, score) in enumerate(
+            zip(masks, instances.labels.tolist(), scores, strict=True)
+        ):
+            if not mask.any():  # matches nothing; the evaluator skips it too
+                continue
+            name = f"{stem}_{k}.png"
+            Image.fromarray(mask.astype("uint8") * 255).save(self.folder / name)
+            lines.append(f"{name} {self.label_ids[label]} {score}\n")
+        text = self.folder / f"{stem}.txt"
+        text.write_text("".join(lines))
+        self.records.append((str(instance_file), str(text)))
+
+    def _gathered(self) -> list[tuple[str, str]]:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return list(self.records)
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, self.records)
+        return [record for rank_records in gathered for record in rank_records]
+
+    def compute(self) -> dict[str, float]:
+        """{"AP", "AP50"} in percent (empty when no image was scored)."""
+        import contextlib
+        import copy
+        import io
+        import os
+        import tempfile
+
+        import numpy as np
+
+        records = self._gathered()
+        if not records:
+            return {}
+        from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as cs_eval
+
+        with tempfile.TemporaryDirectory(dir=self.root) as work:
+            args = copy.deepcopy(cs_eval.args)
+            args.predictionPath = str(self.root)
+            args.gtInstancesFile = os.path.join(work, "gtInstances.json")
+            args.JSONOutput, args.quiet, args.colorized, args.csv = False, True, False, False
+            cwd = os.getcwd()
+            os.chdir(work)  # in case the evaluator writes to the working directory
+            # cityscapesScripts 2.3 calls np.in1d, which numpy 2.4 removed: lend it for the call
+            shim = not hasattr(np, "in1d")
+            if shim:
+                np.in1d = lambda a, b, **kw: np.isin(np.ravel(a), b, **kw)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    # evaluateImgLists' steps, less its debug dump of the matches (matches.json,
+                    # which json cannot write from numpy integers)
+                    cs_eval.setInstanceLabels(args)
+                    gts = [r[0] for r in records]
+                    gt_instances = cs_eval.getGtInstances(gts, args)
+                    matches = cs_eval.matchGtWithPreds(
+                        [r[1] for r in records], gts, gt_instances, args
+                    )
+                    averages = cs_eval.computeAverages(cs_eval.evaluateMatches(matches, args), args)
+            finally:
+                os.chdir(cwd)
+                if shim:
+                    del np.in1d
+        return {"AP": 100 * float(averages["allAp"]), "AP50": 100 * float(averages["allAp50%"])}
+
+    def reset(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.records = []
 
 
 def panoptic_to_pairs(
@@ -229,7 +337,11 @@ def panoptic_to_pairs(
 
 class SegmentationMetrics(torch.nn.Module):
     """The metrics of a task: panoptic → PQ + AP + mIoU (as the paper reports them from one
-    model), instance → AP, semantic → mIoU. `compute()` returns percentages."""
+    model), instance → AP, semantic → mIoU. `compute()` returns percentages.
+
+    With `dataset_ids` (contiguous → the dataset's label ids) and targets that name a Cityscapes
+    instanceIds PNG, AP and AP50 are cityscapesScripts' (the paper's Cityscapes AP) and the
+    COCO-style values are reported beside them as AP_coco, AP50_coco, ...."""
 
     def __init__(
         self,
@@ -239,6 +351,7 @@ class SegmentationMetrics(torch.nn.Module):
         stuff_ids: Sequence[int],
         ignore_label: int = 255,
         class_metrics: bool = False,
+        dataset_ids: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if task not in ("panoptic", "instance", "semantic"):
@@ -256,6 +369,12 @@ class SegmentationMetrics(torch.nn.Module):
         self.miou = (
             SemanticIoU(num_classes, ignore_index=ignore_label)
             if task in ("panoptic", "semantic")
+            else None
+        )
+        # used when the targets name a Cityscapes instanceIds PNG (`EvalTarget.instance_file`)
+        self.cityscapes = (
+            CityscapesInstanceAP(dataset_ids)
+            if dataset_ids is not None and task in ("panoptic", "instance")
             else None
         )
 
@@ -292,6 +411,8 @@ class SegmentationMetrics(torch.nn.Module):
                         }
                     ],
                 )
+                if self.cityscapes is not None and target.instance_file is not None:
+                    self.cityscapes.update(inst, target.instance_file)
             if self.miou is not None:
                 pred = _need(result.sem_seg, "sem_seg").argmax(0)
                 gt = _need(target.sem_seg, "sem_seg target").to(pred.device)
@@ -326,6 +447,10 @@ class SegmentationMetrics(torch.nn.Module):
                 value = float(ap[key])
                 if value >= 0:  # -1: no ground truth of that size, the metric is undefined
                     out[name] = 100 * value
+            cityscapes = self.cityscapes.compute() if self.cityscapes is not None else {}
+            if cityscapes:  # the paper's Cityscapes AP; COCO-style AP beside it as AP_coco...
+                out = {(f"{k}_coco" if k.startswith("AP") else k): v for k, v in out.items()}
+                out.update(cityscapes)
         if self.miou is not None:
             out["mIoU"] = 100 * float(self.miou.compute()["miou"])
         return out
@@ -341,7 +466,7 @@ class SegmentationMetrics(torch.nn.Module):
         return out
 
     def reset(self) -> None:
-        for metric in (self.pq, self.ap, self.miou):
+        for metric in (self.pq, self.ap, self.miou, self.cityscapes):
             if metric is not None:
                 metric.reset()
 

@@ -57,15 +57,16 @@ def lr_lambda(
 ) -> Callable[[int], float]:
     """Multiplier of the base learning rate at a step.
 
-    poly: (1 − step/max_steps)^power (ends at 0); multistep: ×gamma at each milestone (fractions
-    of max_steps, the COCO recipe's 327,778 and 355,092 of 368,750); warm-up: linear from
-    `warmup_factor` over `warmup_steps`.
+    poly: (1 − step/max_steps)^power (ends at 0); multistep: ×gamma at each milestone (a value
+    below 1 is a fraction of max_steps, 1 or more an iteration: the COCO experiments give the
+    official 327,778 and 355,092 of 368,750); warm-up: linear from `warmup_factor` over
+    `warmup_steps`.
     """
     if name not in ("poly", "multistep", "constant"):
         raise ValueError(f"unknown scheduler '{name}': choose poly, multistep or constant")
     if max_steps <= 0:
         raise ValueError(f"max_steps must be positive for a schedule, got {max_steps}")
-    steps = [int(round(m * max_steps)) for m in milestones]
+    steps = [int(m) if m >= 1 else int(round(m * max_steps)) for m in milestones]
 
     def factor(step: int) -> float:
         if name == "poly":

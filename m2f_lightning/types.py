@@ -100,6 +100,9 @@ class EvalTarget:
     panoptic: torch.Tensor | None = None  # int64 [H, W, 2] (category, instance id); void < 0
     panoptic_crowd: torch.Tensor | None = None  # bool [H, W], pixels of crowd segments
     instances: InstanceSet | None = None  # masks / labels / iscrowd of the thing segments
+    # the annotation file an external evaluator reads: Cityscapes' gtFine instanceIds PNG,
+    # scored with cityscapesScripts' instance evaluation (the paper's Cityscapes AP)
+    instance_file: str | None = None
 
 
 @dataclass

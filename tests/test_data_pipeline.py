@@ -21,7 +21,7 @@ def test_lsj_scales_follow_the_paper_distribution() -> None:
     for seed in range(400):
         transform.set_random_seed(seed)
         out = transform(image=image, mask=id_map)
-        params = dict(out["applied_transforms"])["ResizeScale"]
+        params = dict(out["applied_transforms"])["LargeScaleJitter"]
         jitters.append(params["jitter"])
         long_sides.append(params["out_w"])
         assert out["image"].shape == (1024, 1024, 3)
@@ -46,7 +46,7 @@ def test_semantic_jitter_sizes_and_ignore_padding() -> None:
         transform.set_random_seed(seed)
         out = transform(image=image, mask=np.zeros((40, 60), dtype=np.uint8))
         assert out["image"].shape == (64, 64, 3)
-        short = dict(out["applied_transforms"])["ResizeShortestEdge"]["out_h"]
+        short = dict(out["applied_transforms"])["ShortEdgeResizeCrop"]["out_h"]
         assert 32 <= short <= 128
         if short < 64:
             assert (out["mask"][short:] == 255).all()

@@ -18,13 +18,20 @@ from .datasets.base import Reader
 from .io import read_image
 from .sampling import SampleKey, eval_loader, seed_transform, train_loader, unpack_key
 from .targets import IGNORE, eval_targets, semantic_from_panoptic, train_targets
-from .transforms import build_train_transform, eval_resize
+from .transforms import build_train_transform, eval_resize, lsj_polygon_masks
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
+
+
+def keeps_empty_targets(task: str, recipe: str) -> bool:
+    """Whether the official mapper of (task, recipe) keeps the segments a crop emptied: the
+    panoptic mappers (LSJ and semantic-style) and the ADE20K / Cityscapes instance mapper do;
+    COCO's instance LSJ mapper filters them (utils.filter_empty_instances)."""
+    return not (task == "instance" and recipe == "lsj")
 
 
 class SegmentationDataset(Dataset):
@@ -39,8 +46,10 @@ class SegmentationDataset(Dataset):
         transform,
         train: bool,
         max_samples: int | None = None,
+        keep_empty: bool = False,
     ) -> None:
         self.reader = reader
+        self.keep_empty = keep_empty  # segments emptied by the crop stay targets (targets.py)
         self.task = task
         self.metadata = metadata
         self.transform = transform
@@ -82,7 +91,11 @@ class SegmentationDataset(Dataset):
                 return out["image"], train_targets(self.task, self.metadata, sem_seg=out["mask"])
             out = self.transform(image=sample.image, mask=sample.id_map)
             return out["image"], train_targets(
-                self.task, self.metadata, id_map=out["mask"], segments=sample.segments
+                self.task,
+                self.metadata,
+                id_map=out["mask"],
+                segments=sample.segments,
+                keep_empty=self.keep_empty,
             )
         if sample.masks is not None:
             if len(sample.masks) == 0:
@@ -92,12 +105,25 @@ class SegmentationDataset(Dataset):
                     self.task, self.metadata, masks=empty, labels=[], crowd=[]
                 )
             out = self.transform(image=sample.image, masks=sample.masks)
+            masks = np.asarray(out["masks"])
+            if sample.polygons is not None:  # COCO instance: polygons moved, then rasterised
+                rasterised = lsj_polygon_masks(
+                    sample.polygons,
+                    out.get("applied_transforms", []),
+                    sample.image.shape[:2],
+                    out["image"].shape[:2],
+                )
+                if rasterised:
+                    masks = masks.copy()
+                    for i, mask in rasterised.items():
+                        masks[i] = mask
             return out["image"], train_targets(
                 self.task,
                 self.metadata,
-                masks=np.asarray(out["masks"]),
+                masks=masks,
                 labels=sample.labels,
                 crowd=sample.crowd,
+                keep_empty=self.keep_empty,
             )
         out = self.transform(image=sample.image, mask=sample.sem_seg)
         return out["image"], train_targets(self.task, self.metadata, sem_seg=out["mask"])
@@ -302,7 +328,13 @@ class SegmentationDataModule(L.LightningDataModule):
             reader = build_reader(self.dataset_name, self.task, "train", self.root, self.source)
             transform = build_train_transform(recipe, mask_pad=self._label_pad_value(), **aug)
             self.train_set = SegmentationDataset(
-                reader, self.task, self.metadata, transform, True, self.max_train_samples
+                reader,
+                self.task,
+                self.metadata,
+                transform,
+                True,
+                self.max_train_samples,
+                keep_empty=keeps_empty_targets(self.task, recipe),
             )
         if stage in (None, "fit", "validate", "test") and self.val_set is None:
             reader = build_reader(self.dataset_name, self.task, "val", self.root, self.source)

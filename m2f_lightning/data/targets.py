@@ -42,9 +42,14 @@ def train_targets(
     labels=None,
     crowd=None,
     sem_seg=None,
+    keep_empty: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Per-segment binary masks and their classes for the criterion. Segments emptied by a crop
-    are dropped."""
+    """Per-segment binary masks and their classes for the criterion.
+
+    `keep_empty`: a segment the crop emptied stays as an all-False mask (matched, supervised for
+    its class, counted in the number of masks), as the official panoptic mapper and ADE20K /
+    Cityscapes instance mapper keep them; without it, it is dropped, as the COCO instance (LSJ)
+    mapper filters empty instances. Crowd segments are never targets."""
     things = set(metadata.thing_ids)
     out_masks, out_labels = [], []
     if id_map is not None:
@@ -52,17 +57,28 @@ def train_targets(
         if task == "semantic":
             sem_seg = semantic_from_panoptic(id_map, segments)
         else:
-            for seg in segments:
-                if seg["iscrowd"] or (task == "instance" and seg["category"] not in things):
-                    continue
-                mask = id_map == seg["id"]
-                if mask.any():
-                    out_masks.append(mask)
-                    out_labels.append(seg["category"])
+            kept = [
+                seg
+                for seg in segments
+                if not seg["iscrowd"] and (task != "instance" or seg["category"] in things)
+            ]
+            # filled in place: no list of N full-size masks to copy into a stack
+            stacked = np.zeros((len(kept), *shape), dtype=bool)
+            for i, seg in enumerate(kept):
+                np.equal(id_map, seg["id"], out=stacked[i])
+            labels_all = [seg["category"] for seg in kept]
+            if not keep_empty and len(kept):
+                present = stacked.any(axis=(1, 2))
+                stacked = stacked[present]
+                labels_all = [c for c, p in zip(labels_all, present, strict=True) if p]
+            return {
+                "labels": torch.tensor(labels_all, dtype=torch.int64),
+                "masks": torch.from_numpy(stacked),
+            }
     if masks is not None:
         shape = masks.shape[1:]
         for mask, label, is_crowd in zip(masks, labels, crowd, strict=True):
-            if not is_crowd and label in things and mask.any():
+            if not is_crowd and label in things and (keep_empty or mask.any()):
                 out_masks.append(mask.astype(bool))
                 out_labels.append(int(label))
     if sem_seg is not None:
@@ -81,12 +97,17 @@ def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> EvalTarge
     """Ground truth at the original size for the task's metrics (see `types.EvalTarget`)."""
     things = set(metadata.thing_ids)
     out = EvalTarget()
+    if task in ("panoptic", "instance") and sample.instance_file is not None:
+        out.instance_file = sample.instance_file
     if sample.id_map is not None:
         id_map, segments = sample.id_map, sample.segments
         if task in ("panoptic", "semantic"):
-            out.sem_seg = torch.from_numpy(
-                semantic_from_panoptic(id_map, segments).astype(np.int64)
-            )
+            # the dataset's semantic PNG where the reader found one (ADE20K's
+            # annotations_detectron2, as the official evaluator), else derived from the panoptic PNG
+            sem = sample.sem_seg if sample.sem_seg is not None and task == "panoptic" else None
+            if sem is None:
+                sem = semantic_from_panoptic(id_map, segments)
+            out.sem_seg = torch.from_numpy(sem.astype(np.int64))
         if task == "panoptic":
             pairs = np.full((*id_map.shape, 2), VOID_CATEGORY, dtype=np.int64)
             crowd = np.zeros(id_map.shape, dtype=bool)
@@ -97,7 +118,16 @@ def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> EvalTarge
                     crowd |= region
             out.panoptic = torch.from_numpy(pairs)
             out.panoptic_crowd = torch.from_numpy(crowd)
-        if task in ("panoptic", "instance"):
+        if task == "panoptic" and sample.eval_instances is not None:
+            # the instance JSON of the same image (COCO instances_val2017.json, ADE20K
+            # ade20k_instance_val.json), as the official evaluators score AP
+            masks, labels, crowd = sample.eval_instances
+            out.instances = InstanceSet(
+                masks=torch.from_numpy(masks.astype(bool)),
+                labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+                iscrowd=torch.from_numpy(np.asarray(crowd, dtype=bool)),
+            )
+        elif task in ("panoptic", "instance"):
             thing_segments = [s for s in segments if s["category"] in things]
             out.instances = InstanceSet(
                 masks=_stack([id_map == s["id"] for s in thing_segments], id_map.shape),

@@ -3,7 +3,9 @@
 Contiguous class ids (what the model predicts) are the positions in a catalog's category list.
 COCO ids/names follow the COCO 2017 panoptic categories; Cityscapes comes from cityscapesscripts'
 label table; ADE20K thing/stuff follows the 100 instance classes of the scene-parsing benchmark and
-Mapillary Vistas v1.2 its 37 instance classes. The colours are a fixed generated palette (used for
+Mapillary Vistas v1.2 its 37 instance classes. The instance tasks of ADE20K and Cityscapes use their
+thing classes only (`ade20k_instance`: 100, `cityscapes_instance`: 8), as the official instance
+configs (SEM_SEG_HEAD.NUM_CLASSES 100 and 8). The colours are a fixed generated palette (used for
 overlays only). Where a dataset's own annotation JSON lists categories, readers check them against
 the catalog and fail on unknown ids.
 """
@@ -66,7 +68,7 @@ def get_metadata(name: str) -> DatasetMetadata:
     data = json.loads(path.read_text())
     cats = data["categories"]
     extra = {k: v for k, v in data.items() if k not in ("name", "categories", "ignore_label")}
-    if name == "cityscapes":
+    if all("train_id" in c for c in cats):  # cityscapes, cityscapes_instance
         extra["train_ids"] = [c["train_id"] for c in cats]
     return DatasetMetadata(
         name=data["name"],

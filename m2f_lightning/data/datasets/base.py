@@ -15,6 +15,11 @@ class Sample:
     Panoptic (and instance derived from panoptic): `id_map` (int32, 0 = void) + `segments`
     [{id, category (contiguous), iscrowd}]. Instance (COCO JSON, overlaps allowed): `masks`
     uint8 [N, H, W] + `labels` + `crowd`. Semantic: `sem_seg` uint8 [H, W], 255 = ignore.
+
+    Evaluation ground truth that the official evaluators take from other files than the
+    training annotation: `eval_instances` (masks, labels, crowd) from the instance JSON of a
+    panoptic dataset (AP), `sem_seg` on a panoptic sample (mIoU from the semantic PNGs), and
+    `instance_file` (Cityscapes' instanceIds PNG, which cityscapesScripts' evaluation reads).
     """
 
     image: np.ndarray
@@ -26,6 +31,10 @@ class Sample:
     labels: np.ndarray | None = None
     crowd: np.ndarray | None = None
     sem_seg: np.ndarray | None = None
+    eval_instances: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    instance_file: str | None = None
+    # COCO instance training: per annotation its polygons ([K, 2] x, y arrays) or None (RLE)
+    polygons: list[list[np.ndarray] | None] | None = None
 
 
 class Reader:

@@ -113,7 +113,13 @@ def custom_reader(
         return SemanticReader(pairs, meta.num_classes)
     annotations = _split_entry(source, split, "annotations", root)
     if fmt == "coco_instance" or task == "instance" and "panoptic" not in (source.get(split) or {}):
-        return CocoInstanceReader(annotations, images, meta)
+        return CocoInstanceReader(
+            annotations,
+            images,
+            meta,
+            filter_empty=split == "train",
+            keep_polygons=split == "train",
+        )
     return PanopticReader(
         annotations,
         _split_entry(source, split, "panoptic", root),

@@ -1,10 +1,13 @@
 """Readers for instance annotations: COCO JSON (polygons and RLE, via pycocotools) and
 Cityscapes gtFine instanceIds PNGs."""
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 from ..catalog import DatasetMetadata
 from ..io import DataError, check_same_size, read_image, read_label
@@ -14,16 +17,35 @@ from .base import Reader, Sample
 
 class CocoInstanceReader(Reader):
     """COCO instances JSON: one mask per annotation (overlaps allowed), crowd flagged. The file
-    is checked record by record when read (`validation.check_instance_annotations`)."""
+    is checked record by record when read (`validation.check_instance_annotations`).
 
-    def __init__(self, json_file: Path, image_dir: Path, metadata: DatasetMetadata) -> None:
+    `filter_empty` (training) leaves out the images without a non-crowd annotation, as
+    detectron2's DATALOADER.FILTER_EMPTY_ANNOTATIONS (True in every official config) does.
+    `keep_polygons` (training) also returns each annotation's polygons (None for RLE), which the
+    LSJ pipeline transforms and rasterises after the crop, as the official COCO instance mapper."""
+
+    def __init__(
+        self,
+        json_file: Path,
+        image_dir: Path,
+        metadata: DatasetMetadata,
+        filter_empty: bool = False,
+        keep_polygons: bool = False,
+    ) -> None:
         data = load_json(json_file, ("images", "annotations"), "instance annotation file")
         compare_categories(data.get("categories"), metadata, json_file, things_only=True)
         self.images, self.anns = check_instance_annotations(data, json_file, metadata)
         self.image_ids = sorted(self.images, key=str)
+        if filter_empty:
+            self.image_ids = [
+                i
+                for i in self.image_ids
+                if any(not a.get("iscrowd", 0) for a in self.anns.get(i, []))
+            ]
         self.json_file = json_file
         self.image_dir = image_dir
         self.metadata = metadata
+        self.keep_polygons = keep_polygons
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -40,33 +62,75 @@ class CocoInstanceReader(Reader):
                 f"{info['width']}x{info['height']} (image id {image_id})"
             )
         anns = self.anns.get(image_id, [])
-        masks = np.zeros((len(anns), height, width), dtype=np.uint8)
-        for i, ann in enumerate(anns):
-            segm = ann["segmentation"]
-            try:
-                if isinstance(segm, list):
-                    rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-                elif isinstance(segm["counts"], list):
-                    rle = mask_utils.frPyObjects(segm, height, width)
-                else:
-                    rle = segm
-                masks[i] = mask_utils.decode(rle)
-            except (TypeError, ValueError, IndexError) as err:
-                raise DataError(
-                    f"{self.json_file}: annotation id {ann.get('id')} (image id {image_id}): "
-                    f"undecodable segmentation ({err})"
-                ) from None
+        masks = rasterise(anns, height, width, f"{self.json_file} (image id {image_id})")
+        labels = np.array(
+            [self.metadata.contiguous_id(a["category_id"], str(path)) for a in anns],
+            dtype=np.int64,
+        )
+        crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+        polygons = None
+        if self.keep_polygons:
+            polygons = [
+                [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in a["segmentation"]]
+                if isinstance(a["segmentation"], list)
+                else None
+                for a in anns
+            ]
         return Sample(
             image=image,
             file_name=str(path),
             image_id=image_id,
             masks=masks,
-            labels=np.array(
-                [self.metadata.contiguous_id(a["category_id"], str(path)) for a in anns],
-                dtype=np.int64,
-            ),
-            crowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+            labels=labels,
+            crowd=crowd,
+            polygons=polygons,
         )
+
+
+def rasterise(anns: list[dict], height: int, width: int, source: str) -> np.ndarray:
+    """COCO annotations (polygons, compressed or uncompressed RLE) → uint8 masks [N, H, W], by
+    pycocotools; an undecodable one is an error naming `source` and the annotation id."""
+    masks = np.zeros((len(anns), height, width), dtype=np.uint8)
+    for i, ann in enumerate(anns):
+        segm = ann["segmentation"]
+        try:
+            if isinstance(segm, list):
+                rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+            elif isinstance(segm["counts"], list):
+                rle = mask_utils.frPyObjects(segm, height, width)
+            else:
+                rle = segm
+            masks[i] = mask_utils.decode(rle)
+        except (TypeError, ValueError, IndexError, KeyError) as err:
+            raise DataError(
+                f"{source}: annotation id {ann.get('id')}: undecodable segmentation ({err})"
+            ) from None
+    return masks
+
+
+def load_coco(json_file: Path) -> COCO:
+    """pycocotools' index of a COCO instances JSON, without its prints."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(json_file))
+
+
+def annotation_masks(
+    coco: COCO,
+    image_id: int,
+    height: int,
+    width: int,
+    metadata: DatasetMetadata,
+    source: str = "",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's annotations rasterised by pycocotools (polygons and RLE): masks uint8
+    [N, H, W], contiguous labels of `metadata`, crowd flags."""
+    anns = coco.imgToAnns.get(image_id, [])
+    masks = rasterise(anns, height, width, f"{source} (image id {image_id})")
+    labels = np.array(
+        [metadata.contiguous_id(a["category_id"], source) for a in anns], dtype=np.int64
+    )
+    crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+    return masks, labels, crowd
 
 
 class CityscapesInstanceReader(Reader):
@@ -104,4 +168,5 @@ class CityscapesInstanceReader(Reader):
             else np.zeros((0, height, width), np.uint8),
             labels=np.array(labels, dtype=np.int64),
             crowd=np.array(crowd, dtype=bool),
+            instance_file=str(label_path),
         )

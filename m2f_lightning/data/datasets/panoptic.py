@@ -10,6 +10,7 @@ from ..catalog import DatasetMetadata
 from ..io import DataError, check_same_size, read_image, read_label, rgb_to_id
 from ..validation import check_panoptic_annotations, compare_categories, load_json
 from .base import Reader, Sample
+from .instance import annotation_masks, load_coco
 
 
 class PanopticReader(Reader):
@@ -17,6 +18,12 @@ class PanopticReader(Reader):
 
     `image_path(image_info)` maps an entry of the JSON's `images` list to its image file (COCO:
     the .png name with .jpg; Cityscapes: under a city sub-folder).
+
+    Evaluation ground truth of the official evaluators, when given: `instances_json` (the COCO
+    instances JSON of the same images: AP is scored against its masks, found by image id, category
+    ids those of the panoptic catalog) and `semantic_png(image_info)` (the semantic label PNG,
+    contiguous ids and 255: mIoU is scored against it), `instance_png(image_info)` (Cityscapes'
+    instanceIds PNG: AP is scored by cityscapesScripts' evaluation of it).
     """
 
     def __init__(
@@ -25,6 +32,9 @@ class PanopticReader(Reader):
         panoptic_dir: Path,
         image_path: Callable[[dict], Path],
         metadata: DatasetMetadata,
+        instances_json: Path | None = None,
+        semantic_png: Callable[[dict], Path] | None = None,
+        instance_png: Callable[[dict], Path] | None = None,
     ) -> None:
         data = load_json(json_file, ("images", "annotations"), "panoptic annotation file")
         compare_categories(data.get("categories"), metadata, json_file)
@@ -34,10 +44,13 @@ class PanopticReader(Reader):
                 "png": panoptic_dir / ann["file_name"],
                 "image_id": ann["image_id"],
                 "segments_info": ann["segments_info"],
+                "semantic": semantic_png(info) if semantic_png else None,
+                "instance_file": instance_png(info) if instance_png else None,
             }
             for info, ann in check_panoptic_annotations(data, json_file, metadata)
         ]
         self.metadata = metadata
+        self.instances = load_coco(instances_json) if instances_json is not None else None
         self.json_file = json_file
 
     def __len__(self) -> int:
@@ -73,10 +86,23 @@ class PanopticReader(Reader):
             }
             for s in record["segments_info"]
         ]
-        return Sample(
+        sample = Sample(
             image=image,
             file_name=str(record["image"]),
             image_id=record["image_id"],
             id_map=id_map.astype(np.int32),
             segments=segments,
         )
+        if self.instances is not None:
+            if record["image_id"] not in self.instances.imgs:
+                raise DataError(f"image id {record['image_id']} is not in the instances JSON")
+            sample.eval_instances = annotation_masks(
+                self.instances, record["image_id"], *id_map.shape, self.metadata, "instances JSON"
+            )
+        if record["instance_file"] is not None and record["instance_file"].is_file():
+            sample.instance_file = str(record["instance_file"])
+        if record["semantic"] is not None:
+            semantic = read_label(record["semantic"])
+            check_same_size(image, semantic, record["image"], record["semantic"])
+            sample.sem_seg = semantic.astype(np.uint8)
+        return sample

@@ -8,6 +8,7 @@ code: see `custom.py` (`dataset=custom`).
 """
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,22 @@ def build_reader(
     return spec.build_reader(base / spec.folder, task, split, meta)
 
 
+def _official_instances(json_file: Path, task: str, split: str, dataset: str) -> Path | None:
+    """The instance JSON a panoptic model's AP is scored against (the official evaluators use
+    it); None, with a warning that says what is scored instead, when it is absent."""
+    if task != "panoptic" or split != "val":
+        return None
+    if json_file.is_file():
+        return json_file
+    warnings.warn(
+        f"{json_file} not found: the AP of this {dataset} panoptic model is scored against the "
+        "thing segments of the panoptic PNGs, not against the instance annotations the official "
+        "evaluator (and the paper's AP) uses; add the file to score the paper's AP",
+        stacklevel=2,
+    )
+    return None
+
+
 def _coco_like(root: Path, task: str, split: str, meta: DatasetMetadata) -> Reader:
     """COCO panoptic/instance; semantic reads `panoptic_semseg_*` PNGs written by
     scripts/prepare_coco_semantic.py, or derives them from the panoptic PNGs when absent."""
@@ -123,13 +140,22 @@ def _coco_like(root: Path, task: str, split: str, meta: DatasetMetadata) -> Read
         return SemanticReader(pairs, meta.num_classes)
     if task == "instance" and (root / "annotations" / f"instances_{split}2017.json").is_file():
         return CocoInstanceReader(
-            root / "annotations" / f"instances_{split}2017.json", images, meta
+            root / "annotations" / f"instances_{split}2017.json",
+            images,
+            meta,
+            filter_empty=split == "train",
+            keep_polygons=split == "train",
         )
+    instances = root / "annotations" / f"instances_{split}2017.json"
     return PanopticReader(
         root / "annotations" / f"panoptic_{split}2017.json",
         root / f"panoptic_{split}2017",
         lambda info: images / info["file_name"].replace(".png", ".jpg"),
         meta,
+        # the demo's synthetic scenes have no instance file: their AP uses the panoptic PNGs
+        instances_json=None
+        if meta.name == "synthetic"
+        else _official_instances(instances, task, split, "COCO"),
     )
 
 
@@ -144,12 +170,23 @@ def _ade20k(root: Path, task: str, split: str, meta: DatasetMetadata) -> Reader:
         pairs = paired_files(images, labels, "*.jpg", lambda p: p.with_suffix(".png").name)
         return SemanticReader(pairs, meta.num_classes, transform)
     if task == "instance":
-        return CocoInstanceReader(root / f"ade20k_instance_{split}.json", images, meta)
+        return CocoInstanceReader(
+            root / f"ade20k_instance_{split}.json", images, meta, filter_empty=split == "train"
+        )
+    # the official ADE20K panoptic evaluation: AP against ade20k_instance_val.json, mIoU
+    # against the annotations_detectron2 semantic PNGs (when prepared)
+    semantic = root / "annotations_detectron2" / folder
     return PanopticReader(
         root / f"ade20k_panoptic_{split}.json",
         root / f"ade20k_panoptic_{split}",
         lambda info: images / info["file_name"].replace(".png", ".jpg"),
         meta,
+        instances_json=_official_instances(
+            root / f"ade20k_instance_{split}.json", task, split, "ADE20K"
+        ),
+        semantic_png=(lambda info: semantic / Path(info["file_name"]).with_suffix(".png").name)
+        if task == "panoptic" and split == "val" and semantic.is_dir()
+        else None,
     )
 
 
@@ -173,6 +210,12 @@ def _cityscapes(root: Path, task: str, split: str, meta: DatasetMetadata) -> Rea
         # by id: cityscapesScripts writes file_name "<id>_gtFine_leftImg8bit.png", not a real file
         lambda info: images / str(info["id"]).split("_")[0] / f"{info['id']}_leftImg8bit.png",
         meta,
+        # the paper's AP of a Cityscapes panoptic model: cityscapesScripts on the instanceIds PNGs
+        instance_png=(
+            lambda info: gt / str(info["id"]).split("_")[0] / f"{info['id']}_gtFine_instanceIds.png"
+        )
+        if task == "panoptic" and split == "val"
+        else None,
     )
 
 
@@ -220,6 +263,7 @@ register(
   ADEChallengeData2016/ade20k_instance_{train,val}.json""",
         hint="Download ADEChallengeData2016 and run python scripts/prepare_ade20k.py (panoptic/instance), or: python scripts/make_synthetic.py --format ade20k --out DIR",
         catalog="ade20k",
+        task_catalogs={"instance": "ade20k_instance"},  # the 100 thing classes
         build_reader=_ade20k,
     )
 )
@@ -233,6 +277,7 @@ register(
   cityscapes/gtFine/cityscapes_panoptic_{train,val}.json + cityscapes_panoptic_{train,val}/*.png""",
         hint="Download leftImg8bit + gtFine and run python scripts/prepare_cityscapes.py, or: python scripts/make_synthetic.py --format cityscapes --out DIR",
         catalog="cityscapes",
+        task_catalogs={"instance": "cityscapes_instance"},  # the 8 thing classes
         build_reader=_cityscapes,
     )
 )
