@@ -126,6 +126,7 @@ def build_module(
         max_steps=cfg.trainer.max_steps,
         inference=inference_settings(cfg),
         ignore_label=meta.ignore_label,
+        max_nonfinite_steps=cfg.get("max_nonfinite_steps", 10),  # train.yaml
     )
 
 
