@@ -92,6 +92,13 @@ def _predict_main(cfg: DictConfig) -> None:
     run_command(predict, cfg)
 
 
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
+def _export_main(cfg: DictConfig) -> None:
+    from .export import export
+
+    run_command(export, cfg)
+
+
 def _with_upgraded_argv(main: Callable[[], Any]) -> Any:
     sys.argv = [sys.argv[0], *upgrade_overrides(sys.argv[1:])]
     return main()
@@ -107,3 +114,7 @@ def evaluate_main() -> Any:
 
 def predict_main() -> Any:
     return _with_upgraded_argv(_predict_main)
+
+
+def export_main() -> Any:
+    return _with_upgraded_argv(_export_main)
