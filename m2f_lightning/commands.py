@@ -17,6 +17,7 @@ from .builders import (
     validate_config,
     warn_if_not_the_recipe_batch,
 )
+from .classes import check_classes_agree
 from .data import SegmentationDataModule
 from .modeling import Mask2Former
 from .preemption import SlurmPreemption
@@ -60,7 +61,8 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
         dm = build_datamodule(cfg)
         module = build_module(cfg, dm)
         if cfg.get("init_weights"):
-            load_init_weights(module, cfg.init_weights)
+            class_map = OmegaConf.to_container(cfg.get("class_map") or {}, resolve=True)
+            load_init_weights(module, cfg.init_weights, class_map)
         callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
         trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
         ckpt_path = resume_path(cfg, output_dir)
@@ -106,6 +108,15 @@ def load_weights_for(cfg: DictConfig, dm: SegmentationDataModule, path: str) -> 
             f"{path} predicts {model.num_classes} classes but dataset '{cfg.dataset.name}' "
             f"({cfg.task.name}) has {dm.metadata.num_classes}"
         )
+    # the checkpoint's own class names (stored since training) against the dataset's
+    check_classes_agree(
+        getattr(model, "class_names", None),
+        dm.metadata.class_names,
+        str(path),
+        cfg.dataset.name,
+        getattr(model, "is_thing", None),
+        dm.metadata.is_thing,
+    )
     return model.train()  # Lightning switches modes itself
 
 
