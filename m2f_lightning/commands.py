@@ -61,7 +61,8 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
         dm = build_datamodule(cfg)
         module = build_module(cfg, dm)
         if cfg.get("init_weights"):
-            class_map = OmegaConf.to_container(cfg.get("class_map") or {}, resolve=True)
+            class_map = cfg.get("class_map")  # {new name: checkpoint name}
+            class_map = OmegaConf.to_container(class_map, resolve=True) if class_map else {}
             load_init_weights(module, cfg.init_weights, class_map)
         callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
         trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)

@@ -110,7 +110,7 @@ def per_class_pq(cfg, init: str | None, tmp_path: Path) -> tuple[dict, object]:
         load_init_weights(module, init)
     trainer = build_trainer(cfg, tmp_path, False, [])
     trainer.test(module, datamodule=dm, verbose=False)
-    pq = module.per_class["test"]["pq_per_class"]
+    pq = module.per_class["test"]["PQ"]
     return dict(zip(dm.metadata.class_names, pq.tolist(), strict=True)), module
 
 
@@ -150,5 +150,5 @@ def test_finetune_to_a_renamed_reordered_subset_keeps_the_matched_classes(tmp_pa
     for old_name, new_name in (("sky", "Sky."), ("ground", "Ground"), ("square", "SQUARE")):
         if source_pq[old_name] > 0:
             assert target_pq[new_name] > 0
-            assert target_pq[new_name] == pytest.approx(source_pq[old_name], abs=0.15)
+            assert target_pq[new_name] == pytest.approx(source_pq[old_name], abs=15)
     assert sum(target_pq[n] for n in ("Sky.", "Ground", "SQUARE")) > 0
