@@ -6,8 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from m2f_lightning.builders import build_datamodule, build_module, build_trainer
 from m2f_lightning.checkpoints import init_from_weights, load_model, save_model
@@ -91,7 +93,14 @@ def subset_dataset(demo_root: Path, out: Path) -> list[str]:
         by_id = {c["id"]: c for c in data["categories"]}
         data["categories"] = [{**by_id[i], "name": name} for i, name in renamed.items()]
         for ann in data["annotations"]:
+            dropped = [s["id"] for s in ann["segments_info"] if s["category_id"] not in renamed]
             ann["segments_info"] = [s for s in ann["segments_info"] if s["category_id"] in renamed]
+            png = out / "seg" / split / ann["file_name"]
+            rgb = np.asarray(Image.open(png).convert("RGB")).astype(np.int64)
+            ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+            rgb = rgb.copy()
+            rgb[np.isin(ids, dropped)] = 0  # void
+            Image.fromarray(rgb.astype(np.uint8)).save(png)
         (out / f"pan_{split}.json").write_text(json.dumps(data))
     split = "{{images: img/{s}, annotations: pan_{s}.json, panoptic: seg/{s}}}"
     return [
@@ -152,3 +161,10 @@ def test_finetune_to_a_renamed_reordered_subset_keeps_the_matched_classes(tmp_pa
             assert target_pq[new_name] > 0
             assert target_pq[new_name] == pytest.approx(source_pq[old_name], abs=15)
     assert sum(target_pq[n] for n in ("Sky.", "Ground", "SQUARE")) > 0
+
+
+def test_class_map_is_given_on_the_command_line(tmp_path: Path) -> None:
+    assert compose("train", [], tmp_path).class_map is None
+    cfg = compose("train", ["class_map={pyramid:triangle,tv_monitor:tv}"], tmp_path)
+    assert dict(cfg.class_map) == {"pyramid": "triangle", "tv_monitor": "tv"}
+    assert match_classes(["TV monitor"], ["tv-monitor"], {"tv_monitor": "tv-monitor"}) == {0: 0}
