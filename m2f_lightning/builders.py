@@ -200,6 +200,7 @@ def build_module(
         inference=inference_settings(cfg),
         ignore_label=meta.ignore_label,
         dataset_ids=list(meta.dataset_ids),
+        max_nonfinite_steps=cfg.get("max_nonfinite_steps", 10),  # train.yaml
     )
 
 

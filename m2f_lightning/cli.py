@@ -141,6 +141,13 @@ def _doctor_main(cfg: DictConfig) -> None:
         raise SystemExit(code)
 
 
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export")
+def _export_main(cfg: DictConfig) -> None:
+    from .export import export
+
+    run_command(export, cfg)
+
+
 def _with_upgraded_argv(main: Callable[[], Any]) -> Any:
     sys.argv = [sys.argv[0], *upgrade_overrides(sys.argv[1:])]
     return main()
@@ -160,3 +167,7 @@ def predict_main() -> Any:
 
 def doctor_main() -> Any:
     return _with_upgraded_argv(_doctor_main)
+
+
+def export_main() -> Any:
+    return _with_upgraded_argv(_export_main)

@@ -19,6 +19,7 @@ from .builders import (
     validate_config,
     warn_if_not_the_recipe_batch,
 )
+from .classes import check_classes_agree
 from .data import SegmentationDataModule
 from .errors import CheckpointError, UserError
 from .modeling import Mask2Former
@@ -75,7 +76,9 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
             check_resume_fits(ckpt_path, module, cfg)
         check_writable(output_dir / "checkpoints")
         if cfg.get("init_weights"):
-            load_init_weights(module, cfg.init_weights)
+            class_map = cfg.get("class_map")  # {new name: checkpoint name}
+            class_map = OmegaConf.to_container(class_map, resolve=True) if class_map else {}
+            load_init_weights(module, cfg.init_weights, class_map)
         callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
         trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
         if ckpt_path and trainer.is_global_zero:
@@ -121,6 +124,15 @@ def load_weights_for(cfg: DictConfig, dm: SegmentationDataModule, path: str) -> 
             f"{path} predicts {model.num_classes} classes but dataset '{cfg.dataset.name}' "
             f"({cfg.task.name}) has {dm.metadata.num_classes}"
         )
+    # the checkpoint's own class names (stored since training) against the dataset's
+    check_classes_agree(
+        getattr(model, "class_names", None),
+        dm.metadata.class_names,
+        str(path),
+        cfg.dataset.name,
+        getattr(model, "is_thing", None),
+        dm.metadata.is_thing,
+    )
     return model.train()  # Lightning switches modes itself
 
 

@@ -33,6 +33,9 @@ class Mask2FormerModule(L.LightningModule):
         inference: post-processing thresholds (`InferenceSettings` or its fields as a dict).
         dataset_ids: contiguous class → the dataset's label id (Cityscapes: cityscapesScripts'
             instance evaluation reads them).
+        max_nonfinite_steps: a step whose loss is NaN or inf is skipped (no optimiser update,
+            counted in `train/skipped_steps`); this many consecutive skips stop the run with
+            `NonFiniteLossError` (0: never stop).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class Mask2FormerModule(L.LightningModule):
         ignore_label: int = 255,
         model_config: dict[str, Any] | None = None,
         dataset_ids: list[int] | None = None,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         if model is None:
@@ -86,6 +90,7 @@ class Mask2FormerModule(L.LightningModule):
         self.test_metrics = SegmentationMetrics(**metric_args, class_metrics=True)
         # per-class values of the last validation / test, for tables (see callbacks.WandbMedia)
         self.per_class: dict[str, dict[str, torch.Tensor]] = {}
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
 
     def forward(self, images: torch.Tensor, image_sizes=None) -> ModelOutput:
         return self.model(images, image_sizes)
@@ -93,11 +98,32 @@ class Mask2FormerModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         outputs = self.model(batch.images, batch.image_sizes)
         losses = self.criterion(outputs, batch.targets)
+        # --- non-finite loss guard: decided on all ranks alike, acted on in
+        # on_before_optimizer_step (after the backward, so DDP's gradient all-reduce still runs)
+        finite = bool(torch.isfinite(losses["loss"].detach()))
+        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        self.nonfinite.record(finite, losses["loss"])
+        # ---
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(batch))
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=len(batch)
         )
         return losses["loss"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drop the update of a step that saw a non-finite loss (see `NonFiniteGuard`)."""
+        skip = self.nonfinite.end_step(self.global_step)
+        self.log("train/skipped_steps", float(self.nonfinite.skipped))
+        if skip:
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    if param.grad is None:
+                        continue
+                    if scaler is None:
+                        param.grad = None  # torch optimisers leave a parameter without grad as is
+                    else:  # fp16's GradScaler skips a step whose gradients are not finite
+                        param.grad.fill_(float("nan"))
 
     def predict_batch(self, batch: Batch) -> list[SegmentationResult]:
         """Post-processed results of a batch, at each image's original size."""
@@ -156,6 +182,60 @@ class Mask2FormerModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive training steps had a NaN or infinite loss."""
+
+
+class NonFiniteGuard:
+    """Bookkeeping of steps with a non-finite loss: a step (all micro-batches of an accumulated
+    step) with one is skipped; `limit` consecutive skipped steps raise `NonFiniteLossError`
+    naming the step and the last finite loss."""
+
+    def __init__(self, limit: int = 10) -> None:
+        self.limit = limit
+        self.skipped = 0  # steps skipped in this run
+        self.consecutive = 0
+        self.last_finite_loss: float | None = None
+        self.last_finite_step: int | None = None
+        self._bad = False  # a micro-batch of the current optimiser step was not finite
+        self._step_loss: float | None = None
+
+    def record(self, finite: bool, loss: torch.Tensor) -> None:
+        if finite:
+            self._step_loss = float(loss.detach())
+        self._bad = self._bad or not finite
+
+    def end_step(self, step: int) -> bool:
+        """Close optimiser step `step`; True when its update must be skipped."""
+        skip, self._bad = self._bad, False
+        if not skip:
+            self.consecutive = 0
+            if self._step_loss is not None:
+                self.last_finite_loss, self.last_finite_step = self._step_loss, step
+            return False
+        self.skipped += 1
+        self.consecutive += 1
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"step {step}: loss is not finite; skipped the optimiser step "
+            f"({self.consecutive} in a row, {self.skipped} in this run)"
+        )
+        if self.limit and self.consecutive >= self.limit:
+            last = (
+                f"the last finite loss was {self.last_finite_loss:.4f} at step "
+                f"{self.last_finite_step}"
+                if self.last_finite_loss is not None
+                else "no step had a finite loss"
+            )
+            raise NonFiniteLossError(
+                f"training stopped at step {step}: the loss was NaN or infinite for "
+                f"{self.consecutive} consecutive steps (max_nonfinite_steps={self.limit}); "
+                f"{last}. Lower the learning rate, check the data, or use precision=32."
+            )
+        return True
 
 
 def _scored(results: list[SegmentationResult], batch: Batch) -> tuple[list, list]:

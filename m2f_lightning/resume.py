@@ -95,14 +95,22 @@ def retire_preemption_checkpoint(trainer: L.Trainer, output_dir: Path) -> None:
     trainer.strategy.barrier("retire_preemption_checkpoint")
 
 
-def load_init_weights(module: Mask2FormerModule, path: str) -> None:
+def load_init_weights(
+    module: Mask2FormerModule, path: str, class_map: dict[str, str] | None = None
+) -> dict[str, list[str]]:
     """Start training from the weights at `path` (not a resume: step, optimiser and schedule start
-    fresh). A class head of another size stays freshly initialised, for fine-tuning on new classes."""
+    fresh). The class head is mapped by class name (`checkpoints.init_from_weights`): classes of
+    the dataset found in the checkpoint (or through `class_map={new: old}`) keep their rows, the
+    others start fresh."""
     from lightning.pytorch.utilities import rank_zero_only
 
     from .checkpoints import init_from_weights
 
-    kept = init_from_weights(module.model, path)
+    report = init_from_weights(module.model, path, list(module.hparams.class_names), class_map)
     if rank_zero_only.rank == 0:
-        note = f"; class head re-initialised for {module.model.num_classes} classes" if kept else ""
+        matched, fresh = report["matched"], report["fresh"]
+        note = f"; class head: {len(matched)} classes kept by name, {len(fresh)} fresh"
+        if fresh:
+            note += f" ({', '.join(fresh[:10])}{', ...' if len(fresh) > 10 else ''})"
         print(f"init_weights: loaded {path}{note}", flush=True)
+    return report

@@ -147,8 +147,8 @@ def test_init_from_weights_with_another_class_count_keeps_a_fresh_class_head(
     torch.manual_seed(1)
     model = tiny_model(num_classes=3)
     fresh_head = {k: v.clone() for k, v in model.state_dict().items() if "class_embed" in k}
-    kept = init_from_weights(model, path)
-    assert kept == list(CLASS_HEAD)
+    report = init_from_weights(model, path)
+    assert report == {"matched": [], "fresh": ["0", "1", "2"]}
     state, source_state = model.state_dict(), pretrained.state_dict()
     for key, value in state.items():
         if key in CLASS_HEAD:
@@ -162,7 +162,7 @@ def test_init_from_weights_with_the_same_classes_copies_everything(tmp_path) -> 
     path = save_model(pretrained, tmp_path / "pretrained.pt")
     torch.manual_seed(1)
     model = tiny_model(num_classes=3)
-    assert init_from_weights(model, path) == []
+    assert init_from_weights(model, path)["fresh"] == []
     assert same_outputs(pretrained.eval(), model.eval())
 
 

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 
+from ..classes import match_classes
 from ..errors import CheckpointError, CheckpointMismatchError, MissingCheckpointError
 from ..modeling import Mask2Former
 from ..modeling.d2_format import read_d2_pickle
@@ -16,9 +17,18 @@ FORMAT_VERSION = 1
 
 
 def save_model(
-    model: Mask2Former, path: str | Path, class_names: list[str] | None = None, **extra: Any
+    model: Mask2Former,
+    path: str | Path,
+    class_names: list[str] | None = None,
+    is_thing: list[bool] | None = None,
+    **extra: Any,
 ) -> Path:
-    """Write `{"model_config", "state_dict", "class_names", ...}`, loadable with weights_only."""
+    """Write `{"model_config", "state_dict", "class_names", "is_thing", ...}`, loadable with
+    weights_only. Names and thing flags default to the model's (`load_model` sets them)."""
+    if class_names is None:
+        class_names = getattr(model, "class_names", None)
+    if is_thing is None:
+        is_thing = getattr(model, "is_thing", None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -27,6 +37,7 @@ def save_model(
         "model_config": model.config,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "class_names": list(class_names) if class_names is not None else None,
+        "is_thing": [bool(t) for t in is_thing] if is_thing is not None else None,
         **extra,
     }
     torch.save(payload, path)
@@ -67,22 +78,39 @@ def read_weights(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str] | None]:
     """(model config, state dict in our key names, class names) from any supported source; the
     config is empty for a model-zoo `.pkl`, which does not store the architecture."""
+    config, state, class_names, _ = read_weights_and_classes(path)
+    return config, state, class_names
+
+
+def _is_thing_from_hparams(hparams: dict[str, Any]) -> list[bool] | None:
+    names, things = hparams.get("class_names"), hparams.get("thing_ids")
+    if names is None or things is None:
+        return None
+    return [i in set(things) for i in range(len(names))]
+
+
+def read_weights_and_classes(
+    path: str | Path,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str] | None, list[bool] | None]:
+    """`read_weights` plus the thing flag of each class, where the source stores it."""
     path = Path(path)
     if not path.exists():
         raise MissingCheckpointError(f"no checkpoint at {path}")
     if path.is_dir():
         config, hf_state, class_names = read_hf_checkpoint(path)
-        return config, convert_hf_state_dict(hf_state), class_names
+        return config, convert_hf_state_dict(hf_state), class_names, None
     if path.suffix == ".pkl":
-        return {}, convert_d2_state_dict(read_d2_pickle(path)), None
+        return {}, convert_d2_state_dict(read_d2_pickle(path)), None, None
     ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a checkpoint dict")
     if ckpt.get("format") == "m2f_lightning":
-        return dict(ckpt["model_config"]), ckpt["state_dict"], ckpt.get("class_names")
+        names, is_thing = ckpt.get("class_names"), ckpt.get("is_thing")
+        return dict(ckpt["model_config"]), ckpt["state_dict"], names, is_thing
     if "state_dict" in ckpt and "pytorch-lightning_version" in ckpt:
         config, state = _lightning_model_state(ckpt)
-        return config, state, (ckpt.get("hyper_parameters") or {}).get("class_names")
+        hparams = ckpt.get("hyper_parameters") or {}
+        return config, state, hparams.get("class_names"), _is_thing_from_hparams(hparams)
     raise CheckpointError(f"{path}: unknown checkpoint format (keys: {sorted(ckpt)[:10]})")
 
 
@@ -103,29 +131,56 @@ def load_model(
             f"{path} is a model-zoo .pkl, which does not store the architecture: pass "
             "num_classes=... (and backbone=..., num_queries=... if not the R50 defaults)"
         )
-    config, state, class_names = read_weights(path)
+    config, state, class_names, is_thing = read_weights_and_classes(path)
     # the file holds every tensor: never fetch ImageNet weights to overwrite them
     config = {**config, **overrides, "backbone_weights": None}
     config.pop("backbone_pretrained", None)  # configs saved before `backbone_weights`
     model = Mask2Former(**config)
     load_state_strict(model, state, str(path))
-    model.class_names = class_names
+    model.class_names = class_names  # None where the source stores no names (.pkl)
+    model.is_thing = is_thing
     return model.to(map_location).eval()
 
 
 CLASS_HEAD = ("transformer_decoder.class_embed.weight", "transformer_decoder.class_embed.bias")
 
 
-def init_from_weights(model: Mask2Former, path: str | Path) -> list[str]:
+def init_from_weights(
+    model: Mask2Former,
+    path: str | Path,
+    class_names: list[str] | None = None,
+    class_map: dict[str, str] | None = None,
+) -> dict[str, list[str]]:
     """Copy the weights at `path` (any source `load_model` reads) into `model` to fine-tune it.
 
-    Every tensor must fit, except the class head: with another number of classes (COCO weights
-    for a 5-class dataset) it keeps its fresh initialisation. Returns the keys left as they were.
+    Every tensor must fit, except the class head (`transformer_decoder.class_embed`), which is
+    mapped by class name when both the file and `class_names` (the model's classes) name them:
+    a class whose name matches one of the file's (case and punctuation insensitive, or through
+    `class_map={new: old}`) keeps that class's row, the no-object row is kept, and the other
+    rows keep their fresh initialisation. Without names, a head of the same size is copied whole
+    and one of another size stays fresh. Returns `{"matched": [...], "fresh": [...]}` (names,
+    or indices as strings where the model has no names).
     """
-    _, state, _ = read_weights(path)
+    _, state, old_names = read_weights(path)
     target = model.state_dict()
-    kept = [k for k in CLASS_HEAD if k in state and state[k].shape != target[k].shape]
-    state = {k: v for k, v in state.items() if k not in kept}
+    num_new = target[CLASS_HEAD[0]].shape[0] - 1
+    new_names = list(class_names) if class_names is not None else [str(i) for i in range(num_new)]
+    head = {k: state.pop(k) for k in CLASS_HEAD if k in state}
+    if class_names is not None and old_names is not None and len(head) == len(CLASS_HEAD):
+        rows = match_classes(new_names, old_names, class_map)
+        rows[num_new] = len(old_names)  # the no-object row
+        for key in CLASS_HEAD:
+            fresh = target[key].clone()
+            for new, old in rows.items():
+                fresh[new] = head[key][old]
+            state[key] = fresh
+    elif class_map:
+        raise ValueError(f"class_map needs class names in {path} and in the dataset")
+    elif all(head[k].shape == target[k].shape for k in head):
+        state.update(head)
+        rows = dict.fromkeys(range(num_new + 1)) if head else {}
+    else:
+        rows = {}
     mismatched = [
         f"{k}: {tuple(v.shape)} in the file, {tuple(target[k].shape)} in the model"
         for k, v in state.items()
@@ -134,13 +189,16 @@ def init_from_weights(model: Mask2Former, path: str | Path) -> list[str]:
     if mismatched:
         raise CheckpointError(
             f"weights from {path} have another architecture than the model (same backbone, "
-            f"queries and widths needed; only the class count may differ): {mismatched[:10]}"
+            f"queries and widths needed; only the classes may differ): {mismatched[:10]}"
         )
     result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if k not in kept]
+    missing = [k for k in result.missing_keys if k not in CLASS_HEAD]
     if missing or result.unexpected_keys:
         raise CheckpointMismatchError(
             f"weights from {path} do not fit the model: missing {missing[:20]}, "
             f"unexpected {result.unexpected_keys[:20]}"
         )
-    return kept
+    return {
+        "matched": [new_names[i] for i in range(num_new) if i in rows],
+        "fresh": [new_names[i] for i in range(num_new) if i not in rows],
+    }

@@ -8,6 +8,21 @@ from .point_sampling import RandFn, point_sample
 
 Match = tuple[torch.Tensor, torch.Tensor]
 
+# What a non-finite (NaN or ±inf) cost becomes before the Hungarian solver sees it, and the
+# ceiling of every finite cost. Real costs lie within a few tens (2·class + 5·BCE + 5·dice), so a
+# pair with a broken cost is matched only when no finite alternative remains; 1e8 keeps float64
+# sums of such costs exact to ~1e-8, where float32's max would drown the finite costs. SciPy
+# raises "matrix contains invalid numeric entries" on NaN/-inf and "cost matrix is infeasible"
+# on rows of +inf: neither can happen after this.
+NONFINITE_COST = 1e8
+
+
+def sanitize_cost(cost: torch.Tensor) -> torch.Tensor:
+    """`cost` with NaN, +inf and -inf replaced by `NONFINITE_COST` and finite values clamped
+    to ±`NONFINITE_COST`."""
+    finite = torch.isfinite(cost)
+    return torch.where(finite, cost.clamp(-NONFINITE_COST, NONFINITE_COST), NONFINITE_COST)
+
 
 def pairwise_sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean BCE over points of every (prediction, target) pair: [B, Q, P] × [B, N, P] → [B, Q, N]."""
@@ -98,9 +113,8 @@ class HungarianMatcher(torch.nn.Module):
                 + self.cost_class * cost_class
                 + self.cost_dice * pairwise_dice(pred, target)
             )
-            huge = torch.finfo(cost.dtype).max
-            cost = torch.nan_to_num(cost, nan=huge, posinf=huge, neginf=huge)
-        cost_host = cost.cpu().numpy()  # one transfer for the whole batch
+            cost = sanitize_cost(cost)
+        cost_host = cost.cpu().double().numpy()  # one transfer for the whole batch
         matches = []
         for i, n in enumerate(counts):
             rows, cols = linear_sum_assignment(cost_host[i, :, :n])

@@ -1,0 +1,152 @@
+"""NaN never crashes training: the matcher replaces non-finite costs before SciPy sees them, a
+step with a non-finite loss is skipped (no optimiser update, `train/skipped_steps`), and
+`max_nonfinite_steps` consecutive skips stop the run with the step and the last finite loss."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from scipy.optimize import linear_sum_assignment
+
+from m2f_lightning.lightning_module import NonFiniteGuard, NonFiniteLossError
+from m2f_lightning.losses import HungarianMatcher
+from m2f_lightning.losses.matcher import NONFINITE_COST, sanitize_cost
+from tests.test_lightning_module import loader, make_module
+from tests.test_losses import random_outputs, random_targets
+
+
+def full_mask_matcher() -> HungarianMatcher:
+    return HungarianMatcher(point_sampled=False)  # no random points: two calls see the same costs
+
+
+def test_sanitize_cost_replaces_nan_and_inf_by_one_large_finite_value() -> None:
+    cost = torch.tensor([1.5, float("nan"), float("inf"), float("-inf"), 1e30, -1e30])
+    out = sanitize_cost(cost)
+    assert torch.isfinite(out).all()
+    assert out.tolist() == [1.5, NONFINITE_COST, NONFINITE_COST, NONFINITE_COST] + [
+        NONFINITE_COST,
+        -NONFINITE_COST,
+    ]
+
+
+def test_scipy_itself_rejects_nan_costs() -> None:
+    """What the sanitising protects against (the crash of the official repo and the HF port)."""
+    with pytest.raises(ValueError, match="invalid numeric entries"):
+        linear_sum_assignment([[float("nan"), 1.0], [1.0, 2.0]])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_logits_match_like_the_finite_queries_alone(bad: float) -> None:
+    outputs = random_outputs(aux=0, queries=10)
+    targets = random_targets((3, 4))
+    broken = [0, 2, 5, 7]  # queries of image 0 with broken class and mask logits
+    outputs["pred_logits"][0, broken] = bad
+    outputs["pred_masks"][0, broken] = bad
+    matches = full_mask_matcher()(outputs, targets)
+    assert [len(r) for r, _ in matches] == [3, 4]
+    rows, cols = matches[0]
+    assert not set(rows.tolist()) & set(broken)  # finite queries are always preferred
+    # and among the finite ones the matching is the optimal one
+    keep = [q for q in range(10) if q not in broken]
+    reduced = {k: v[:, keep] for k, v in outputs.items() if k != "aux_outputs"}
+    ref_rows, ref_cols = full_mask_matcher()(reduced, targets)[0]
+    assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == sorted(
+        zip([keep[r] for r in ref_rows.tolist()], ref_cols.tolist(), strict=True)
+    )
+
+
+def test_all_nan_outputs_still_give_a_full_matching() -> None:
+    outputs = random_outputs(aux=0)
+    outputs["pred_logits"][:] = float("nan")
+    outputs["pred_masks"][:] = float("nan")
+    matches = HungarianMatcher(num_points=64)(outputs, random_targets((3, 5)))
+    assert [len(r) for r, _ in matches] == [3, 5]
+    assert [sorted(c.tolist()) for _, c in matches] == [[0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_guard_counts_consecutive_skips_and_stops_with_step_and_last_loss() -> None:
+    guard = NonFiniteGuard(limit=3)
+    guard.record(True, torch.tensor(2.5))
+    assert guard.end_step(0) is False
+    guard.record(False, torch.tensor(float("nan")))
+    assert guard.end_step(1) is True
+    guard.record(True, torch.tensor(2.0))
+    assert guard.end_step(2) is False  # a finite step resets the count
+    # an accumulated step with one bad micro-batch is skipped whole
+    guard.record(True, torch.tensor(1.0))
+    guard.record(False, torch.tensor(float("inf")))
+    assert guard.end_step(3) is True
+    guard.record(False, torch.tensor(float("nan")))
+    assert guard.end_step(4) is True
+    guard.record(False, torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteLossError, match=r"step 5.*last finite loss was 2.0000 at step 2"):
+        guard.end_step(5)
+    assert guard.skipped == 4
+
+
+class NaNAt:
+    """Wraps a model's forward: the outputs of the calls in `bad_calls` become NaN."""
+
+    def __init__(self, model: torch.nn.Module, bad_calls: set[int]) -> None:
+        self.forward, self.bad_calls, self.calls = model.forward, bad_calls, 0
+
+    def __call__(self, *args, **kwargs):
+        outputs = self.forward(*args, **kwargs)
+        self.calls += 1
+        if self.calls - 1 in self.bad_calls:
+            nan = float("nan")
+            outputs["pred_logits"] = outputs["pred_logits"] * nan
+            outputs["pred_masks"] = outputs["pred_masks"] * nan
+            for aux in outputs["aux_outputs"]:
+                aux["pred_logits"] = aux["pred_logits"] * nan
+        return outputs
+
+
+def trainer(tmp_path: Path, steps: int) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
+
+
+def test_a_nan_step_is_skipped_and_training_goes_on(tmp_path: Path) -> None:
+    module = make_module()
+    module.model.forward = NaNAt(module.model, bad_calls={1})
+    snapshots = []
+
+    class Snapshot(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            snapshots.append({k: v.clone() for k, v in pl_module.model.state_dict().items()})
+
+    fit = trainer(tmp_path, 3)
+    fit.callbacks.append(Snapshot())
+    fit.fit(module, train_dataloaders=loader(3))
+    assert fit.global_step == 3
+    assert module.nonfinite.skipped == 1
+    assert fit.logged_metrics["train/skipped_steps"] == 1
+    changed = [
+        any(not torch.equal(a[k], b[k]) for k in a)
+        for a, b in zip(snapshots, snapshots[1:], strict=False)
+    ]
+    assert changed == [False, True]  # step 1 (NaN) left every weight as it was; step 2 trained
+    assert all(torch.isfinite(p).all() for p in module.model.parameters())
+    first_moments = [s["exp_avg"] for s in fit.optimizers[0].state.values()]
+    assert all(torch.isfinite(m).all() for m in first_moments)
+
+
+def test_consecutive_nan_steps_stop_the_run_naming_step_and_last_loss(tmp_path: Path) -> None:
+    module = make_module()
+    module.nonfinite.limit = 2
+    module.model.forward = NaNAt(module.model, bad_calls={1, 2, 3})
+    with pytest.raises(
+        NonFiniteLossError, match=r"stopped at step 2.*last finite loss was \S+ at step 0"
+    ):
+        trainer(tmp_path, 4).fit(module, train_dataloaders=loader(4))
