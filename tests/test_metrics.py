@@ -8,6 +8,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -392,3 +394,51 @@ def test_stuff_instance_ids_are_ignored() -> None:
     out = PanopticQuality(THINGS, STUFFS)
     out.update(pred, gt)
     assert out.compute()["pq"].item() == pytest.approx(1.0)
+
+
+@st.composite
+def panels(draw):
+    """Small random panels: (category, instance) per pixel over things, stuff and void, with at
+    most one crowd ground-truth segment per thing category (as COCO panoptic stores them)."""
+    n = draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    cats = st.sampled_from([VOID, *THINGS, *STUFFS, 99])  # 99: unknown, i.e. void
+    pairs = st.tuples(cats, st.integers(0, 2))
+
+    def panel():
+        flat = draw(st.lists(pairs, min_size=h * w, max_size=h * w))
+        return np.array(flat, dtype=np.int64).reshape(h, w, 2)
+
+    gts, preds, crowds = [], [], []
+    for _ in range(n):
+        gt, pred = panel(), panel()
+        crowd = np.zeros((h, w), dtype=bool)
+        for cat in draw(st.sets(st.sampled_from(THINGS), max_size=2)):
+            instance = draw(st.integers(0, 2))
+            crowd |= (gt[..., 0] == cat) & (gt[..., 1] == instance)
+        gts.append(gt)
+        preds.append(pred)
+        crowds.append(crowd)
+    return np.stack(gts), np.stack(preds), np.stack(crowds)
+
+
+@settings(max_examples=60, deadline=None)
+@given(panels())
+def test_pq_equals_the_panopticapi_rules_on_any_small_panel(sample) -> None:
+    gts, preds, crowds = sample
+    metric = PanopticQuality(THINGS, STUFFS)
+    metric.update(torch.from_numpy(preds), torch.from_numpy(gts), torch.from_numpy(crowds))
+    got = metric.compute()
+    (pq, sq, rq), (pq_th, sq_th, _), (pq_st, _, rq_st) = reference_pq(
+        gts, preds, crowds, THINGS, STUFFS
+    )
+    for key, value in (
+        ("pq", pq),
+        ("sq", sq),
+        ("rq", rq),
+        ("pq_things", pq_th),
+        ("sq_things", sq_th),
+        ("pq_stuff", pq_st),
+        ("rq_stuff", rq_st),
+    ):
+        assert got[key].item() == pytest.approx(value, abs=1e-9), key
