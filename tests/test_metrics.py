@@ -442,3 +442,117 @@ def test_pq_equals_the_panopticapi_rules_on_any_small_panel(sample) -> None:
         ("rq_stuff", rq_st),
     ):
         assert got[key].item() == pytest.approx(value, abs=1e-9), key
+
+
+def _rle(mask: np.ndarray) -> dict:
+    r = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    r["counts"] = r["counts"].decode()
+    return r
+
+
+def _pycocotools_stats(results, targets) -> np.ndarray:
+    """COCOeval("segm").stats of SegmentationResult instances against EvalTarget instances."""
+    images, annotations, detections = [], [], []
+    categories = set()
+    for image_id, (result, target) in enumerate(zip(results, targets, strict=True), start=1):
+        h, w = target.instances.masks.shape[-2:]
+        images.append({"id": image_id, "height": int(h), "width": int(w)})
+        for m, c, crowd in zip(
+            target.instances.masks.numpy(),
+            target.instances.labels.tolist(),
+            target.instances.iscrowd.tolist(),
+            strict=True,
+        ):
+            categories.add(c)
+            rle = _rle(m)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": c,
+                    "segmentation": rle,
+                    "area": float(m.sum()),
+                    "iscrowd": int(crowd),
+                    "bbox": list(mask_util.toBbox(rle)),
+                }
+            )
+        inst = result.instances
+        for m, s, c in zip(
+            inst.masks.numpy(), inst.scores.tolist(), inst.labels.tolist(), strict=True
+        ):
+            categories.add(c)
+            detections.append(
+                {"image_id": image_id, "category_id": c, "segmentation": _rle(m), "score": s}
+            )
+    coco = COCO()
+    coco.dataset = {
+        "images": images,
+        "categories": [{"id": c} for c in sorted(categories)],
+        "annotations": annotations,
+    }
+    coco.createIndex()
+    ev = COCOeval(coco, coco.loadRes(detections), "segm")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return ev.stats
+
+
+def test_segmentation_metrics_of_the_panoptic_task_equal_the_references() -> None:
+    """SegmentationMetrics from typed results: PQ/SQ/RQ (all, things, stuff) from the panopticapi
+    transcription, mIoU from a numpy confusion matrix, AP/AP50/AP75 from pycocotools."""
+    results, targets = _two_rank_inputs()
+    metrics = _metrics()
+    metrics.update(results, targets)
+    got = metrics.compute()
+    pred_pairs = []
+    for r in results:
+        pairs = np.full((*r.panoptic_seg.shape, 2), -1, dtype=np.int64)
+        for s in r.segments:
+            pairs[r.panoptic_seg.numpy() == s.id] = (s.category_id, s.id)
+        pred_pairs.append(pairs)
+    gts = np.stack([t.panoptic.numpy() for t in targets])
+    crowds = np.stack([t.panoptic_crowd.numpy() for t in targets])
+    (pq, sq, rq), (pq_th, sq_th, rq_th), (pq_st, sq_st, rq_st) = reference_pq(
+        gts, np.stack(pred_pairs), crowds, THINGS, STUFFS
+    )
+    expected = {
+        "PQ": pq, "SQ": sq, "RQ": rq, "PQ_th": pq_th, "SQ_th": sq_th, "RQ_th": rq_th,
+        "PQ_st": pq_st, "SQ_st": sq_st, "RQ_st": rq_st,
+    }  # fmt: skip
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(100 * value, abs=1e-7), key
+    conf = np.zeros((9, 9))
+    for r, t in zip(results, targets, strict=True):
+        gt, pred = t.sem_seg.numpy(), r.sem_seg.argmax(0).numpy()
+        valid = gt != 255
+        np.add.at(conf, (gt[valid], pred[valid]), 1)
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    assert got["mIoU"] == pytest.approx(100 * np.mean(tp[union > 0] / union[union > 0]), abs=1e-7)
+    stats = _pycocotools_stats(results, targets)
+    for key, index in (("AP", 0), ("AP50", 1), ("AP75", 2)):
+        assert got[key] == pytest.approx(100 * stats[index], abs=0.05), key
+    for key, index in (("APs", 3), ("APm", 4), ("APl", 5)):
+        if stats[index] < 0:  # no ground truth of that size: undefined, left out
+            assert key not in got, key
+        else:
+            assert got[key] == pytest.approx(100 * stats[index], abs=0.05), key
+    per_class = metrics.per_class()
+    assert per_class["IoU"].shape == (9,)
+    assert np.nanmean(per_class["IoU"].numpy()) == pytest.approx(got["mIoU"], abs=1e-7)
+    assert np.nanmean(per_class["PQ"].numpy()) == pytest.approx(got["PQ"], abs=1e-7)
+    metrics.reset()
+    metrics.update(results[:1], targets[:1])
+    assert metrics.compute()["PQ"] != pytest.approx(got["PQ"])  # reset forgot the 5 images
+
+
+def test_miou_averages_classes_with_a_one_pixel_union_and_is_0_without_any() -> None:
+    metric = SemanticIoU(3)
+    metric.update(torch.tensor([[[0, 1]]]), torch.tensor([[[0, 0]]]))  # class 1: union of 1 pixel
+    out = metric.compute()
+    assert out["miou"].item() == pytest.approx((0.5 + 0.0) / 2)
+    assert torch.isnan(out["iou_per_class"][2]) and out["iou_per_class"][1] == 0
+    empty = SemanticIoU(3)
+    empty.update(torch.tensor([[[0]]]), torch.tensor([[[255]]]))
+    assert empty.compute()["miou"].item() == 0.0
