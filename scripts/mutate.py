@@ -56,7 +56,7 @@ def write_config(work: Path, mutate: list[str], tests: list[str]) -> None:
 source_paths = ["m2f_lightning"]
 only_mutate = {toml_list(mutate)}
 pytest_add_cli_args_test_selection = {toml_list(tests)}
-pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider", "-x", "-q"]
+pytest_add_cli_args = ["-m", "not slow and not spawns", "-p", "no:cacheprovider", "-x", "-q"]
 mutate_only_covered_lines = true
 """
     (work / "pyproject.toml").write_text(pyproject)

@@ -197,6 +197,7 @@ def _ddp_worker(rank: int, port: str, results) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.spawns
 def test_num_masks_is_averaged_over_ranks() -> None:
     manager = mp.Manager()
     results = manager.dict()

@@ -360,7 +360,25 @@ def test_evaluate_and_predict_use_the_weights_they_are_given(
             assert mask.shape == sizes[r["image_id"]] and mask.all()
 
 
-def test_bf16_mixed_precision_trains_a_step(datasets: Path, tmp_path: Path) -> None:
+class _OutputDtypes(L.Callback):
+    """Records the dtype of the model's class logits in every forward of the fit."""
+
+    def __init__(self) -> None:
+        self.dtypes: list[torch.dtype] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.model.register_forward_hook(
+            lambda module, args, out: self.dtypes.append(out["pred_logits"].dtype)
+        )
+
+
+def test_bf16_mixed_precision_trains_a_step(
+    datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """precision=bf16-mixed runs the model under bf16 autocast (its logits come out in bf16),
+    keeps float32 weights, and trains a finite step."""
+    record = _OutputDtypes()
+    _recording(monkeypatch, record)
     cfg = compose(
         "train",
         overrides(datasets, "synthetic", "panoptic", "debug=fast", "precision=bf16-mixed"),
@@ -368,6 +386,7 @@ def test_bf16_mixed_precision_trains_a_step(datasets: Path, tmp_path: Path) -> N
     )
     summary = train(cfg, output_dir=tmp_path)
     assert summary["global_step"] == 1
+    assert record.dtypes and set(record.dtypes) == {torch.bfloat16}, record.dtypes
 
 
 def test_resume_path_picks_the_newer_checkpoint_and_rejects_a_missing_one(tmp_path: Path) -> None:
