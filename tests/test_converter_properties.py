@@ -1,7 +1,6 @@
 """The HF → ours key map on random architectures (hypothesis): every HF tensor lands in exactly
 one of our tensors of the right shape, and every tensor of our model is filled."""
 
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +10,6 @@ from m2f_lightning.checkpoints.hf import convert_hf_state_dict, hf_config_to_our
 from m2f_lightning.modeling import Mask2Former
 
 
-@pytest.mark.slow
 @settings(max_examples=3, deadline=None)
 @given(
     labels=st.integers(1, 6),
@@ -55,21 +53,21 @@ def test_every_hf_tensor_maps_to_one_of_ours(
     # every HF marker appears in our tensors, each in one place only
     sources = {}
     for key, value in ours.items():
-        parts = value.chunk(3, 0) if "in_proj_" in key else ()
-        if parts and len({float(p.flatten()[0]) for p in parts}) == 3:
-            # separate HF q, k, v projections stacked (in that order) into one tensor
+        first = float(value.flatten()[0]) if value.numel() else None
+        if value.numel() == 0 or bool((value == first).all()):
+            markers = [first] if value.numel() else []
+        else:  # separate HF q, k, v projections stacked (in that order) into one tensor
+            parts = value.chunk(3, 0)
             markers = [float(p.flatten()[0]) for p in parts]
             assert all(bool((p == m).all()) for p, m in zip(parts, markers, strict=True)), key
-        else:
-            markers = [float(value.flatten()[0])] if value.numel() else []
-            assert bool((value == markers[0]).all()) if markers else True, key
+            assert len(set(markers)) == 3, key
         for m in markers:
             assert m not in sources, f"{key} and {sources.get(m)} come from one HF tensor"
             sources[m] = key
     names = list(marked)
     mapped = {names[int(m)] for m in sources}
     unmapped = set(names) - mapped
-    # what is left out: buffers HF recomputes (Swin relative-position indices, masks) only
-    assert all("relative_position_index" in k or "attn_mask" in k for k in unmapped), sorted(
-        unmapped
-    )[:5]
+    # what is left out: buffers HF recomputes (Swin relative-position indices, masks), the loss's
+    # class weights, and Swin's final LayerNorm (a classification-head norm no feature map uses)
+    left_out = ("relative_position_index", "attn_mask", "criterion.empty_weight", "swin.layernorm.")
+    assert all(any(part in k for part in left_out) for k in unmapped), sorted(unmapped)[:5]
