@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export WANDB_MODE ?= disabled
 
-.PHONY: install test test-fast test-slurm lint format demo bench clean
+.PHONY: install test test-fast test-slurm lint format demo bench mutate clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ bench: install
 	$(BIN)/python scripts/bench_criterion.py
 	$(BIN)/python scripts/bench_metrics.py
 	$(BIN)/python scripts/bench_data.py
+
+# mutation testing of one module with its fast tests (not part of `make test`): make mutate MODULE=metrics
+# modules: metrics inference losses checkpoints targets readers resume; results in docs/testing.md
+mutate: install
+	$(BIN)/python scripts/mutate.py $(MODULE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

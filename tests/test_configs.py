@@ -68,7 +68,15 @@ def test_the_users_command_lines_compose(tmp_path: Path) -> None:
         ["hydra/launcher=slurm", "task=semantic", "dataset=ade20k", "optimizer.lr=2e-4"],
         tmp_path,
     )
-    assert cfg.optimizer.lr == 2e-4
+    validate_config(cfg)
+    # what the composition implies, not what the line set: ADE20K's semantic recipe, and an
+    # optimiser (built as the LightningModule builds it) whose backbone group runs at 0.1 × lr
+    assert cfg.dataset.max_steps == 160000 and list(cfg.dataset.train_aug.crop_size) == [512, 512]
+    from m2f_lightning.optim import build_optimizer
+    from tests.helpers import tiny_model
+
+    optimizer = build_optimizer(tiny_model(num_classes=150), **cfg.optimizer)
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == pytest.approx([2e-5, 2e-4])
 
 
 def test_slurm_launcher_takes_tasks_and_nodes_from_the_trainer(tmp_path: Path) -> None:

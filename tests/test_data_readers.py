@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m2f_lightning.data import build_reader, metadata_for
+from m2f_lightning.data import build_reader, metadata_for, synthetic
 from m2f_lightning.data.synthetic import write_dataset
 
 FORMATS = {
@@ -21,11 +21,32 @@ FORMATS = {
 }
 
 
+DRAWN: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # format → split → file → class map
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
+    """The generated datasets; DRAWN keeps the class map of every scene as drawn (before any
+    writer encoded it), in the contiguous ids of the format's dataset."""
     out = tmp_path_factory.mktemp("datasets")
+    original = synthetic.draw_scene
     for i, fmt in enumerate(FORMATS):
-        write_dataset(fmt, out, num=3, seed=i)
+        scenes = []
+        synthetic.draw_scene = lambda *a, _s=scenes, **k: _s.append(original(*a, **k)) or _s[-1]
+        try:
+            manifest = write_dataset(fmt, out, num=3, seed=i)
+        finally:
+            synthetic.draw_scene = original
+        _, contiguous = synthetic._category_ids(FORMATS[fmt][0])
+        DRAWN[fmt] = {}
+        for split, entries in manifest["splits"].items():
+            DRAWN[fmt][split] = {}
+            for name, scene in zip(entries, scenes[: len(entries)], strict=True):
+                classes = np.full(scene.segment_map.shape, 255)
+                for seg in scene.segments:
+                    classes[scene.segment_map == seg["id"]] = contiguous[seg["role"]]
+                DRAWN[fmt][split][name] = classes
+            scenes = scenes[len(entries) :]
     return out
 
 
@@ -56,6 +77,7 @@ def test_readers_round_trip_the_generated_dataset(root: Path, fmt: str) -> None:
             for i in range(len(reader)):
                 sample = reader[i]
                 truth = expected[Path(sample.file_name).name]
+                drawn = DRAWN[fmt][split][Path(sample.file_name).name]
                 if sample.id_map is not None:
                     non_crowd = [s for s in sample.segments if not s["iscrowd"]]
                     assert len(non_crowd) == truth["segments"]
@@ -65,8 +87,10 @@ def test_readers_round_trip_the_generated_dataset(root: Path, fmt: str) -> None:
                         classes[sample.id_map == s["id"]] = s["category"]
                     assert pixel_counts(classes) == truth["pixels"]
                     assert int((sample.id_map == 0).sum()) == truth["void"]
+                    np.testing.assert_array_equal(classes, drawn)  # every pixel, where drawn
                 elif sample.sem_seg is not None:
                     assert pixel_counts(sample.sem_seg) == truth["pixels"]
+                    np.testing.assert_array_equal(sample.sem_seg, drawn)
                 else:
                     # the manifest counts in the dataset's full catalog; ADE20K and Cityscapes
                     # instance use their thing classes only: compare by class name there
@@ -91,6 +115,13 @@ def test_readers_round_trip_the_generated_dataset(root: Path, fmt: str) -> None:
                     tolerance = 0.15 if type(reader).__name__ == "CocoInstanceReader" else 0.0
                     for k, v in thing_pixels.items():
                         assert abs(got[k] - v) <= tolerance * v, (k, got[k], v)
+                        # and where they lie: the union of the class's masks against the drawing
+                        union = np.zeros(drawn.shape, dtype=bool)
+                        for mask, label in zip(sample.masks, sample.labels, strict=True):
+                            if str(label) == k:
+                                union |= np.asarray(mask, dtype=bool)
+                        wrong = int((union != (drawn == int(k))).sum())
+                        assert wrong <= 2 * tolerance * v, (k, wrong, v)
 
 
 def test_unknown_task_for_a_dataset_names_the_valid_ones(root: Path) -> None:

@@ -42,12 +42,24 @@ def box(h, w, y0, y1, x0, x1, inside=BIG, outside=-BIG) -> torch.Tensor:
 
 
 def test_semantic_is_class_prob_times_mask_prob_summed() -> None:
-    mask_cls = class_logits((0, BIG), (2, BIG))
-    mask_pred = torch.stack([box(4, 4, 0, 2, 0, 4), box(4, 4, 2, 4, 0, 4)])
+    """Every score equals Σ_q softmax(class logits of q)[c] · sigmoid(mask logit of q at the
+    pixel), computed here with plain Python floats (no-object dropped after the softmax)."""
+    import math
+
+    g = torch.Generator().manual_seed(0)
+    mask_cls = 2 * torch.randn(5, 4, generator=g)  # 5 queries, 3 classes + no-object
+    mask_pred = 3 * torch.randn(5, 3, 2, generator=g)
     scores = semantic_inference(mask_cls, mask_pred)
-    assert scores.shape == (3, 4, 4)
-    seg = scores.argmax(0)
-    assert (seg[:2] == 0).all() and (seg[2:] == 2).all()
+    assert scores.shape == (3, 3, 2)
+    for c in range(3):
+        for y in range(3):
+            for x in range(2):
+                expected = 0.0
+                for q in range(5):
+                    row = [math.exp(v) for v in mask_cls[q].tolist()]
+                    prob = row[c] / sum(row)
+                    expected += prob / (1 + math.exp(-float(mask_pred[q, y, x])))
+                assert float(scores[c, y, x]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_panoptic_overlap_threshold_and_stuff_merging() -> None:

@@ -1,17 +1,20 @@
 """Metrics against their definitions: panopticapi's PQ (re-implemented here, plainly), COCO AP
 from pycocotools, and mIoU from a numpy confusion matrix."""
 
+import os
 from collections import defaultdict
 
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from m2f_lightning.metrics import PanopticQuality, SegmentationMetrics, SemanticIoU
-from m2f_lightning.types import EvalTarget, InstanceSet, SegmentationResult
+from m2f_lightning.types import EvalTarget, InstanceSet, Segment, SegmentationResult
 
 THINGS, STUFFS, VOID = [1, 2, 3], [7, 8], 0
 
@@ -162,18 +165,138 @@ def test_no_predicted_segments_counts_every_segment_as_missed() -> None:
     assert metric.false_negatives.sum() > 0 and metric.true_positives.sum() == 0
 
 
-def test_states_merge_like_two_ranks() -> None:
+def _two_rank_inputs():
+    """Five images of panoptic, instance and semantic ground truth and predictions."""
     rng = np.random.default_rng(7)
-    scenes = [random_scene(rng) for _ in range(4)]
-    gts, preds, crowds = (torch.from_numpy(a) for a in map(np.stack, zip(*scenes, strict=True)))
-    whole, rank0, rank1 = (PanopticQuality(THINGS, STUFFS) for _ in range(3))
-    whole.update(preds, gts, crowds)
-    rank0.update(preds[:2], gts[:2], crowds[:2])
-    rank1.update(preds[2:], gts[2:], crowds[2:])
-    # what the DDP "sum" reduction does to the states
-    for name in ("iou_sum", "true_positives", "false_positives", "false_negatives"):
-        setattr(rank0, name, getattr(rank0, name) + getattr(rank1, name))
-    assert rank0.compute()["pq"].item() == pytest.approx(whole.compute()["pq"].item(), abs=1e-12)
+    results, targets = [], []
+    for _ in range(5):
+        gt, pred, crowd = random_scene(rng)
+        gt_masks = np.stack([(gt[..., 0] == c) & (gt[..., 1] == i) for c, i in ((1, 1), (2, 2))])
+        pred_masks = np.roll(gt_masks, rng.integers(-4, 5), axis=2)
+        sem = np.where(np.isin(gt[..., 0], THINGS + STUFFS), gt[..., 0], 255)
+        pred_sem = np.where(rng.random(sem.shape) < 0.8, np.where(sem == 255, 0, sem), 7)
+        segment_ids = np.zeros(pred.shape[:2], dtype=np.int32)
+        segments = []
+        for key in {tuple(k) for k in pred.reshape(-1, 2) if k[0] != VOID}:
+            segments.append(Segment(id=len(segments) + 1, category_id=int(key[0]), isthing=False))
+            segment_ids[(pred[..., 0] == key[0]) & (pred[..., 1] == key[1])] = len(segments)
+        results.append(
+            SegmentationResult(
+                panoptic_seg=torch.from_numpy(segment_ids),
+                segments=segments,
+                instances=InstanceSet(
+                    masks=torch.from_numpy(pred_masks),
+                    scores=torch.from_numpy(rng.random(2)).float(),
+                    labels=torch.tensor([1, 2]),
+                ),
+                sem_seg=torch.nn.functional.one_hot(torch.from_numpy(pred_sem), 9)
+                .permute(2, 0, 1)
+                .float(),
+            )
+        )
+        targets.append(
+            EvalTarget(
+                sem_seg=torch.from_numpy(sem),
+                panoptic=torch.from_numpy(gt),
+                panoptic_crowd=torch.from_numpy(crowd),
+                instances=InstanceSet(
+                    masks=torch.from_numpy(gt_masks),
+                    labels=torch.tensor([1, 2]),
+                    iscrowd=torch.zeros(2, dtype=torch.bool),
+                ),
+            )
+        )
+    return results, targets
+
+
+def _metrics() -> SegmentationMetrics:
+    return SegmentationMetrics("panoptic", num_classes=9, thing_ids=THINGS, stuff_ids=STUFFS)
+
+
+def _sync_worker(rank: int, port: str, out) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    results, targets = _two_rank_inputs()
+    share = slice(0, 3) if rank == 0 else slice(3, 5)  # uneven: 3 images and 2
+    metrics = _metrics()
+    metrics.update(results[share], targets[share])
+    out[rank] = metrics.compute()  # torchmetrics synchronises the states of both ranks here
+    dist.destroy_process_group()
+
+
+def _rank_states(metrics: SegmentationMetrics) -> dict[int, torch.Tensor]:
+    """Each tensor state of the PQ and mIoU metrics, by the id of the object."""
+    return {
+        id(getattr(m, attr)): getattr(m, attr)
+        for m in (metrics.pq, metrics.miou)
+        for attr in m._reductions
+    }
+
+
+def test_metric_sync_merges_the_states_of_another_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchmetrics' own synchronisation, in one process: `compute()` of "rank 0" (3 images)
+    gathers the states of "rank 1" (2 images) through a stand-in for the collectives, and
+    gives the metrics of all 5 images. (The real thing, with processes: the slow test below.)"""
+    import torch.distributed as dist
+
+    results, targets = _two_rank_inputs()
+    whole = _metrics()
+    whole.update(results, targets)
+    expected = whole.compute()
+    rank0, rank1 = _metrics(), _metrics()
+    rank0.update(results[:3], targets[:3])
+    rank1.update(results[3:], targets[3:])
+    assert rank0.compute()["PQ"] != pytest.approx(expected["PQ"])  # the shares differ
+    rank0.reset()
+    rank0.update(results[:3], targets[:3])
+
+    pairs = {}
+    for (key, mine), theirs in zip(
+        _rank_states(rank0).items(), _rank_states(rank1).values(), strict=True
+    ):
+        pairs[key] = (mine, theirs)
+    gathered_calls = []
+
+    def gather_tensors(tensor, group=None):  # what gather_all_tensors returns on 2 ranks
+        gathered_calls.append(tensor)
+        mine, theirs = pairs[id(tensor)]
+        return [mine, theirs]
+
+    other_lists = iter([getattr(rank1.ap, attr) for attr in rank1.ap._defaults])
+
+    def all_gather_object(out, local, group=None):  # for AP's lists of unequal lengths
+        out[0], out[1] = local, list(next(other_lists))
+
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    for metric in (rank0.pq, rank0.ap, rank0.miou):
+        metric.distributed_available_fn = lambda: True
+        metric.dist_sync_fn = gather_tensors
+    assert rank0.compute() == pytest.approx(expected, abs=1e-9)
+    assert len(gathered_calls) == len(pairs)
+
+
+@pytest.mark.slow
+def test_metrics_synchronised_over_two_ranks_equal_one_process() -> None:
+    """Two gloo processes, 3 and 2 images: every rank computes the metrics of all 5 images
+    (torchmetrics' own sync: all-reduced PQ/mIoU states, AP's lists gathered whole)."""
+    import torch.multiprocessing as mp
+
+    results, targets = _two_rank_inputs()
+    whole = _metrics()
+    whole.update(results, targets)
+    expected = whole.compute()
+    assert all(0 < expected[k] < 100 for k in ("PQ", "AP", "mIoU")), expected
+    part = _metrics()
+    part.update(results[:3], targets[:3])
+    assert part.compute()["PQ"] != pytest.approx(expected["PQ"])  # the shares differ
+    out = mp.Manager().dict()
+    port = str(20000 + os.getpid() % 20000)
+    mp.spawn(_sync_worker, args=(port, out), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert out[rank] == pytest.approx(expected, abs=1e-9), rank
 
 
 def test_miou_matches_a_numpy_confusion_matrix_with_ignore() -> None:
@@ -271,3 +394,165 @@ def test_stuff_instance_ids_are_ignored() -> None:
     out = PanopticQuality(THINGS, STUFFS)
     out.update(pred, gt)
     assert out.compute()["pq"].item() == pytest.approx(1.0)
+
+
+@st.composite
+def panels(draw):
+    """Small random panels: (category, instance) per pixel over things, stuff and void, with at
+    most one crowd ground-truth segment per thing category (as COCO panoptic stores them)."""
+    n = draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    cats = st.sampled_from([VOID, *THINGS, *STUFFS, 99])  # 99: unknown, i.e. void
+    pairs = st.tuples(cats, st.integers(0, 2))
+
+    def panel():
+        flat = draw(st.lists(pairs, min_size=h * w, max_size=h * w))
+        return np.array(flat, dtype=np.int64).reshape(h, w, 2)
+
+    gts, preds, crowds = [], [], []
+    for _ in range(n):
+        gt, pred = panel(), panel()
+        crowd = np.zeros((h, w), dtype=bool)
+        for cat in draw(st.sets(st.sampled_from(THINGS), max_size=2)):
+            instance = draw(st.integers(0, 2))
+            crowd |= (gt[..., 0] == cat) & (gt[..., 1] == instance)
+        gts.append(gt)
+        preds.append(pred)
+        crowds.append(crowd)
+    return np.stack(gts), np.stack(preds), np.stack(crowds)
+
+
+@settings(max_examples=60, deadline=None)
+@given(panels())
+def test_pq_equals_the_panopticapi_rules_on_any_small_panel(sample) -> None:
+    gts, preds, crowds = sample
+    metric = PanopticQuality(THINGS, STUFFS)
+    metric.update(torch.from_numpy(preds), torch.from_numpy(gts), torch.from_numpy(crowds))
+    got = metric.compute()
+    (pq, sq, rq), (pq_th, sq_th, _), (pq_st, _, rq_st) = reference_pq(
+        gts, preds, crowds, THINGS, STUFFS
+    )
+    for key, value in (
+        ("pq", pq),
+        ("sq", sq),
+        ("rq", rq),
+        ("pq_things", pq_th),
+        ("sq_things", sq_th),
+        ("pq_stuff", pq_st),
+        ("rq_stuff", rq_st),
+    ):
+        assert got[key].item() == pytest.approx(value, abs=1e-9), key
+
+
+def _rle(mask: np.ndarray) -> dict:
+    r = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    r["counts"] = r["counts"].decode()
+    return r
+
+
+def _pycocotools_stats(results, targets) -> np.ndarray:
+    """COCOeval("segm").stats of SegmentationResult instances against EvalTarget instances."""
+    images, annotations, detections = [], [], []
+    categories = set()
+    for image_id, (result, target) in enumerate(zip(results, targets, strict=True), start=1):
+        h, w = target.instances.masks.shape[-2:]
+        images.append({"id": image_id, "height": int(h), "width": int(w)})
+        for m, c, crowd in zip(
+            target.instances.masks.numpy(),
+            target.instances.labels.tolist(),
+            target.instances.iscrowd.tolist(),
+            strict=True,
+        ):
+            categories.add(c)
+            rle = _rle(m)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": c,
+                    "segmentation": rle,
+                    "area": float(m.sum()),
+                    "iscrowd": int(crowd),
+                    "bbox": list(mask_util.toBbox(rle)),
+                }
+            )
+        inst = result.instances
+        for m, s, c in zip(
+            inst.masks.numpy(), inst.scores.tolist(), inst.labels.tolist(), strict=True
+        ):
+            categories.add(c)
+            detections.append(
+                {"image_id": image_id, "category_id": c, "segmentation": _rle(m), "score": s}
+            )
+    coco = COCO()
+    coco.dataset = {
+        "images": images,
+        "categories": [{"id": c} for c in sorted(categories)],
+        "annotations": annotations,
+    }
+    coco.createIndex()
+    ev = COCOeval(coco, coco.loadRes(detections), "segm")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return ev.stats
+
+
+def test_segmentation_metrics_of_the_panoptic_task_equal_the_references() -> None:
+    """SegmentationMetrics from typed results: PQ/SQ/RQ (all, things, stuff) from the panopticapi
+    transcription, mIoU from a numpy confusion matrix, AP/AP50/AP75 from pycocotools."""
+    results, targets = _two_rank_inputs()
+    metrics = _metrics()
+    metrics.update(results, targets)
+    got = metrics.compute()
+    pred_pairs = []
+    for r in results:
+        pairs = np.full((*r.panoptic_seg.shape, 2), -1, dtype=np.int64)
+        for s in r.segments:
+            pairs[r.panoptic_seg.numpy() == s.id] = (s.category_id, s.id)
+        pred_pairs.append(pairs)
+    gts = np.stack([t.panoptic.numpy() for t in targets])
+    crowds = np.stack([t.panoptic_crowd.numpy() for t in targets])
+    (pq, sq, rq), (pq_th, sq_th, rq_th), (pq_st, sq_st, rq_st) = reference_pq(
+        gts, np.stack(pred_pairs), crowds, THINGS, STUFFS
+    )
+    expected = {
+        "PQ": pq, "SQ": sq, "RQ": rq, "PQ_th": pq_th, "SQ_th": sq_th, "RQ_th": rq_th,
+        "PQ_st": pq_st, "SQ_st": sq_st, "RQ_st": rq_st,
+    }  # fmt: skip
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(100 * value, abs=1e-7), key
+    conf = np.zeros((9, 9))
+    for r, t in zip(results, targets, strict=True):
+        gt, pred = t.sem_seg.numpy(), r.sem_seg.argmax(0).numpy()
+        valid = gt != 255
+        np.add.at(conf, (gt[valid], pred[valid]), 1)
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    assert got["mIoU"] == pytest.approx(100 * np.mean(tp[union > 0] / union[union > 0]), abs=1e-7)
+    stats = _pycocotools_stats(results, targets)
+    for key, index in (("AP", 0), ("AP50", 1), ("AP75", 2)):
+        assert got[key] == pytest.approx(100 * stats[index], abs=0.05), key
+    for key, index in (("APs", 3), ("APm", 4), ("APl", 5)):
+        if stats[index] < 0:  # no ground truth of that size: undefined, left out
+            assert key not in got, key
+        else:
+            assert got[key] == pytest.approx(100 * stats[index], abs=0.05), key
+    per_class = metrics.per_class()
+    assert per_class["IoU"].shape == (9,)
+    assert np.nanmean(per_class["IoU"].numpy()) == pytest.approx(got["mIoU"], abs=1e-7)
+    assert np.nanmean(per_class["PQ"].numpy()) == pytest.approx(got["PQ"], abs=1e-7)
+    metrics.reset()
+    metrics.update(results[:1], targets[:1])
+    assert metrics.compute()["PQ"] != pytest.approx(got["PQ"])  # reset forgot the 5 images
+
+
+def test_miou_averages_classes_with_a_one_pixel_union_and_is_0_without_any() -> None:
+    metric = SemanticIoU(3)
+    metric.update(torch.tensor([[[0, 1]]]), torch.tensor([[[0, 0]]]))  # class 1: union of 1 pixel
+    out = metric.compute()
+    assert out["miou"].item() == pytest.approx((0.5 + 0.0) / 2)
+    assert torch.isnan(out["iou_per_class"][2]) and out["iou_per_class"][1] == 0
+    empty = SemanticIoU(3)
+    empty.update(torch.tensor([[[0]]]), torch.tensor([[[255]]]))
+    assert empty.compute()["miou"].item() == 0.0

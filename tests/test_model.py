@@ -43,20 +43,71 @@ def test_outputs_follow_the_contract_and_pad_to_32() -> None:
     ],
 )
 def test_gradients_reach_every_trainable_parameter(backbone: str, kwargs: dict) -> None:
+    """Every trainable tensor gets a non-zero gradient from a loss on the outputs (a detached
+    or multiplied-by-zero branch would give None or zeros). The weights are first moved off
+    their initialisation, whose zeros block some paths on purpose until the first update
+    (zero-initialised deformable-attention offset/weight projections stop the gradient to the
+    encoder queries and `level_embed`; timm zero-initialises each residual branch's last BN)."""
     model = tiny_model(backbone=backbone, **kwargs).train()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+        for m in model.modules():  # frozen BN keeps its affine in buffers: as pretrained ones
+            if type(m).__name__ == "FrozenBatchNorm2d":
+                m.weight.uniform_(0.5, 1.5, generator=g)
     out = model(torch.rand(1, 3, 64, 96) * 255)
-    loss = out["pred_logits"].sum() + out["pred_masks"].sum()
-    loss = loss + sum(a["pred_logits"].sum() + a["pred_masks"].sum() for a in out["aux_outputs"])
+    outputs = [out, *out["aux_outputs"]]
+    # random weights: a plain sum can cancel exactly through softmax / normalisation layers
+    loss = sum(
+        (o[k] * torch.randn(o[k].shape, generator=g)).sum()
+        for o in outputs
+        for k in ("pred_logits", "pred_masks")
+    )
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in params if p.grad is None]
     assert not missing, f"no gradient for {missing[:10]}"
+    zero = [n for n, p in params if not p.grad.abs().sum() > 0]
+    assert not zero, f"zero gradient for {zero[:10]}"
 
 
 def test_frozen_bn_is_the_default_for_resnets() -> None:
+    """By default a ResNet's batch norms are frozen: in training mode they normalise with the
+    stored statistics and affine (the output of an eval-mode BatchNorm network with the same
+    values), never update them, and hold no trainable parameter."""
+    torch.manual_seed(0)
+    trainable = TimmBackbone("resnet18", frozen_bn=False)
+    bns = [m for m in trainable.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns
+    for bn in bns:  # statistics and affine far from the identity
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
     frozen = TimmBackbone("resnet18")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
-    trainable = TimmBackbone("resnet18", frozen_bn=False)
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in trainable.modules())
+    result = frozen.load_state_dict(trainable.state_dict(), strict=False)
+    assert not result.missing_keys
+    assert all(k.endswith("num_batches_tracked") for k in result.unexpected_keys)
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    images = torch.rand(2, 3, 64, 64)
+    frozen.train()
+    trainable.eval()
+    with torch.no_grad():
+        got, want = frozen(images), trainable(images)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5)
+    after = frozen.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nothing updated
+    trainable_names = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    bn_names = {n.rsplit(".", 1)[0] for n in trainable.state_dict() if "running_mean" in n}
+    assert not any(n.rsplit(".", 1)[0] in bn_names for n in trainable_names)
+    # and training mode matters for the unfrozen one: it normalises with the batch statistics
+    trainable.train()
+    with torch.no_grad():
+        batch_stats = trainable(images)
+    assert not torch.allclose(batch_stats["res5"], want["res5"], atol=1e-3)
 
 
 def test_swin_accepts_sizes_that_are_not_window_multiples() -> None:

@@ -4,16 +4,23 @@ DDP: test_ddp.py)."""
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
+from omegaconf import OmegaConf
+from PIL import Image
 
 from m2f_lightning import commands
+from m2f_lightning.checkpoints import save_model
 from m2f_lightning.commands import evaluate, predict, train
 from m2f_lightning.data.synthetic import write_dataset
+from m2f_lightning.modeling import Mask2Former
 from m2f_lightning.preemption import Preempted
 from m2f_lightning.resume import resume_path
 from tests.helpers import TINY_OVERRIDES, compose
@@ -78,7 +85,47 @@ def test_fast_dev_run_for_every_task_and_dataset(
     assert expected in summary["val"]
 
 
-def test_resume_continues_steps_and_schedule(datasets: Path, tmp_path: Path) -> None:
+class _RecordStart(L.Callback):
+    """Records the step of the first batch a `fit` runs and the weights it starts that batch with
+    (after any checkpoint was restored)."""
+
+    def __init__(self) -> None:
+        self.first_step: int | None = None
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_step is None:
+            self.first_step = trainer.global_step
+            self.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+
+def _recording(monkeypatch: pytest.MonkeyPatch, *extra: L.Callback) -> _RecordStart:
+    """Adds a `_RecordStart` (and `extra` callbacks) to the callbacks of the next `train`."""
+    record = _RecordStart()
+    build_callbacks = _ORIGINAL_BUILD_CALLBACKS
+    monkeypatch.setattr(
+        commands, "build_callbacks", lambda *a: [*build_callbacks(*a), record, *extra]
+    )
+    return record
+
+
+_ORIGINAL_BUILD_CALLBACKS = commands.build_callbacks
+
+
+def _assert_starts_from(record: _RecordStart, ckpt_file: Path, step: int) -> None:
+    """The recorded fit started at `step` with exactly the weights stored in `ckpt_file`."""
+    assert record.first_step == step, f"fit started at step {record.first_step}, not {step}"
+    saved = torch.load(ckpt_file, map_location="cpu", weights_only=True)["state_dict"]
+    assert saved.keys() == record.weights.keys()
+    for name, value in saved.items():
+        assert torch.equal(record.weights[name], value), f"{name} not restored from {ckpt_file}"
+
+
+def test_resume_continues_steps_weights_and_schedule(
+    datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """resume=auto in the same folder, and resume=PATH from another, start at the checkpoint's
+    step with its weights and finish the same schedule."""
     common = overrides(
         datasets,
         "synthetic",
@@ -92,15 +139,26 @@ def test_resume_continues_steps_and_schedule(datasets: Path, tmp_path: Path) -> 
         tmp_path,
     )
     assert first["global_step"] == 2
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["global_step"] == 2
+    step2 = tmp_path / "step2.ckpt"  # a copy: the periodic file is replaced by later ones
+    shutil.copy(tmp_path / "checkpoints" / "step0000002.ckpt", step2)
+    assert torch.load(step2, weights_only=False)["global_step"] == 2
     # same output dir, resume=auto: continues from last.ckpt up to 4 steps of the same schedule
+    record = _recording(monkeypatch)
     second = train(compose("train", [*common, "dataset.max_steps=4"], tmp_path), tmp_path)
+    _assert_starts_from(record, step2, 2)
     assert second["global_step"] == 4
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     scheduler = ckpt["lr_schedulers"][0]
     assert scheduler["last_epoch"] == 4
     assert scheduler["_last_lr"][-1] == pytest.approx(1e-4 * (1 - 4 / 4) ** 0.9, abs=1e-12)
+    # resume=PATH into a fresh folder: the same start, whatever that folder holds
+    record = _recording(monkeypatch)
+    elsewhere = tmp_path / "elsewhere"
+    third = train(
+        compose("train", [*common, "dataset.max_steps=3", f"resume={step2}"], elsewhere), elsewhere
+    )
+    _assert_starts_from(record, step2, 2)
+    assert third["global_step"] == 3
 
 
 def test_init_weights_fine_tunes_on_another_class_set(
@@ -138,26 +196,29 @@ class _SignalAtStep(L.Callback):
 def test_preemption_signal_saves_at_the_step_and_the_rerun_finishes_the_schedule(
     datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """SIGUSR1 after step 3 saves preempted.ckpt there (after last.ckpt of step 2); the rerun
+    (resume=auto) starts from the newer of the two, at step 3 with its weights, and finishes."""
     common = overrides(
         datasets,
         "synthetic",
         "panoptic",
         "dataset.max_steps=6",
         "dataset.val_every_n_steps=3",
-        "checkpoint.every_n_train_steps=100",  # no periodic checkpoint: only the pre-emption one
+        "checkpoint.every_n_train_steps=2",  # last.ckpt at step 2, older than the signal's
     )
-    build_callbacks = commands.build_callbacks
-    monkeypatch.setattr(
-        commands, "build_callbacks", lambda *a: [*build_callbacks(*a), _SignalAtStep(2)]
-    )
-    with pytest.raises(Preempted, match="pre-empted at step 2"):
+    _recording(monkeypatch, _SignalAtStep(3))
+    with pytest.raises(Preempted, match="pre-empted at step 3"):
         train(compose("train", common, tmp_path), tmp_path)
     saved = torch.load(tmp_path / "preempted.ckpt", map_location="cpu", weights_only=True)
-    assert saved["global_step"] == 2
+    assert saved["global_step"] == 3
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 2
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handler removed again
+    shutil.copy(tmp_path / "preempted.ckpt", tmp_path / "preempted.ckpt.kept")  # retired below
 
-    monkeypatch.setattr(commands, "build_callbacks", build_callbacks)
+    record = _recording(monkeypatch)
     summary = train(compose("train", common, tmp_path), tmp_path)
+    _assert_starts_from(record, tmp_path / "preempted.ckpt.kept", 3)
     assert summary["global_step"] == 6
     assert not (tmp_path / "preempted.ckpt").exists()  # replaced by the final last.ckpt
     final = torch.load(
@@ -169,29 +230,98 @@ def test_preemption_signal_saves_at_the_step_and_the_rerun_finishes_the_schedule
     assert summary["test"] == pytest.approx(val, rel=1e-5, abs=1e-6)
 
 
+# a weights file whose model predicts one class over the whole image, whatever the image:
+# class logits of every query are `CLASS_BIAS` on that class and 0 elsewhere, mask logits
+# `MASK_LOGIT` everywhere (constant mask features × a constant mask embedding)
+CLASS_BIAS, MASK_LOGIT = 10.0, 8.0
+SKY, CIRCLE = 0, 2  # synthetic: sky (stuff), ground (stuff), circle, square, triangle (things)
+
+
+def constant_model(cfg, category: int) -> Mask2Former:
+    """The model of `cfg` (random weights) made to predict `category` everywhere."""
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    net.pop("_target_")
+    model = Mask2Former(**{**net, "num_classes": 5})
+    state = model.state_dict()
+    mask_features = state["pixel_decoder.mask_features.bias"]
+    state["pixel_decoder.mask_features.weight"].zero_()
+    mask_features.zero_()[0] = 1.0
+    last = len(model.transformer_decoder.mask_embed.layers) - 1
+    state[f"transformer_decoder.mask_embed.layers.{last}.weight"].zero_()
+    state[f"transformer_decoder.mask_embed.layers.{last}.bias"].zero_()[0] = MASK_LOGIT
+    state["transformer_decoder.class_embed.weight"].zero_()
+    state["transformer_decoder.class_embed.bias"].zero_()[category] = CLASS_BIAS
+    model.load_state_dict(state)
+    return model
+
+
+def ground_truth(datasets: Path) -> list[tuple[str, np.ndarray]]:
+    """(file stem, (category, instance) pairs [H, W, 2] with contiguous categories, -1 = void) of
+    each validation image, read from the panoptic PNG and JSON with PIL and json only."""
+    root = datasets / "synthetic"
+    data = json.loads((root / "annotations" / "panoptic_val2017.json").read_text())
+    contiguous = {
+        c["id"]: i for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))
+    }
+    out = []
+    for ann in sorted(data["annotations"], key=lambda a: a["file_name"]):
+        rgb = np.asarray(Image.open(root / "panoptic_val2017" / ann["file_name"]), dtype=np.int64)
+        ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+        pairs = np.full((*ids.shape, 2), -1, dtype=np.int64)
+        for seg in ann["segments_info"]:
+            pairs[ids == seg["id"]] = (contiguous[seg["category_id"]], seg["id"])
+        out.append((Path(ann["file_name"]).stem, pairs))
+    return out
+
+
+def constant_prediction_metrics(gts: list[np.ndarray], category: int) -> dict[str, float]:
+    """PQ (panopticapi rules, tests/test_metrics.py) and mIoU (a numpy confusion matrix) of a
+    prediction of `category` over every pixel of every image; 5 synthetic classes."""
+    from tests.test_metrics import reference_pq
+
+    things, stuffs = [2, 3, 4], [0, 1]
+    preds = [
+        np.stack([np.full(g.shape[:2], category), np.zeros(g.shape[:2], int)], -1) for g in gts
+    ]
+    crowds = [np.zeros(g.shape[:2], dtype=bool) for g in gts]
+    (pq, _, _), _, _ = reference_pq(gts, preds, crowds, things, stuffs)
+    conf = np.zeros((5, 5))
+    for g in gts:
+        valid = g[..., 0] >= 0
+        np.add.at(conf, (g[..., 0][valid], np.full(valid.sum(), category)), 1)
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    return {"PQ": 100 * pq, "mIoU": 100 * np.mean(tp[union > 0] / union[union > 0])}
+
+
 @pytest.mark.parametrize("task", ["panoptic", "instance", "semantic"])
-def test_evaluate_and_predict_write_their_files(datasets: Path, tmp_path: Path, task: str) -> None:
+def test_evaluate_and_predict_use_the_weights_they_are_given(
+    datasets: Path, tmp_path: Path, task: str
+) -> None:
+    """evaluate and predict run the model stored in `checkpoint=`: a model that predicts one
+    class everywhere gets the metrics computed here from the annotation files, and predict
+    writes that class over every pixel (PNGs) or in every result (instances JSON)."""
     common = overrides(datasets, "synthetic", task)
-    train(
-        compose(
-            "train",
-            [
-                *common,
-                "dataset.max_steps=1",
-                "dataset.val_every_n_steps=0",
-                "test_after_training=false",
-            ],
-            tmp_path / "train",
-        ),
-        tmp_path / "train",
-    )
-    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    category = CIRCLE if task == "instance" else SKY
+    cfg = compose("evaluate", [*common, "checkpoint=unused"], tmp_path / "eval")
+    ckpt = save_model(constant_model(cfg, category), tmp_path / "constant.pt")
     results = evaluate(
         compose("evaluate", [*common, f"checkpoint={ckpt}"], tmp_path / "eval"), tmp_path / "eval"
     )
     written = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert written["test"] == pytest.approx(results)
-    images = sorted((datasets / "synthetic" / "val2017").glob("*.jpg"))
+    gts = ground_truth(datasets)
+    expected = constant_prediction_metrics([g for _, g in gts], category)
+    if task == "panoptic":
+        assert 0 < expected["mIoU"] < 100  # (no whole-image segment reaches IoU 0.5: PQ 0)
+        assert results["PQ"] == pytest.approx(expected["PQ"], abs=1e-4)
+        assert results["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-4)
+    elif task == "semantic":
+        assert results["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-4)
+    else:  # whole-image masks overlap no synthetic shape by IoU > 0.5
+        assert results["AP"] == pytest.approx(0.0, abs=1e-9)
+
+    images = sorted((datasets / "synthetic" / "val2017").glob("*.jpg"))[:2]
     files = predict(
         compose(
             "predict",
@@ -200,17 +330,55 @@ def test_evaluate_and_predict_write_their_files(datasets: Path, tmp_path: Path, 
         ),
         tmp_path / "pred",
     )
-    names = {f.name for f in files}
-    assert {f"{p.stem}_overlay.png" for p in images[:2]} <= names
-    expected = {
-        "panoptic": "panoptic.json",
-        "instance": "instances_results.json",
-        "semantic": f"{images[0].stem}_semantic.png",
-    }
-    assert expected[task] in names
+    out = tmp_path / "pred" / "predictions"
+    assert {f"{p.stem}_overlay.png" for p in images} <= {f.name for f in files}
+    sizes = {p.stem: Image.open(p).size[::-1] for p in images}
+    dataset_id = category + 1  # synthetic file ids are 1..5
+    score = np.exp(CLASS_BIAS) / (np.exp(CLASS_BIAS) + 5)  # softmax over 5 classes + no-object
+    if task == "semantic":
+        for stem, size in sizes.items():
+            png = np.asarray(Image.open(out / f"{stem}_semantic.png"))
+            assert png.shape == size and (png == category).all()
+    elif task == "panoptic":
+        data = json.loads((out / "panoptic.json").read_text())
+        assert [a["image_id"] for a in data["annotations"]] == list(sizes)
+        for ann in data["annotations"]:
+            rgb = np.asarray(Image.open(out / f"{ann['image_id']}_panoptic.png"), dtype=np.int64)
+            ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+            assert ids.shape == sizes[ann["image_id"]] and (ids == 1).all()
+            (segment,) = ann["segments_info"]  # the other queries' copies are hidden: dropped
+            assert segment["category_id"] == dataset_id and segment["area"] == ids.size
+            assert segment["score"] == pytest.approx(score, rel=1e-5)
+    else:
+        results = json.loads((out / "instances_results.json").read_text())
+        top = [r for r in results if r["score"] > 0.5]
+        assert len(top) == 6 * len(images)  # every query, with the one confident class
+        for r in top:
+            assert r["category_id"] == dataset_id
+            assert r["score"] == pytest.approx(score / (1 + np.exp(-MASK_LOGIT)), rel=1e-5)
+            mask = mask_util.decode(r["segmentation"])
+            assert mask.shape == sizes[r["image_id"]] and mask.all()
 
 
-def test_bf16_mixed_precision_trains_a_step(datasets: Path, tmp_path: Path) -> None:
+class _OutputDtypes(L.Callback):
+    """Records the dtype of the model's class logits in every forward of the fit."""
+
+    def __init__(self) -> None:
+        self.dtypes: list[torch.dtype] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.model.register_forward_hook(
+            lambda module, args, out: self.dtypes.append(out["pred_logits"].dtype)
+        )
+
+
+def test_bf16_mixed_precision_trains_a_step(
+    datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """precision=bf16-mixed runs the model under bf16 autocast (its logits come out in bf16),
+    keeps float32 weights, and trains a finite step."""
+    record = _OutputDtypes()
+    _recording(monkeypatch, record)
     cfg = compose(
         "train",
         overrides(datasets, "synthetic", "panoptic", "debug=fast", "precision=bf16-mixed"),
@@ -218,11 +386,12 @@ def test_bf16_mixed_precision_trains_a_step(datasets: Path, tmp_path: Path) -> N
     )
     summary = train(cfg, output_dir=tmp_path)
     assert summary["global_step"] == 1
+    assert record.dtypes and set(record.dtypes) == {torch.bfloat16}, record.dtypes
 
 
-def test_auto_resume_takes_the_newest_of_last_and_the_preemption_checkpoint(tmp_path: Path) -> None:
-    import os
-
+def test_resume_path_picks_the_newer_checkpoint_and_rejects_a_missing_one(tmp_path: Path) -> None:
+    """The file choice of `resume_path` (that `fit` really continues from it:
+    test_preemption_signal_saves_at_the_step_and_the_rerun_finishes_the_schedule)."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"resume": "auto"})
@@ -235,7 +404,11 @@ def test_auto_resume_takes_the_newest_of_last_and_the_preemption_checkpoint(tmp_
     preempted.write_bytes(b"")
     os.utime(last, ns=(1_000_000_000, 1_000_000_000))
     assert resume_path(cfg, tmp_path) == str(preempted)
-    assert resume_path(OmegaConf.create({"resume": None}), tmp_path) is None
+    os.utime(preempted, ns=(500_000_000, 500_000_000))  # a periodic save after the signal's
+    assert resume_path(cfg, tmp_path) == str(last)
+    for off in (None, False, "none"):
+        assert resume_path(OmegaConf.create({"resume": off}), tmp_path) is None
+    assert resume_path(OmegaConf.create({"resume": str(preempted)}), tmp_path) == str(preempted)
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         resume_path(OmegaConf.create({"resume": str(tmp_path / "missing.ckpt")}), tmp_path)
 
