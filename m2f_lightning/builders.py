@@ -210,24 +210,12 @@ def build_callbacks(
     """Checkpoints, progress reporting, learning-rate logging and W&B media for training."""
     from lightning.pytorch.callbacks import (
         LearningRateMonitor,
-        ModelCheckpoint,
         RichModelSummary,
     )
 
     from .callbacks import StepProgressBar, TextProgress, WandbMedia
+    from .callbacks.checkpointing import CheckedModelCheckpoint
     from .resume_state import RandomState
-
-    class CheckedModelCheckpoint(ModelCheckpoint):
-        """Stops the run, naming the path, when a checkpoint it saved is not on disk
-        (Lightning 2.6's atomic save swallows PermissionError: Lightning-AI/pytorch-lightning#21800)."""
-
-        def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-            super()._save_checkpoint(trainer, filepath)
-            if trainer.is_global_zero and not Path(filepath).is_file():
-                raise CheckpointError(
-                    f"checkpoint {filepath} was not written (is {Path(filepath).parent} "
-                    "writable, is the disk full?); stopping rather than training on without one"
-                )
 
     callbacks: list[L.Callback] = [
         CheckedModelCheckpoint(
