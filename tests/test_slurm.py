@@ -174,7 +174,11 @@ def test_preempted_job_checkpoints_requeues_and_resumes(tmp_path: Path) -> None:
 
     logs = tmp_path / "sweep" / ".submitit" / job_id
     job_out = (logs / f"{job_id}_0_log.out").read_text()
-    saved_at = int(re.search(r"pre-empted: saved .*preempted.ckpt at step (\d+)", job_out)[1])
+    saved = re.search(
+        r"pre-empted \(SIGUSR1 during training\): saved .*preempted.ckpt at step (\d+)", job_out
+    )
+    assert saved, f"no pre-emption save in the job's log:\n{job_out}"
+    saved_at = int(saved[1])
     assert f"requeued SLURM job {job_id}" in job_out
     assert f"resuming from {run / 'preempted.ckpt'}" in job_out
     assert f"resumed at step {saved_at}" in job_out
