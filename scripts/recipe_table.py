@@ -273,7 +273,7 @@ def render() -> str:
         "Every experiment also has the official model (9 decoder layers + the learned-query",
         "prediction, hidden 256, 6 deformable encoder layers), matcher and loss weights (class 2,",
         "mask 5, dice 5, no-object 0.1), AdamW with no weight decay on norms and embeddings, and",
-        "the evaluation the official evaluators run (docs/architecture.md, metrics.py).",
+        "the evaluation the official evaluators run (docs/architecture.md, metrics/).",
         "",
     ]
     for name, official in OFFICIAL.items():

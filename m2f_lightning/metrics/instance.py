@@ -1,0 +1,139 @@
+"""Mask AP: torchmetrics' COCO-style AP that syncs any split of images over ranks, and
+cityscapesScripts' instance AP (the paper's Cityscapes number)."""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchmetrics.detection import MeanAveragePrecision
+
+from ..types import InstanceSet
+
+
+class GatheredMeanAveragePrecision(MeanAveragePrecision):
+    """torchmetrics' mask AP, synchronised for ranks that scored different numbers of images.
+
+    torchmetrics gathers its per-image list states element by element (and its RLE masks by
+    interleaving the ranks' lists), which needs the same number of images on every rank: a
+    3-and-2 split aborts in gloo with a collective size mismatch. Here every list state is
+    gathered whole (`all_gather_object`, on CPU) and concatenated rank by rank, so each image
+    is scored once whatever the split, a rank with no image included.
+    """
+
+    def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
+        import torch.distributed as dist
+
+        world_size = dist.get_world_size(process_group)
+        for attr in self._defaults:
+            local = getattr(self, attr)
+            if not isinstance(local, list):
+                raise TypeError(f"unexpected non-list state {attr} in MeanAveragePrecision")
+            local = [v.cpu() if isinstance(v, torch.Tensor) else v for v in local]
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, local, group=process_group)
+            setattr(self, attr, [item for rank_items in gathered for item in rank_items])
+
+
+class CityscapesInstanceAP:
+    """Cityscapes instance AP as the paper reports it: cityscapesScripts'
+    `evalInstanceLevelSemanticLabeling` (AP over overlaps 0.5:0.95 with its minimum region sizes,
+    and AP50), run on the gtFine instanceIds PNGs, as detectron2's CityscapesInstanceEvaluator.
+
+    `update` writes each predicted instance as a PNG and one text file per image (mask, label id,
+    score), as that evaluator does; `compute` gathers the records of every rank and evaluates.
+    Like the official evaluator it needs the files on one machine (one node).
+    """
+
+    def __init__(self, label_ids: Sequence[int]) -> None:
+        import tempfile
+
+        self.label_ids = [int(i) for i in label_ids]  # contiguous class → Cityscapes label id
+        self.root = Path(tempfile.gettempdir()).resolve() / "m2f_cityscapes_eval"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(dir=self.root))
+        self.records: list[tuple[str, str]] = []  # (ground-truth PNG, prediction text file)
+
+    def update(self, instances: InstanceSet, instance_file: str) -> None:
+        from PIL import Image
+
+        stem = f"{len(self.records):06d}_{Path(instance_file).stem}"
+        lines = []
+        masks = instances.masks.cpu().numpy()
+        scores = _need(instances.scores, "instance scores").cpu().tolist()
+        for k, (mask, label, score) in enumerate(
+            zip(masks, instances.labels.tolist(), scores, strict=True)
+        ):
+            if not mask.any():  # matches nothing; the evaluator skips it too
+                continue
+            name = f"{stem}_{k}.png"
+            Image.fromarray(mask.astype("uint8") * 255).save(self.folder / name)
+            lines.append(f"{name} {self.label_ids[label]} {score}\n")
+        text = self.folder / f"{stem}.txt"
+        text.write_text("".join(lines))
+        self.records.append((str(instance_file), str(text)))
+
+    def _gathered(self) -> list[tuple[str, str]]:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return list(self.records)
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, self.records)
+        return [record for rank_records in gathered for record in rank_records]
+
+    def compute(self) -> dict[str, float]:
+        """{"AP", "AP50"} in percent (empty when no image was scored)."""
+        import contextlib
+        import copy
+        import io
+        import os
+        import tempfile
+
+        import numpy as np
+
+        records = self._gathered()
+        if not records:
+            return {}
+        from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as cs_eval
+
+        with tempfile.TemporaryDirectory(dir=self.root) as work:
+            args = copy.deepcopy(cs_eval.args)
+            args.predictionPath = str(self.root)
+            args.gtInstancesFile = os.path.join(work, "gtInstances.json")
+            args.JSONOutput, args.quiet, args.colorized, args.csv = False, True, False, False
+            cwd = os.getcwd()
+            os.chdir(work)  # in case the evaluator writes to the working directory
+            # cityscapesScripts 2.3 calls np.in1d, which numpy 2.4 removed: lend it for the call
+            shim = not hasattr(np, "in1d")
+            if shim:
+                np.in1d = lambda a, b, **kw: np.isin(np.ravel(a), b, **kw)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    # evaluateImgLists' steps, less its debug dump of the matches (matches.json,
+                    # which json cannot write from numpy integers)
+                    cs_eval.setInstanceLabels(args)
+                    gts = [r[0] for r in records]
+                    gt_instances = cs_eval.getGtInstances(gts, args)
+                    matches = cs_eval.matchGtWithPreds(
+                        [r[1] for r in records], gts, gt_instances, args
+                    )
+                    averages = cs_eval.computeAverages(cs_eval.evaluateMatches(matches, args), args)
+            finally:
+                os.chdir(cwd)
+                if shim:
+                    del np.in1d
+        return {"AP": 100 * float(averages["allAp"]), "AP50": 100 * float(averages["allAp50%"])}
+
+    def reset(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.records = []
+
+
+def _need(value: Any, what: str) -> Any:
+    if value is None:
+        raise ValueError(f"the metrics of this task need {what}, which is missing")
+    return value
