@@ -13,7 +13,7 @@ from PIL import Image
 from m2f_lightning import cli
 from m2f_lightning.checkpoints.io import save_model
 from m2f_lightning.commands import InputsFailed, predict
-from m2f_lightning.data import datamodule
+from m2f_lightning.data import torch_datasets
 from tests.helpers import TINY_OVERRIDES, compose, tiny_model
 
 ARGS = ["task=panoptic", "dataset=synthetic", *TINY_OVERRIDES, "dataset.eval_batch_size=1"]
@@ -75,13 +75,13 @@ def test_each_result_is_written_before_later_inputs_are_read(
 ) -> None:
     out = tmp_path / "out" / "predictions"
     seen: list[tuple[str, set[str]]] = []
-    read_image = datamodule.read_image
+    read_image = torch_datasets.read_image
 
     def spying_read(path):
         seen.append((Path(path).stem, {p.name for p in out.glob("*_overlay.png")}))
         return read_image(path)
 
-    monkeypatch.setattr(datamodule, "read_image", spying_read)
+    monkeypatch.setattr(torch_datasets, "read_image", spying_read)
     folder = tmp_path / "many"
     folder.mkdir()
     images = [_image(folder / f"img{i}.png", i) for i in range(4)]

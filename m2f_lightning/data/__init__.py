@@ -1,8 +1,10 @@
 """Data: category catalogs, dataset readers, augmentation, targets and the DataModule."""
 
 from .catalog import DatasetMetadata, get_metadata
-from .datamodule import SegmentationDataModule, SegmentationDataset, collate
+from .collate import collate
+from .datamodule import SegmentationDataModule
 from .datasets import TASKS, build_reader, check_task, metadata_for
+from .torch_datasets import SegmentationDataset
 
 __all__ = [
     "TASKS",

@@ -1,14 +1,8 @@
-"""Small datasets in each real on-disk format, drawn from learnable synthetic scenes.
-
-A scene is two stuff regions (a sky with a vertical gradient above a textured ground, split by
-a wavy horizon) with 2–5 coloured shapes on top (circle, square, triangle: things, each class
-with its own colour, so a small model learns them in minutes). Later shapes occlude earlier ones;
-a shape left with a tiny visible fragment becomes void. Every writer also returns a manifest
-(segments, classes and pixel counts per image) so tests can check what a reader reads back.
+"""Writers of scenes in each dataset's real on-disk format (COCO panoptic/instance, ADE20K,
+Cityscapes gtFine, Mapillary Vistas), each returning the split's manifest entries.
 """
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -16,106 +10,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .catalog import get_metadata
-from .io import id_to_rgb
-
-SHAPES = ("circle", "square", "triangle")
-THING_COLOURS = {"circle": (220, 40, 40), "square": (40, 190, 60), "triangle": (150, 50, 200)}
-SKY, GROUND = (110, 160, 230), (120, 100, 60)
-
-# catalog names standing in for (sky, ground, circle, square, triangle) in each real format
-CLASSES = {
-    "coco": ("sky-other-merged", "grass-merged", "sports ball", "tv", "kite"),
-    "ade20k": ("sky", "grass", "ball", "box", "flag"),
-    "cityscapes": ("sky", "road", "car", "person", "bicycle"),
-    "mapillary_vistas": ("Sky", "Road", "Car", "Person", "Bicycle"),
-    "synthetic": ("sky", "ground", "circle", "square", "triangle"),
-}
-FORMATS = ("coco_panoptic", "coco_instance", "ade20k", "cityscapes", "mapillary", "demo")
-
-
-@dataclass
-class Scene:
-    """Pixels and ground truth of one scene; `roles` index (sky, ground, circle, square, triangle)."""
-
-    image: np.ndarray
-    segment_map: np.ndarray  # 0 = void, 1 = sky, 2 = ground, 3.. = things
-    segments: list[dict] = field(default_factory=list)  # {id, role, iscrowd}
-
-
-def _shape_mask(
-    shape: str, h: int, w: int, cy: float, cx: float, size: float, angle: float
-) -> np.ndarray:
-    mask = np.zeros((h, w), dtype=np.uint8)
-    if shape == "circle":
-        cv2.circle(mask, (int(cx), int(cy)), int(size / 2), 1, -1)
-        return mask.astype(bool)
-    if shape == "square":
-        pts = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64) * size / 2
-    else:
-        pts = np.array([[0, -1], [0.87, 0.5], [-0.87, 0.5]], dtype=np.float64) * size / 2
-    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    pts = pts @ rot.T + [cx, cy]
-    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
-    return mask.astype(bool)
-
-
-def draw_scene(
-    rng: np.random.Generator,
-    height: int,
-    width: int,
-    crowd_prob: float = 0.0,
-    num_shapes: tuple[int, int] = (2, 5),
-) -> Scene:
-    """One scene with `num_shapes` (inclusive range) things drawn; sizes scale with the image
-    (12–48 px shapes at 128 px). Things mostly hidden by later ones become void."""
-    scale = min(height, width) / 128
-    yy, xx = np.mgrid[0:height, 0:width]
-    horizon = height * rng.uniform(0.3, 0.6) + height * 0.05 * np.sin(
-        xx[0] / width * 2 * np.pi * rng.uniform(0.5, 2) + rng.uniform(0, 6)
-    )
-    is_sky = yy < horizon[None, :]
-    image = np.zeros((height, width, 3), dtype=np.float64)
-    sky = np.array(SKY) + rng.uniform(-20, 20, 3)
-    ground = np.array(GROUND) + rng.uniform(-20, 20, 3)
-    gradient = (yy / height)[..., None] * 40
-    texture = cv2.GaussianBlur(rng.normal(0, 25, (height, width)), (0, 0), 2 * scale)[..., None]
-    image[:] = np.where(is_sky[..., None], sky + gradient, ground + texture)
-    segment_map = np.where(is_sky, 1, 2).astype(np.int32)
-    segments = [{"id": 1, "role": 0, "iscrowd": False}, {"id": 2, "role": 1, "iscrowd": False}]
-    full_areas = {}
-    for k in range(int(rng.integers(num_shapes[0], num_shapes[1] + 1))):
-        role = int(rng.integers(0, 3))
-        size = rng.uniform(12, 48) * scale
-        mask = _shape_mask(
-            SHAPES[role],
-            height,
-            width,
-            rng.uniform(0, height),
-            rng.uniform(0, width),
-            size,
-            rng.uniform(0, np.pi),
-        )
-        if not mask.any():
-            continue
-        colour = np.array(THING_COLOURS[SHAPES[role]]) + rng.uniform(-25, 25, 3)
-        image[mask] = colour
-        seg_id = 3 + k
-        segment_map[mask] = seg_id
-        full_areas[seg_id] = int(mask.sum())
-        segments.append(
-            {"id": seg_id, "role": 2 + role, "iscrowd": bool(rng.random() < crowd_prob)}
-        )
-    image += rng.normal(0, 4, image.shape)
-    kept = []
-    for seg in segments:
-        visible = int((segment_map == seg["id"]).sum())
-        if seg["id"] >= 3 and (visible < 16 or visible < 0.25 * full_areas[seg["id"]]):
-            segment_map[segment_map == seg["id"]] = 0  # a tiny fragment becomes void
-            continue
-        if visible:
-            kept.append(seg)
-    return Scene(np.clip(image, 0, 255).astype(np.uint8), segment_map, kept)
+from ..catalog import get_metadata
+from ..io import id_to_rgb
+from .scenes import CLASSES, Scene
 
 
 def _save_jpg(path: Path, image: np.ndarray) -> None:
@@ -232,38 +129,6 @@ def _coco_categories(dataset: str) -> list[dict]:
             meta.dataset_ids, meta.class_names, meta.is_thing, meta.colors, strict=True
         )
     ]
-
-
-def write_dataset(
-    fmt: str,
-    out: str | Path,
-    num: int = 8,
-    seed: int = 0,
-    size: tuple[int, int] | None = None,
-    num_val: int | None = None,
-    num_shapes: tuple[int, int] = (2, 5),
-) -> dict:
-    """Write `num` training and `num_val` (default num // 2, at least 2) validation images of
-    format `fmt` under the datasets root `out`, each with `num_shapes` (min, max) things drawn.
-    Returns (and writes) the manifest."""
-    if not 0 <= num_shapes[0] <= num_shapes[1]:
-        raise ValueError(f"num_shapes must be (min, max) with 0 <= min <= max, got {num_shapes}")
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format '{fmt}'; choose one of {FORMATS}")
-    out = Path(out)
-    rng = np.random.default_rng(seed)
-    num_val = max(2, num // 2) if num_val is None else num_val
-    default_size = {"demo": (128, 128), "cityscapes": (128, 256)}.get(fmt, (160, 224))
-    height, width = size or default_size
-    crowd_prob = 0.0 if fmt == "demo" else 0.15
-    manifest: dict = {"format": fmt, "splits": {}}
-    for split, count in (("train", num), ("val", num_val)):
-        scenes = [
-            draw_scene(rng, height, width, crowd_prob, tuple(num_shapes)) for _ in range(count)
-        ]
-        manifest["splits"][split] = _WRITERS[fmt](out, split, scenes)
-    (out / f"{fmt}_manifest.json").write_text(json.dumps(manifest, indent=1))
-    return manifest
 
 
 def _write_coco(out: Path, split: str, scenes: list[Scene], fmt: str) -> dict:
