@@ -62,6 +62,63 @@ def _sample_point(loc_ptr, attn_ptr, idx, valid_q, wf, hf):
 
 
 @triton.jit
+def _four_corners(
+    value_ptr, row_base, x0, y0, width, height, col, valid_q, d_mask, HEADS, HEAD_DIM
+):
+    """The four bilinear corners of the cells at (x0, y0): offsets, masks and values of each."""
+    o00, m00, v00 = _corner(
+        value_ptr, row_base, x0, y0, width, height, col, valid_q, d_mask, HEADS, HEAD_DIM
+    )
+    o01, m01, v01 = _corner(
+        value_ptr, row_base, x0 + 1, y0, width, height, col, valid_q, d_mask, HEADS, HEAD_DIM
+    )
+    o10, m10, v10 = _corner(
+        value_ptr, row_base, x0, y0 + 1, width, height, col, valid_q, d_mask, HEADS, HEAD_DIM
+    )
+    o11, m11, v11 = _corner(
+        value_ptr, row_base, x0 + 1, y0 + 1, width, height, col, valid_q, d_mask, HEADS, HEAD_DIM
+    )
+    return o00, m00, v00, o01, m01, v01, o10, m10, v10, o11, m11, v11
+
+
+@triton.jit
+def _bilinear(tx, ty, v00, v01, v10, v11):
+    """The bilinear sample [BLOCK_Q, BLOCK_D] from the corner values and the offsets in the cell."""
+    sampled = ((1.0 - tx) * (1.0 - ty))[:, None] * v00
+    sampled += (tx * (1.0 - ty))[:, None] * v01
+    sampled += ((1.0 - tx) * ty)[:, None] * v10
+    sampled += (tx * ty)[:, None] * v11
+    return sampled
+
+
+@triton.jit
+def _program_block(num_query, HEADS, HEAD_DIM, LEVELS, POINTS, BLOCK_Q, BLOCK_D):
+    """What one program covers: batch b, head dims d, the query and dim masks, the row of each
+    query in [B, Lq, heads] (bqh), its first attention weight and its value columns."""
+    pid_bh = tl.program_id(0)
+    pid_q = tl.program_id(1)
+    b = pid_bh // HEADS
+    h = pid_bh % HEADS
+    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    d = tl.arange(0, BLOCK_D)
+    q_mask = q < num_query
+    d_mask = d < HEAD_DIM
+    bqh = (b * num_query + q).to(tl.int64) * HEADS + h
+    attn_base = bqh * (LEVELS * POINTS)
+    col = h * HEAD_DIM + d[None, :]
+    return b, d, q_mask, d_mask, bqh, attn_base, col
+
+
+@triton.jit
+def _level_geometry(shapes_ptr, starts_ptr, level, b, num_value):
+    """Height and width of a level (int and fp32) and the first value row of its map."""
+    height = tl.load(shapes_ptr + 2 * level)
+    width = tl.load(shapes_ptr + 2 * level + 1)
+    row_base = b.to(tl.int64) * num_value + tl.load(starts_ptr + level)
+    return height, width, height.to(tl.float32), width.to(tl.float32), row_base
+
+
+@triton.jit
 def _ms_deform_attn_fwd(
     value_ptr,
     shapes_ptr,
@@ -78,53 +135,21 @@ def _ms_deform_attn_fwd(
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    pid_q = tl.program_id(1)
-    b = pid_bh // HEADS
-    h = pid_bh % HEADS
-    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    d = tl.arange(0, BLOCK_D)
-    q_mask = q < num_query
-    d_mask = d < HEAD_DIM
-    bqh = (b * num_query + q).to(tl.int64) * HEADS + h  # row of [B, Lq, heads]
-    attn_base = bqh * (LEVELS * POINTS)
-    col = h * HEAD_DIM + d[None, :]
+    b, d, q_mask, d_mask, bqh, attn_base, col = _program_block(
+        num_query, HEADS, HEAD_DIM, LEVELS, POINTS, BLOCK_Q, BLOCK_D
+    )
     acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=tl.float32)
     for level in tl.static_range(LEVELS):
-        height = tl.load(shapes_ptr + 2 * level)
-        width = tl.load(shapes_ptr + 2 * level + 1)
-        row_base = b.to(tl.int64) * num_value + tl.load(starts_ptr + level)
-        hf = height.to(tl.float32)
-        wf = width.to(tl.float32)
+        height, width, hf, wf, row_base = _level_geometry(
+            shapes_ptr, starts_ptr, level, b, num_value
+        )
         for point in tl.static_range(POINTS):
             idx = attn_base + level * POINTS + point
             w, tx, ty, x0, y0 = _sample_point(loc_ptr, attn_ptr, idx, q_mask, wf, hf)
-            _, _, v00 = _corner(
+            _, _, v00, _, _, v01, _, _, v10, _, _, v11 = _four_corners(
                 value_ptr, row_base, x0, y0, width, height, col, q_mask, d_mask, HEADS, HEAD_DIM
             )
-            _, _, v01 = _corner(
-                value_ptr, row_base, x0 + 1, y0, width, height, col, q_mask, d_mask, HEADS, HEAD_DIM
-            )
-            _, _, v10 = _corner(
-                value_ptr, row_base, x0, y0 + 1, width, height, col, q_mask, d_mask, HEADS, HEAD_DIM
-            )
-            _, _, v11 = _corner(
-                value_ptr,
-                row_base,
-                x0 + 1,
-                y0 + 1,
-                width,
-                height,
-                col,
-                q_mask,
-                d_mask,
-                HEADS,
-                HEAD_DIM,
-            )
-            sampled = ((1.0 - tx) * (1.0 - ty))[:, None] * v00
-            sampled += (tx * (1.0 - ty))[:, None] * v01
-            sampled += ((1.0 - tx) * ty)[:, None] * v10
-            sampled += (tx * ty)[:, None] * v11
+            sampled = _bilinear(tx, ty, v00, v01, v10, v11)
             acc += w[:, None] * sampled
     out_offsets = bqh[:, None] * HEAD_DIM + d[None, :]
     out_mask = q_mask[:, None] & d_mask[None, :]
@@ -151,34 +176,24 @@ def _ms_deform_attn_bwd(
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    pid_q = tl.program_id(1)
-    b = pid_bh // HEADS
-    h = pid_bh % HEADS
-    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    d = tl.arange(0, BLOCK_D)
-    q_mask = q < num_query
-    d_mask = d < HEAD_DIM
-    bqh = (b * num_query + q).to(tl.int64) * HEADS + h
-    attn_base = bqh * (LEVELS * POINTS)
-    col = h * HEAD_DIM + d[None, :]
+    b, d, q_mask, d_mask, bqh, attn_base, col = _program_block(
+        num_query, HEADS, HEAD_DIM, LEVELS, POINTS, BLOCK_Q, BLOCK_D
+    )
     grad_out = tl.load(
         grad_out_ptr + bqh[:, None] * HEAD_DIM + d[None, :],
         mask=q_mask[:, None] & d_mask[None, :],
         other=0.0,
     ).to(tl.float32)
     for level in tl.static_range(LEVELS):
-        height = tl.load(shapes_ptr + 2 * level)
-        width = tl.load(shapes_ptr + 2 * level + 1)
-        row_base = b.to(tl.int64) * num_value + tl.load(starts_ptr + level)
-        hf = height.to(tl.float32)
-        wf = width.to(tl.float32)
+        height, width, hf, wf, row_base = _level_geometry(
+            shapes_ptr, starts_ptr, level, b, num_value
+        )
         for point in tl.static_range(POINTS):
             idx = attn_base + level * POINTS + point
             w, tx, ty, x0, y0 = _sample_point(loc_ptr, attn_ptr, idx, q_mask, wf, hf)
             # d(value sample)/d(corner value), scattered into grad_value, is w * bilinear weight
             weighted = w[:, None] * grad_out
-            o00, m00, v00 = _corner(
+            o00, m00, v00, o01, m01, v01, o10, m10, v10, o11, m11, v11 = _four_corners(
                 value_ptr, row_base, x0, y0, width, height, col, q_mask, d_mask, HEADS, HEAD_DIM
             )
             tl.atomic_add(
@@ -187,38 +202,16 @@ def _ms_deform_attn_bwd(
                 mask=m00,
                 sem="relaxed",
             )
-            o01, m01, v01 = _corner(
-                value_ptr, row_base, x0 + 1, y0, width, height, col, q_mask, d_mask, HEADS, HEAD_DIM
-            )
             tl.atomic_add(
                 grad_value_ptr + o01, (tx * (1.0 - ty))[:, None] * weighted, mask=m01, sem="relaxed"
-            )
-            o10, m10, v10 = _corner(
-                value_ptr, row_base, x0, y0 + 1, width, height, col, q_mask, d_mask, HEADS, HEAD_DIM
             )
             tl.atomic_add(
                 grad_value_ptr + o10, ((1.0 - tx) * ty)[:, None] * weighted, mask=m10, sem="relaxed"
             )
-            o11, m11, v11 = _corner(
-                value_ptr,
-                row_base,
-                x0 + 1,
-                y0 + 1,
-                width,
-                height,
-                col,
-                q_mask,
-                d_mask,
-                HEADS,
-                HEAD_DIM,
-            )
             tl.atomic_add(
                 grad_value_ptr + o11, (tx * ty)[:, None] * weighted, mask=m11, sem="relaxed"
             )
-            sampled = ((1.0 - tx) * (1.0 - ty))[:, None] * v00
-            sampled += (tx * (1.0 - ty))[:, None] * v01
-            sampled += ((1.0 - tx) * ty)[:, None] * v10
-            sampled += (tx * ty)[:, None] * v11
+            sampled = _bilinear(tx, ty, v00, v01, v10, v11)
             tl.store(
                 grad_attn_ptr + idx,
                 tl.sum(grad_out * sampled, axis=1).to(grad_attn_ptr.dtype.element_ty),
