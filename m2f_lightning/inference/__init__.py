@@ -12,10 +12,13 @@ full size: the panoptic id map, bool instance masks and, on demand, the semantic
 
 The package: `settings` (InferenceSettings), `queries` (the three rules on one image's query set),
 `resize` (bilinear resizing, whole or by bands of rows), `full_resolution` (results at the
-original size in bounded memory), `results` (`postprocess`, `predict_results`).
+original size in bounded memory), `results` (`postprocess`, `predict_results`), `tiling`
+(sliding-window inference and test-time augmentation: `predict_tiled`) and `merging` (one
+image's query set from several forwards).
 """
 
-from .full_resolution import QUERY_CHUNK, SemanticScores
+from .full_resolution import QUERY_CHUNK, ResizedScores, SemanticScores
+from .merging import QuerySet, merge_query_sets
 from .queries import (
     _score_instances,
     _topk_pairs,
@@ -26,20 +29,26 @@ from .queries import (
 from .resize import CHUNK_BYTES, FULL_FRAME_BYTES, _RowResizer, resize_to_original
 from .results import postprocess, predict_results
 from .settings import InferenceSettings
+from .tiling import predict_tiled, window_starts
 
 __all__ = [
     "CHUNK_BYTES",
     "FULL_FRAME_BYTES",
     "QUERY_CHUNK",
     "InferenceSettings",
+    "QuerySet",
+    "ResizedScores",
     "SemanticScores",
     "_RowResizer",
     "_score_instances",
     "_topk_pairs",
     "instance_inference",
     "panoptic_inference",
+    "merge_query_sets",
     "postprocess",
     "predict_results",
+    "predict_tiled",
     "resize_to_original",
     "semantic_inference",
+    "window_starts",
 ]

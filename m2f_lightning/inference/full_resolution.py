@@ -240,3 +240,65 @@ def _semantic_padded_then_resized(
             scores[None], size=tuple(original_size), mode="bilinear", align_corners=False
         )[0]
     return scores
+
+
+class ResizedScores:
+    """Class scores [K, H, W] at the original size from scores [K, h', w'] at 1/4 of the padded
+    input (what sliding-window and test-time-augmented inference gather): resized as mask logits
+    are (`resize_to_original`: bilinear to the padded size, cropped, bilinear to the original
+    size), a band of rows at a time, on demand. The same interface as `SemanticScores`."""
+
+    dtype = torch.float32
+
+    def __init__(
+        self,
+        scores: torch.Tensor,
+        image_size: Sequence[int],
+        padded_size: Sequence[int],
+        original_size: Sequence[int],
+    ) -> None:
+        self.scores = scores.float()
+        self.sizes = (tuple(image_size), tuple(padded_size), tuple(original_size))
+        self._class_map: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.scores.shape[0], *self.sizes[2]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.scores.device
+
+    def __repr__(self) -> str:
+        return f"ResizedScores(shape={tuple(self.shape)}, device={self.device})"
+
+    def to(self, device: torch.device | str) -> "ResizedScores":
+        moved = ResizedScores(self.scores.to(device), *self.sizes)
+        moved._class_map = None if self._class_map is None else self._class_map.to(device)
+        return moved
+
+    def cpu(self) -> "ResizedScores":
+        return self.to("cpu")
+
+    def _bands(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        resizer = _RowResizer(self.scores, *self.sizes)
+        for start, stop in resizer.bands(4 * len(self.scores)):
+            yield start, stop, resizer.rows(start, stop)
+
+    def argmax(self, dim: int = 0) -> torch.Tensor:
+        """The class map int64 [H, W] (only over classes: dim 0)."""
+        if dim not in (0, -3):
+            raise ValueError("ResizedScores.argmax is over the class dimension (0) only")
+        if self._class_map is None:
+            class_map = torch.empty(self.sizes[2], dtype=torch.int64, device=self.device)
+            for start, stop, scores in self._bands():
+                class_map[start:stop] = scores.argmax(0)
+            self._class_map = class_map
+        return self._class_map
+
+    def full(self) -> torch.Tensor:
+        """The scores float32 [K, H, W] (large: K × H × W × 4 bytes)."""
+        out = torch.empty(self.shape, dtype=torch.float32, device=self.device)
+        for start, stop, scores in self._bands():
+            out[:, start:stop] = scores
+        return out
