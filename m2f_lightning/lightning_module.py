@@ -73,7 +73,8 @@ class Mask2FormerModule(L.LightningModule):
         )
         # what a checkpoint needs to rebuild this module (weights are in the state dict)
         model_config = model.config
-        inference = asdict(settings)
+        # lists, not tuples: hparams.yaml and checkpoints hold plain values
+        inference = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
         self.save_hyperparameters(ignore=["model", "criterion"])
         self.model = model
         self.task = task
