@@ -22,6 +22,7 @@ from m2f_lightning.errors import ConfigError
 from m2f_lightning.inference import (
     InferenceSettings,
     merge_query_sets,
+    merging,
     predict_results,
     predict_tiled,
     window_starts,
@@ -245,7 +246,11 @@ def test_tta_flip_and_scales_agree_with_plain_on_a_context_free_network() -> Non
     assert classes_got == classes_whole and same >= 0.95
 
 
-def test_merge_keeps_a_lone_set_and_joins_one_object_seen_by_two_windows() -> None:
+@pytest.mark.parametrize("chunk_bytes", [merging.CHUNK_BYTES, 1])  # 1: overlaps row by row
+def test_merge_keeps_a_lone_set_and_joins_one_object_seen_by_two_windows(
+    chunk_bytes, monkeypatch
+) -> None:
+    monkeypatch.setattr(merging, "CHUNK_BYTES", chunk_bytes)
     cls = torch.tensor([[9.0, 0.0, 0.0], [0.0, 9.0, 0.0]])
     masks = torch.randn(2, 4, 6)
     out_cls, out_masks = merge_query_sets([QuerySet(cls, masks, (0, 0, 4, 6))], (4, 6), 0.5)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 FILL_LOGIT = -20.0  # a mask logit where a forward did not see the image (sigmoid ≈ 2e-9)
+CHUNK_BYTES = 32 * 2**20  # mask overlaps are counted a band of rows of about this size at a time
 
 
 @dataclass
@@ -44,19 +45,28 @@ def _matches(a: QuerySet, b: QuerySet, merge_iou: float) -> list[tuple[int, int]
     if y0 >= y1 or x0 >= x1 or not len(a.mask_cls) or not len(b.mask_cls):
         return []
 
-    def on_overlap(s: QuerySet) -> torch.Tensor:
-        region = s.mask_logits[:, y0 - s.rect[0] : y1 - s.rect[0], x0 - s.rect[1] : x1 - s.rect[1]]
+    def on_overlap(s: QuerySet, top: int, bottom: int) -> torch.Tensor:
+        region = s.mask_logits[
+            :, top - s.rect[0] : bottom - s.rect[0], x0 - s.rect[1] : x1 - s.rect[1]
+        ]
         return (region > 0).flatten(1).float()
 
-    ma, mb = on_overlap(a), on_overlap(b)
-    inter = ma @ mb.T
-    union = ma.sum(1)[:, None] + mb.sum(1)[None] - inter
+    qa, qb = len(a.mask_cls), len(b.mask_cls)
+    inter = a.mask_logits.new_zeros((qa, qb))
+    area_a, area_b = a.mask_logits.new_zeros(qa), b.mask_logits.new_zeros(qb)
+    step = max(1, CHUNK_BYTES // (4 * (qa + qb) * (x1 - x0)))  # rows of binary masks at a time
+    for top in range(y0, y1, step):
+        ma, mb = on_overlap(a, top, min(top + step, y1)), on_overlap(b, top, min(top + step, y1))
+        inter += ma @ mb.T
+        area_a += ma.sum(1)
+        area_b += mb.sum(1)
+    union = area_a[:, None] + area_b[None] - inter
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
     iou = torch.where(_labels(a.mask_cls)[:, None] == _labels(b.mask_cls)[None], iou, -1.0)
     best_b, best_a = iou.argmax(1), iou.argmax(0)
     return [
         (i, int(best_b[i]))
-        for i in range(len(ma))
+        for i in range(qa)
         if int(best_a[best_b[i]]) == i and float(iou[i, best_b[i]]) >= merge_iou
     ]
 
