@@ -175,7 +175,10 @@ def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
 
 
 def inference_settings(cfg: DictConfig) -> InferenceSettings:
-    return InferenceSettings(**_container(cfg.inference))
+    try:
+        return InferenceSettings(**_container(cfg.inference))
+    except (TypeError, ValueError) as err:  # a bad value, or a key InferenceSettings lacks
+        raise ConfigError(f"inference: {err}") from None
 
 
 def build_module(

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from .inference import InferenceSettings, predict_results
+from .inference import InferenceSettings, predict_results, predict_tiled
 from .losses import SetCriterion
 from .metrics import SegmentationMetrics
 from .modeling import Mask2Former
@@ -30,7 +30,8 @@ class Mask2FormerModule(L.LightningModule):
         optimizer: {lr, weight_decay, backbone_multiplier, betas, eps}.
         scheduler: {name: poly|multistep|constant, power, milestones, gamma, warmup_steps,
             warmup_factor}; stepped per iteration up to `max_steps`.
-        inference: post-processing thresholds (`InferenceSettings` or its fields as a dict).
+        inference: post-processing thresholds, sliding windows and test-time augmentation
+            (`InferenceSettings` or its fields as a dict).
         dataset_ids: contiguous class → the dataset's label id (Cityscapes: cityscapesScripts'
             instance evaluation reads them).
         max_nonfinite_steps: a step whose loss is NaN or inf is skipped (no optimiser update,
@@ -72,7 +73,8 @@ class Mask2FormerModule(L.LightningModule):
         )
         # what a checkpoint needs to rebuild this module (weights are in the state dict)
         model_config = model.config
-        inference = asdict(settings)
+        # lists, not tuples: hparams.yaml and checkpoints hold plain values
+        inference = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
         self.save_hyperparameters(ignore=["model", "criterion"])
         self.model = model
         self.task = task
@@ -127,15 +129,12 @@ class Mask2FormerModule(L.LightningModule):
 
     def predict_batch(self, batch: Batch) -> list[SegmentationResult]:
         """Post-processed results of a batch, at each image's original size."""
-        outputs = self.model(batch.images, batch.image_sizes)
-        results = predict_results(
-            outputs,
-            batch.image_sizes,
-            batch.orig_sizes,
-            self.task,
-            self.hparams.thing_ids,
-            self.inference_settings,
-        )
+        args = (batch.image_sizes, batch.orig_sizes, self.task, self.hparams.thing_ids)
+        if self.inference_settings.plain:
+            outputs = self.model(batch.images, batch.image_sizes)
+            results = predict_results(outputs, *args, self.inference_settings)
+        else:  # windows and/or test-time augmentation: one forward per window and view
+            results = predict_tiled(self.model, batch.images, *args, self.inference_settings)
         for result, name, image_id in zip(results, batch.file_names, batch.image_ids, strict=True):
             result.file_name, result.image_id = name, image_id
         return results

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
     "metrics": (["m2f_lightning/metrics/*"], ["tests/test_metrics.py"]),
     "inference": (
-        ["m2f_lightning/inference.py"],
+        ["m2f_lightning/inference/*"],
         ["tests/test_inference.py", "tests/test_inference_properties.py"],
     ),
     "losses": (["m2f_lightning/losses/*"], ["tests/test_losses.py"]),

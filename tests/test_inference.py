@@ -243,8 +243,8 @@ SIZES = [((200, 300), (480, 720)), ((200, 304), (200, 304)), ((190, 133), (1001,
 def banding(request, monkeypatch) -> str:
     """'bands': every image is resized a few rows (or two queries) at a time, as a large one."""
     if request.param == "bands":
-        monkeypatch.setattr(inference, "FULL_FRAME_BYTES", 0)
-        monkeypatch.setattr(inference, "CHUNK_BYTES", 2_000_000)
+        monkeypatch.setattr(inference.resize, "FULL_FRAME_BYTES", 0)
+        monkeypatch.setattr(inference.resize, "CHUNK_BYTES", 2_000_000)
     return request.param
 
 
