@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from m2f_lightning import inference
 from m2f_lightning.inference import postprocess, semantic_inference
 from m2f_lightning.metrics import SemanticIoU
 
@@ -45,22 +46,43 @@ def test_miou_matches_detectron2_on_random_labels() -> None:
     assert metric.compute()["miou"].item() == pytest.approx(_detectron2_miou(conf), abs=1e-12)
 
 
-def test_semantic_only_inference_scores_at_the_padded_size_then_resizes_the_scores() -> None:
+@pytest.mark.parametrize("bands", [False, True])
+def test_semantic_only_inference_scores_at_the_padded_size_then_resizes_the_scores(
+    bands: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Official order without panoptic/instance output: upsample the mask logits to the padded
-    input, softmax × sigmoid there, crop to the image, resize the K class scores."""
+    input, softmax × sigmoid there, crop to the image, resize the K class scores; also when the
+    resize to the original size runs a few rows at a time, as for a large photo."""
     torch.manual_seed(0)
     queries, classes = 5, 3
+    padded, image_size, original = (
+        ((96, 96), (90, 80), (131, 117)) if bands else ((32, 32), (27, 30), (41, 37))
+    )
     outputs = {
         "pred_logits": torch.randn(1, queries, classes + 1),
-        "pred_masks": torch.randn(1, queries, 8, 8) * 4,
-        "padded_size": (32, 32),
+        "pred_masks": torch.randn(1, queries, padded[0] // 4, padded[1] // 4) * 4,
+        "padded_size": padded,
     }
-    image_size, original = (27, 30), (41, 37)
-    logits = F.interpolate(outputs["pred_masks"], size=(32, 32), mode="bilinear")[0]
-    scores = semantic_inference(outputs["pred_logits"][0], logits)[:, :27, :30]
+    rows_asked = []
+    if bands:
+        monkeypatch.setattr(inference.resize, "FULL_FRAME_BYTES", 0)
+        monkeypatch.setattr(inference.resize, "CHUNK_BYTES", 4000)
+        rows = inference.resize._RowResizer.rows
+        monkeypatch.setattr(
+            inference.resize._RowResizer,
+            "rows",
+            lambda self, a, b: rows_asked.append((a, b)) or rows(self, a, b),
+        )
+    logits = F.interpolate(outputs["pred_masks"], size=padded, mode="bilinear")[0]
+    scores = semantic_inference(outputs["pred_logits"][0], logits)[
+        :, : image_size[0], : image_size[1]
+    ]
     expected = F.interpolate(scores[None], size=original, mode="bilinear")[0]
     out = postprocess(outputs, [image_size], [original], "semantic")[0]["sem_seg"]
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert tuple(out.shape) == (classes, *original)
+    torch.testing.assert_close(out.full(), expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out.argmax(0), expected.argmax(0))
+    assert (len(rows_asked) > 2) == bands  # the banded variant did resize a band at a time
     # the panoptic model resizes the mask logits first (sem_seg_postprocess_before_inference)
     pan = postprocess(outputs, [image_size], [original], "panoptic")[0]["sem_seg"]
     assert (pan.full() - expected).abs().max() > 1e-3

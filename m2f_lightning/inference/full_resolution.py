@@ -219,10 +219,12 @@ def _semantic_padded_then_resized(
     image_size: Sequence[int],
     padded_size: Sequence[int],
     original_size: Sequence[int],
-) -> torch.Tensor:
+) -> "ResizedScores":
     """A semantic-only model's class scores in the official order: mask logits upsampled to the
     padded input, `semantic_inference` there (softmax × sigmoid), then the K class scores cropped
-    to the image and resized to the original size (bilinear)."""
+    to the image and resized to the original size (bilinear). The scores are held at the input
+    size (bounded by the test size); the resize to the original size is lazy, a band of rows at a
+    time, so a 24-megapixel photo never holds K full-size planes."""
     probs = F.softmax(mask_cls.float(), dim=-1)[:, :-1]
     scores = None
     for start in range(0, len(mask_logits), QUERY_CHUNK):
@@ -235,11 +237,8 @@ def _semantic_padded_then_resized(
         part = torch.einsum("qc,qhw->chw", probs[start : start + QUERY_CHUNK], chunk.sigmoid())
         scores = part if scores is None else scores + part
     scores = scores[:, : image_size[0], : image_size[1]]
-    if tuple(image_size) != tuple(original_size):
-        scores = F.interpolate(
-            scores[None], size=tuple(original_size), mode="bilinear", align_corners=False
-        )[0]
-    return scores
+    # at the image size already: the "first resize" of ResizedScores is the identity
+    return ResizedScores(scores, image_size, image_size, original_size)
 
 
 class ResizedScores:
