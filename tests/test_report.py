@@ -68,7 +68,9 @@ def test_per_image_pq_equals_panoptic_quality_on_that_image_alone(seed: int) -> 
     tally.add(panoptic_match(pred, gt, crowd, THINGS, STUFFS))
     ours = tally.quality()
     metric = PanopticQuality(THINGS, STUFFS)
-    metric.update(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None], torch.from_numpy(crowd)[None])
+    metric.update(
+        torch.from_numpy(pred)[None], torch.from_numpy(gt)[None], torch.from_numpy(crowd)[None]
+    )
     expected = metric.compute()
     assert ours["PQ"] == pytest.approx(100 * float(expected["pq"]), abs=1e-9)
     assert ours["SQ"] == pytest.approx(100 * float(expected["sq"]), abs=1e-9)
@@ -99,7 +101,9 @@ def test_semantic_confusion_and_per_image_miou_equal_semantic_iou(seed: int) -> 
     rng = np.random.default_rng(seed)
     gt = rng.integers(0, 4, (20, 24))
     gt[rng.random(gt.shape) < 0.1] = 255
-    pred = np.where(rng.random(gt.shape) < 0.7, np.where(gt == 255, 0, gt), rng.integers(0, 5, gt.shape))
+    pred = np.where(
+        rng.random(gt.shape) < 0.7, np.where(gt == 255, 0, gt), rng.integers(0, 5, gt.shape)
+    )
     matrix = confusion(pred, gt, num_classes=5)
     metric = SemanticIoU(5)
     metric.update(torch.from_numpy(pred)[None], torch.from_numpy(gt)[None])
@@ -131,10 +135,20 @@ def test_per_image_mask_ap_equals_coco_eval_on_that_image_alone(seed: int) -> No
     ours = mask_ap(pred_masks, pred_scores, pred_labels, gt_masks, gt_labels, crowd)
     coco = MeanAveragePrecision(iou_type="segm", backend="faster_coco_eval")
     coco.update(
-        [{"masks": torch.from_numpy(pred_masks), "scores": torch.from_numpy(pred_scores),
-          "labels": torch.from_numpy(pred_labels)}],
-        [{"masks": torch.from_numpy(gt_masks), "labels": torch.from_numpy(gt_labels),
-          "iscrowd": torch.from_numpy(crowd).long()}],
+        [
+            {
+                "masks": torch.from_numpy(pred_masks),
+                "scores": torch.from_numpy(pred_scores),
+                "labels": torch.from_numpy(pred_labels),
+            }
+        ],
+        [
+            {
+                "masks": torch.from_numpy(gt_masks),
+                "labels": torch.from_numpy(gt_labels),
+                "iscrowd": torch.from_numpy(crowd).long(),
+            }
+        ],
     )
     expected = coco.compute()
     assert ours["AP"] == pytest.approx(100 * float(expected["map"]), abs=1e-6)
@@ -153,23 +167,41 @@ def _result_and_target(rng: np.random.Generator, image_id: int) -> tuple:
     sem_gt = np.where((gt[..., 0] >= 0) & (gt[..., 0] < 5), gt[..., 0], 255)
     sem_pred = np.where((pred[..., 0] >= 0) & (pred[..., 0] < 5), pred[..., 0], 0)
     scores = torch.nn.functional.one_hot(torch.from_numpy(sem_pred), 5).permute(2, 0, 1).float()
+    # instances: the thing segments, shifted, with random scores
+    keys = [tuple(k) for k in np.unique(gt.reshape(-1, 2), axis=0).tolist() if k[0] in THINGS]
+    masks = [(gt[..., 0] == c) & (gt[..., 1] == i) for c, i in keys]
+    gt_masks = torch.from_numpy(np.stack(masks) if masks else np.zeros((0, 40, 40), bool))
+    gt_labels = torch.tensor([c for c, _ in keys], dtype=torch.int64)
     result = SegmentationResult(
-        sem_seg=scores, panoptic_seg=torch.from_numpy(seg), segments=segments,
-        instances=InstanceSet(torch.zeros(0, 40, 40, dtype=torch.bool), torch.zeros(0, dtype=torch.int64),
-                              torch.zeros(0)),
-        file_name=f"img{image_id}.png", image_id=image_id,
+        sem_seg=scores,
+        panoptic_seg=torch.from_numpy(seg),
+        segments=segments,
+        instances=InstanceSet(
+            torch.roll(gt_masks, int(rng.integers(0, 6)), dims=2),
+            gt_labels,
+            torch.from_numpy(rng.random(len(keys)).astype(np.float32)),
+        ),
+        file_name=f"img{image_id}.png",
+        image_id=image_id,
     )
     target = EvalTarget(
-        sem_seg=torch.from_numpy(sem_gt), panoptic=torch.from_numpy(gt),
-        instances=InstanceSet(torch.zeros(0, 40, 40, dtype=torch.bool), torch.zeros(0, dtype=torch.int64)),
+        sem_seg=torch.from_numpy(sem_gt),
+        panoptic=torch.from_numpy(gt),
+        instances=InstanceSet(gt_masks, gt_labels),
     )
     return result, target
+
+
+def _has_id(html: str, ident: str) -> bool:
+    return f"id='{ident}'" in html or f'id="{ident}"' in html
 
 
 def _collector(worst_k: int = 3) -> ReportCollector:
     names = [f"class {i}" for i in range(5)]
     colors = [(200, 40 * i, 10) for i in range(5)]
-    return ReportCollector("panoptic", 5, THINGS, STUFFS, names, colors, worst_k=worst_k, thumb_size=32)
+    return ReportCollector(
+        "panoptic", 5, THINGS, STUFFS, names, colors, worst_k=worst_k, thumb_size=32
+    )
 
 
 def test_worst_images_kept_bounded_and_merged_ranks_equal_one_collector() -> None:
@@ -198,6 +230,34 @@ def test_worst_images_kept_bounded_and_merged_ranks_equal_one_collector() -> Non
     for name in ("tp", "fp", "fn"):
         assert np.array_equal(getattr(merged.tally, name), getattr(one.tally, name)), name
     np.testing.assert_allclose(merged.tally.iou, one.tally.iou, rtol=1e-12)  # summation order
+
+
+@pytest.mark.parametrize("task", ["semantic", "instance"])
+def test_semantic_and_instance_reports_rank_by_their_own_score(task: str, tmp_path: Path) -> None:
+    from m2f_lightning.report import write_report
+
+    rng = np.random.default_rng(2)
+    names = [f"class {i}" for i in range(5)]
+    collector = ReportCollector(
+        task, 5, THINGS, STUFFS, names, [(9, 9, 9)] * 5, worst_k=2, thumb_size=32
+    )
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    for i in range(4):
+        result, target = _result_and_target(rng, i)
+        if task == "semantic":
+            result.panoptic_seg, result.instances, target.panoptic = None, None, None
+        else:
+            result.panoptic_seg, result.sem_seg, target.panoptic, target.sem_seg = (None,) * 4
+        collector.update(result, target, image)
+    key = {"semantic": "mIoU", "instance": "AP"}[task]
+    assert collector.rank_by == key
+    worst = [r[key] for r, _ in collector.worst()]
+    assert worst == sorted(r[key] for r in collector.records)[:2]
+    page = write_report(tmp_path, collector, {key: 12.5}, {"IoU": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    html = page.read_text()
+    assert _has_id(html, "headline") and html.count("<figure class='worst'>") == 2
+    assert _has_id(html, "confusion") == (task == "semantic")
+    assert "pq-by-size" not in html
 
 
 # ---- the command and the page ---------------------------------------------------------------
@@ -234,9 +294,15 @@ def test_evaluate_report_writes_the_page_and_every_images_scores(
     assert 5 < min(float(r["PQ"]) for r in rows) < 95
     # the headline is the evaluation's own numbers
     assert f"<td>{results['PQ']:.2f}</td>" in page and f"<td>{results['mIoU']:.2f}</td>" in page
-    for ident in ("headline", "per-class-PQ", "per-class-AP", "per-class-IoU", "pq-by-size",
-                  "confusion"):
-        assert f"id='{ident}'" in page or f'id="{ident}"' in page, ident
+    for ident in (
+        "headline",
+        "per-class-PQ",
+        "per-class-AP",
+        "per-class-IoU",
+        "pq-by-size",
+        "confusion",
+    ):
+        assert _has_id(page, ident), ident
     assert page.count("<figure class='worst'>") == 3
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing to fetch
     assert "https://" not in page and "<script" not in page
@@ -245,7 +311,9 @@ def test_evaluate_report_writes_the_page_and_every_images_scores(
 @pytest.mark.slow
 @pytest.mark.spawns
 def test_report_on_two_processes_equals_one_device(
-    datasets: Path, tmp_path: Path, report_run: tuple[Path, dict[str, float]]  # noqa: F811
+    datasets: Path,  # noqa: F811
+    tmp_path: Path,
+    report_run: tuple[Path, dict[str, float]],
 ) -> None:
     one, _ = report_run
     two = tmp_path / "two"
@@ -273,7 +341,9 @@ def _browser():
         pytest.skip("playwright is not installed (pip install playwright; the dev extra has it)")
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.skip("no chromium on PATH (Debian: apt-get install -y chromium; .ci/run does it as root)")
+        pytest.skip(
+            "no chromium on PATH (Debian: apt-get install -y chromium; .ci/run does it as root)"
+        )
     return sync_playwright, path
 
 
@@ -292,7 +362,9 @@ def test_report_page_loads_in_a_browser_without_errors(
             page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
             page.goto((out / "report.html").resolve().as_uri(), wait_until="load")
             headline = page.locator("#headline tbody tr")
-            names = [headline.nth(i).locator("td").first.inner_text() for i in range(headline.count())]
+            names = [
+                headline.nth(i).locator("td").first.inner_text() for i in range(headline.count())
+            ]
             assert {"PQ", "AP", "mIoU"} <= set(names)
             assert page.locator("svg.chart").count() == 4  # PQ, AP, IoU per class; PQ by size
             bars = page.locator("#per-class-PQ rect").count()

@@ -54,7 +54,7 @@ def bar_chart_svg(
         w = max(0.0, min(1.0, value / max_value)) * PLOT_WIDTH if max_value > 0 else 0.0
         short = label if len(label) <= 28 else label[:27] + "…"
         parts.append(
-            f'<g><title>{escape(label)}: {value:.2f}</title>'
+            f"<g><title>{escape(label)}: {value:.2f}</title>"
             f'<text x="{LABEL_WIDTH - 6}" y="{y + BAR_HEIGHT - 4}" font-size="11" '
             f'text-anchor="end">{escape(short)}</text>'
             f'<rect x="{LABEL_WIDTH}" y="{y}" width="{w:.1f}" height="{BAR_HEIGHT}" '
@@ -92,7 +92,10 @@ def confusion_png(
     font = _font(11)
     margin = 0
     if named:
-        margin = 8 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(str(s), font=font)) for s in names)
+        margin = 8 + max(
+            int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(str(s), font=font))
+            for s in names
+        )
     header = 18
     size = (margin + grid.shape[1] + 2, header + margin + grid.shape[0] + 2)
     canvas = Image.new("RGB", size, (255, 255, 255))

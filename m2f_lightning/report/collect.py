@@ -66,7 +66,9 @@ class ReportCollector:
         self.instance_score_threshold = instance_score_threshold
         self.rank_by = RANK_BY[task]
         self.records: list[dict[str, Any]] = []  # per image: name, id, scores
-        self.tally = PanopticTally(len(self.things) + len(self.stuffs)) if task == "panoptic" else None
+        self.tally = (
+            PanopticTally(len(self.things) + len(self.stuffs)) if task == "panoptic" else None
+        )
         self.confusion = (
             np.zeros((num_classes + 1,) * 2, dtype=np.int64) if task != "instance" else None
         )
@@ -103,9 +105,14 @@ class ReportCollector:
             self.confusion += matrix
             out.update(semantic_scores(matrix))
         if self.task == "instance" or (
-            self.task == "panoptic" and result.instances is not None and target.instances is not None
+            self.task == "panoptic"
+            and result.instances is not None
+            and target.instances is not None
         ):
-            inst, gt = _need(result.instances, "instances"), _need(target.instances, "instances target")
+            inst, gt = (
+                _need(result.instances, "instances"),
+                _need(target.instances, "instances target"),
+            )
             scores = inst.scores if inst.scores is not None else torch.ones(len(inst.labels))
             out.update(
                 mask_ap(
@@ -125,7 +132,9 @@ class ReportCollector:
         """Score one image (`image`: uint8 [H, W, 3] at its original size, for the thumbnail)."""
         record = {
             "file_name": str(result.file_name),
-            "image_id": result.image_id if isinstance(result.image_id, int) else str(result.image_id),
+            "image_id": result.image_id
+            if isinstance(result.image_id, int)
+            else str(result.image_id),
             **self.scores(result, target),
         }
         self.records.append(record)
@@ -160,7 +169,11 @@ class ReportCollector:
         )
         gt_classes, gt_segments = self._ground_truth_maps(target, (height, width))
         truth = overlay(
-            small, shrink(gt_classes), self.colors, segment_map=shrink(gt_segments), ignore=self.ignore
+            small,
+            shrink(gt_classes),
+            self.colors,
+            segment_map=shrink(gt_segments),
+            ignore=self.ignore,
         )
         gap = np.full((size[1], 4, 3), 255, dtype=np.uint8)
         panel = np.concatenate([small, gap, pred, gap, truth], axis=1)
@@ -177,7 +190,9 @@ class ReportCollector:
             category = pairs[..., 0]
             valid = (category >= 0) & (category < self.num_classes)
             classes = np.where(valid, category, self.ignore)
-            keys = np.where(valid, category * (int(pairs[..., 1].max(initial=0)) + 1) + pairs[..., 1], -1)
+            keys = np.where(
+                valid, category * (int(pairs[..., 1].max(initial=0)) + 1) + pairs[..., 1], -1
+            )
             segments = np.unique(keys, return_inverse=True)[1].reshape(shape)
             return classes, segments
         if target.sem_seg is not None:

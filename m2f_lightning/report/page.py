@@ -34,22 +34,26 @@ def _fmt(value: Any) -> str:
     return escape(str(value))
 
 
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], table_id: str = "") -> str:
+def _table(
+    rows: Sequence[Sequence[Any]], header: Sequence[str], table_id: str = "", named: bool = True
+) -> str:
+    """A table; with `named`, the first column holds names (left-aligned)."""
     ident = f' id="{table_id}"' if table_id else ""
-    head = "".join(
-        f'<th class="name">{escape(h)}</th>' if i == 0 else f"<th>{escape(h)}</th>"
+    cells = "".join(
+        f'<th class="name">{escape(h)}</th>' if i == 0 and named else f"<th>{escape(h)}</th>"
         for i, h in enumerate(header)
     )
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="name">{_fmt(v)}</td>' if i == 0 else f"<td>{_fmt(v)}</td>"
+            f'<td class="name">{_fmt(v)}</td>' if i == 0 and named else f"<td>{_fmt(v)}</td>"
             for i, v in enumerate(row)
         )
         + "</tr>"
         for row in rows
     )
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    head = f"<thead><tr>{cells}</tr></thead>" if any(header) else ""
+    return f"<table{ident}>{head}<tbody>{body}</tbody></table>"
 
 
 def render(
@@ -72,45 +76,74 @@ def render(
     parts.append(_table(list(info.items()), ["", ""], "details"))
 
     parts.append("<h2>Headline</h2>")
-    parts.append(_table([(k, float(v)) for k, v in headline.items()], ["metric", "value"], "headline"))
+    parts.append(
+        _table([(k, float(v)) for k, v in headline.items()], ["metric", "value"], "headline")
+    )
 
     if per_class:
-        parts.append("<h2>Per class</h2><p class='muted'>Sorted, highest first; classes that "
-                     "never appeared in the ground truth or the predictions are left out.</p>")
+        parts.append(
+            "<h2>Per class</h2><p class='muted'>Sorted, highest first; classes that "
+            "never appeared in the ground truth or the predictions are left out.</p>"
+        )
         parts.append("<div class='charts'>")
         for metric, values in per_class.items():
             bars = sorted_bars(names, [float(v) for v in values])
             title_text = f"{metric} per class ({len(bars)} classes)"
             parts.append(
-                bar_chart_svg(bars, title_text, color=CHART_COLORS.get(metric, "#555"),
-                              chart_id=f"per-class-{metric}")
+                bar_chart_svg(
+                    bars,
+                    title_text,
+                    color=CHART_COLORS.get(metric, "#555"),
+                    chart_id=f"per-class-{metric}",
+                )
             )
         parts.append("</div>")
 
     sizes = collector.size_quality()
     if sizes:
-        parts.append("<h2>PQ by object size</h2><p class='muted'>COCO's area thresholds on the "
-                     "ground-truth segment (small &lt; 32², medium &lt; 96² pixels); a false "
-                     "positive counts in the size of the predicted segment.</p>")
-        rows = [(name, q["PQ"], q["SQ"], q["RQ"], q["TP"], q["FP"], q["FN"]) for name, q in sizes.items()]
+        parts.append(
+            "<h2>PQ by object size</h2><p class='muted'>COCO's area thresholds on the "
+            "ground-truth segment (small &lt; 32², medium &lt; 96² pixels); a false "
+            "positive counts in the size of the predicted segment.</p>"
+        )
+        rows = [
+            (name, q["PQ"], q["SQ"], q["RQ"], q["TP"], q["FP"], q["FN"])
+            for name, q in sizes.items()
+        ]
         parts.append(_table(rows, ["size", "PQ", "SQ", "RQ", "TP", "FP", "FN"], "pq-by-size"))
-        bars = [(name, q["PQ"]) for name, q in sizes.items() if name != "all" and not math.isnan(q["PQ"])]
+        bars = [
+            (name, q["PQ"])
+            for name, q in sizes.items()
+            if name != "all" and not math.isnan(q["PQ"])
+        ]
         parts.append(bar_chart_svg(bars, "PQ by object size", chart_id="pq-by-size-chart"))
 
     if collector.confusion is not None and collector.confusion.sum() > 0:
+        matrix = collector.confusion
+        # only the classes that occur (in the ground truth or the predictions), and ignore
+        seen = (matrix.sum(0) + matrix.sum(1)) > 0
+        seen[-1] = True
+        keep = np.flatnonzero(seen)
         labels = [*names, "ignore"]
-        png = confusion_png(collector.confusion, labels)
-        parts.append("<h2>Confusion matrix</h2><p class='muted'>Pixels, normalised per "
-                     "ground-truth row; the last row/column is the ignore label.</p>")
+        png = confusion_png(matrix[np.ix_(keep, keep)], [labels[i] for i in keep])
+        left_out = len(names) + 1 - len(keep)
+        note = f" {left_out} classes that never occur are left out." if left_out else ""
+        parts.append(
+            "<h2>Confusion matrix</h2><p class='muted'>Pixels, normalised per "
+            "ground-truth row; the last row/column is the ignore label."
+            f"{note}</p>"
+        )
         parts.append(f"<img id='confusion' alt='confusion matrix' src='{png_data_uri(png)}'>")
 
     worst = collector.worst()
     if worst:
-        parts.append(f"<h2>The {len(worst)} worst images (by {escape(collector.rank_by)})</h2>"
-                     "<p class='muted'>image | prediction | ground truth</p>")
+        parts.append(
+            f"<h2>The {len(worst)} worst images (by {escape(collector.rank_by)})</h2>"
+            "<p class='muted'>image | prediction | ground truth</p>"
+        )
         for record, png in worst:
             scores = {k: v for k, v in record.items() if k not in ("file_name", "image_id")}
-            caption = _table([tuple(scores.values())], list(scores.keys()))
+            caption = _table([tuple(scores.values())], list(scores.keys()), named=False)
             parts.append(
                 f"<figure class='worst'><img alt='{escape(record['file_name'])}' "
                 f"src='{png_data_uri(png)}'><figcaption><b>{escape(record['file_name'])}</b> "
