@@ -4,6 +4,7 @@ images, and the page it writes, loaded in a real browser (Debian's chromium driv
 skipped with the reason where either is missing)."""
 
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -151,6 +152,10 @@ def test_per_image_mask_ap_equals_coco_eval_on_that_image_alone(seed: int) -> No
         ],
     )
     expected = coco.compute()
+    # the intersections summed over bands of pixels give the same
+    assert (
+        mask_ap(pred_masks, pred_scores, pred_labels, gt_masks, gt_labels, crowd, chunk=37) == ours
+    )
     assert ours["AP"] == pytest.approx(100 * float(expected["map"]), abs=1e-6)
     assert ours["AP50"] == pytest.approx(100 * float(expected["map_50"]), abs=1e-6)
 
@@ -334,14 +339,16 @@ def test_report_on_two_processes_equals_one_device(
 
 
 def _browser():
-    """(playwright's sync_playwright, chromium path), or skip with the reason."""
+    """(playwright's sync_playwright, chromium path), or skip with the reason (a failure under
+    M2F_REQUIRE_BROWSER=1, which .ci/run sets where it installed chromium)."""
+    missing = pytest.fail if os.environ.get("M2F_REQUIRE_BROWSER") == "1" else pytest.skip
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright; the dev extra has it)")
+        missing("playwright is not installed (pip install playwright; the dev extra has it)")
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.skip(
+        missing(
             "no chromium on PATH (Debian: apt-get install -y chromium; .ci/run does it as root)"
         )
     return sync_playwright, path

@@ -1,6 +1,7 @@
 """`m2f-evaluate report=true`: scores each test image as its batch ends (`report.ReportCollector`)
 and writes `report.html` on rank 0 at the end, with every rank's images gathered."""
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ class ReportWriter(L.Callback):
         keep = batch.scored or [True] * len(results)
         for i, (result, scored) in enumerate(zip(results, keep, strict=True)):
             if scored:  # a rank's padding duplicate is scored by the rank that owns it
-                image = image_at_original_size(batch, i)
+                image = functools.partial(image_at_original_size, batch, i)  # only if needed
                 self.collector.update(result, batch.eval_targets[i], image)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -7,7 +7,7 @@ evaluation gathers them on rank 0 (see `callbacks.ReportWriter`)."""
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -127,9 +127,13 @@ class ReportCollector:
         return out
 
     def update(
-        self, result: SegmentationResult, target: EvalTarget, image: np.ndarray | None
+        self,
+        result: SegmentationResult,
+        target: EvalTarget,
+        image: np.ndarray | Callable[[], np.ndarray] | None,
     ) -> dict[str, Any]:
-        """Score one image (`image`: uint8 [H, W, 3] at its original size, for the thumbnail)."""
+        """Score one image. `image`: uint8 [H, W, 3] at its original size, or a function that
+        returns it (called only when the image is among the worst so far), for the thumbnail."""
         record = {
             "file_name": str(result.file_name),
             "image_id": result.image_id
@@ -144,7 +148,8 @@ class ReportCollector:
         key = (value, _name(record))
         if len(self._worst) >= self.worst_k and key >= _key(self._worst[-1]):
             return record  # not worse than any kept image: no thumbnail is drawn
-        self._worst.append((*key, record, self.thumbnail(result, target, image)))
+        pixels = image() if callable(image) else image
+        self._worst.append((*key, record, self.thumbnail(result, target, pixels)))
         self._worst = sorted(self._worst, key=_key)[: self.worst_k]
         return record
 

@@ -191,6 +191,7 @@ def mask_ap(
     gt_labels: np.ndarray,
     gt_crowd: np.ndarray | None = None,
     max_dets: int = 100,
+    chunk: int = 1 << 16,
 ) -> dict[str, float]:
     """COCO mask AP (area range "all", up to `max_dets` detections per class) of one image, as
     COCOeval computes it on that image alone: AP over IoU 0.50:0.95 and AP50, in percent,
@@ -198,10 +199,14 @@ def mask_ap(
     n_pred, n_gt = len(pred_labels), len(gt_labels)
     crowd = np.zeros(n_gt, bool) if gt_crowd is None else np.asarray(gt_crowd, bool)
     pixels = int(np.prod(gt_masks.shape[1:] if n_gt else pred_masks.shape[1:]))
-    p = pred_masks.reshape(n_pred, pixels).astype(np.float32)
-    g = gt_masks.reshape(n_gt, pixels).astype(np.float32)
-    inter = p @ g.T
-    p_area, g_area = p.sum(1), g.sum(1)
+    p = pred_masks.reshape(n_pred, pixels)
+    g = gt_masks.reshape(n_gt, pixels)
+    inter = np.zeros((n_pred, n_gt), dtype=np.float64)
+    for start in range(0, pixels, chunk):  # float copies of a band of pixels at a time
+        band = slice(start, start + chunk)
+        inter += p[:, band].astype(np.float32) @ g[:, band].astype(np.float32).T
+    p_area = p.sum(1, dtype=np.float64)
+    g_area = g.sum(1, dtype=np.float64)
     union = np.where(crowd[None, :], p_area[:, None], p_area[:, None] + g_area[None, :] - inter)
     ious = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
     per_class = []  # [T] precision-averaged AP of each class with non-crowd ground truth
