@@ -97,11 +97,13 @@ def confusion_png(
             for s in names
         )
     header = 18
-    size = (margin + grid.shape[1] + 2, header + margin + grid.shape[0] + 2)
+    caption = "rows: ground truth, columns: prediction"
+    text_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(caption, font=font))
+    size = (max(margin + grid.shape[1] + 2, text_width + 4), header + margin + grid.shape[0] + 2)
     canvas = Image.new("RGB", size, (255, 255, 255))
     canvas.paste(Image.fromarray(grid), (margin, header + margin))
     draw = ImageDraw.Draw(canvas)
-    draw.text((margin, 2), "rows: ground truth, columns: prediction", font=font, fill=(0, 0, 0))
+    draw.text((2, 2), caption, font=font, fill=(0, 0, 0))
     if named:
         for i, name in enumerate(names):
             y = header + margin + i * cell + cell // 2

@@ -154,9 +154,12 @@ class ReportCollector:
         return record
 
     def thumbnail(self, result: SegmentationResult, target: EvalTarget, image: np.ndarray) -> bytes:
-        """PNG of image | prediction | ground truth, each at most `thumb_size` on its long side."""
+        """PNG of image | prediction | ground truth, each at most `thumb_size` on its long side
+        (label maps resampled by nearest neighbour)."""
         height, width = image.shape[:2]
-        scale = min(1.0, self.thumb_size / max(height, width))
+        scale = self.thumb_size / max(height, width)
+        # a large image is shrunk to thumb_size; a small one enlarged by a whole factor (legible)
+        scale = scale if scale < 1 else float(max(1, int(scale)))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         rows = np.minimum((np.arange(size[1]) + 0.5) / scale, height - 1).astype(np.int64)
         cols = np.minimum((np.arange(size[0]) + 0.5) / scale, width - 1).astype(np.int64)
