@@ -4,6 +4,7 @@ images, and the page it writes, loaded in a real browser (Debian's chromium driv
 skipped with the reason where either is missing)."""
 
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -219,8 +220,9 @@ def test_worst_images_kept_bounded_and_merged_ranks_equal_one_collector() -> Non
     pq = [r["PQ"] for r in one.records]
     assert len(one.records) == 10 and len(one.worst()) == 3
     expected = sorted(range(10), key=lambda i: (pq[i], f"img{i}.png|{i}"))[:3]
-    assert [r["image_id"] for r, _ in one.worst()] == expected
-    png = one.worst()[0][1]
+    assert [r["image_id"] for r, *_ in one.worst()] == expected
+    png, legend = one.worst()[0][1:]
+    assert legend and set(legend) <= set(range(5))  # the classes drawn, for the page's legend
     assert png.startswith(b"\x89PNG")
     assert Image.open(io.BytesIO(png)).size[1] <= 32  # the thumbnail's long side is bounded
     # two "ranks" with interleaved images, merged, give what one collector gives
@@ -230,7 +232,7 @@ def test_worst_images_kept_bounded_and_merged_ranks_equal_one_collector() -> Non
     merged = _collector()
     merged.merge([r.state() for r in ranks])
     assert sorted(r["image_id"] for r in merged.records) == list(range(10))
-    assert [r["image_id"] for r, _ in merged.worst()] == expected
+    assert [r["image_id"] for r, *_ in merged.worst()] == expected
     assert np.array_equal(merged.confusion, one.confusion)
     for name in ("tp", "fp", "fn"):
         assert np.array_equal(getattr(merged.tally, name), getattr(one.tally, name)), name
@@ -256,7 +258,7 @@ def test_semantic_and_instance_reports_rank_by_their_own_score(task: str, tmp_pa
         collector.update(result, target, image)
     key = {"semantic": "mIoU", "instance": "AP"}[task]
     assert collector.rank_by == key
-    worst = [r[key] for r, _ in collector.worst()]
+    worst = [r[key] for r, *_ in collector.worst()]
     assert worst == sorted(r[key] for r in collector.records)[:2]
     page = write_report(tmp_path, collector, {key: 12.5}, {"IoU": [1.0, 2.0, 3.0, 4.0, 5.0]})
     html = page.read_text()
@@ -309,6 +311,8 @@ def test_evaluate_report_writes_the_page_and_every_images_scores(
     ):
         assert _has_id(page, ident), ident
     assert page.count("<figure class='worst'>") == 3
+    summary = json.loads((out / "eval_metrics.json").read_text())
+    assert summary["report"] == str(out / "report.html")
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing to fetch
     assert "https://" not in page and "<script" not in page
 
@@ -383,6 +387,7 @@ def test_report_page_loads_in_a_browser_without_errors(
             )
             assert all(w > 0 for w in widths), widths
             assert page.locator("figure.worst").count() == 3
+            assert page.locator("figure.worst .legend .chip").count() >= 3
         finally:
             browser.close()
     assert errors == []

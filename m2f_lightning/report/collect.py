@@ -74,7 +74,7 @@ class ReportCollector:
         )
         # the worst images so far, at most worst_k: (score, name, record, png); ordered by
         # (score, name), so that ties are broken alike on one device and on several
-        self._worst: list[tuple[float, str, dict[str, Any], bytes]] = []
+        self._worst: list[tuple[float, str, dict[str, Any], bytes, list[int]]] = []
 
     # ---- per image ------------------------------------------------------------------------
     def scores(self, result: SegmentationResult, target: EvalTarget) -> dict[str, float]:
@@ -149,13 +149,15 @@ class ReportCollector:
         if len(self._worst) >= self.worst_k and key >= _key(self._worst[-1]):
             return record  # not worse than any kept image: no thumbnail is drawn
         pixels = image() if callable(image) else image
-        self._worst.append((*key, record, self.thumbnail(result, target, pixels)))
+        self._worst.append((*key, record, *self.thumbnail(result, target, pixels)))
         self._worst = sorted(self._worst, key=_key)[: self.worst_k]
         return record
 
-    def thumbnail(self, result: SegmentationResult, target: EvalTarget, image: np.ndarray) -> bytes:
+    def thumbnail(
+        self, result: SegmentationResult, target: EvalTarget, image: np.ndarray
+    ) -> tuple[bytes, list[int]]:
         """PNG of image | prediction | ground truth, each at most `thumb_size` on its long side
-        (label maps resampled by nearest neighbour)."""
+        (label maps resampled by nearest neighbour), and the classes drawn in it (a legend)."""
         height, width = image.shape[:2]
         scale = self.thumb_size / max(height, width)
         # a large image is shrunk to thumb_size; a small one enlarged by a whole factor (legible)
@@ -168,17 +170,19 @@ class ReportCollector:
             return labels[rows][:, cols]
 
         small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        pred_classes = shrink(class_map(result, self.instance_score_threshold, self.ignore))
         pred = overlay(
             small,
-            shrink(class_map(result, self.instance_score_threshold, self.ignore)),
+            pred_classes,
             self.colors,
             segment_map=shrink(segment_map(result, self.instance_score_threshold)),
             ignore=self.ignore,
         )
         gt_classes, gt_segments = self._ground_truth_maps(target, (height, width))
+        gt_classes = shrink(gt_classes)
         truth = overlay(
             small,
-            shrink(gt_classes),
+            gt_classes,
             self.colors,
             segment_map=shrink(gt_segments),
             ignore=self.ignore,
@@ -187,7 +191,8 @@ class ReportCollector:
         panel = np.concatenate([small, gap, pred, gap, truth], axis=1)
         buffer = io.BytesIO()
         Image.fromarray(panel).save(buffer, format="PNG", optimize=True)
-        return buffer.getvalue()
+        drawn = np.union1d(np.unique(pred_classes), np.unique(gt_classes))
+        return buffer.getvalue(), [int(c) for c in drawn if 0 <= c < self.num_classes]
 
     def _ground_truth_maps(
         self, target: EvalTarget, shape: tuple[int, int]
@@ -236,9 +241,9 @@ class ReportCollector:
         entries = [e for s in states for e in s["worst"]]
         self._worst = sorted(entries, key=_key)[: self.worst_k]
 
-    def worst(self) -> list[tuple[dict[str, Any], bytes]]:
+    def worst(self) -> list[tuple[dict[str, Any], bytes, list[int]]]:
         """(record, PNG) of the kept worst images, worst first (ties: by name)."""
-        return [(record, png) for _, _, record, png in self._worst]
+        return [(record, png, classes) for _, _, record, png, classes in self._worst]
 
     def size_quality(self) -> dict[str, dict[str, float]]:
         """{"all", "small", "medium", "large"} → PQ/SQ/RQ and counts (panoptic only)."""

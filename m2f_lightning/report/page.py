@@ -22,10 +22,17 @@ td, th { border: 1px solid #ccc; padding: 3px 10px; text-align: right; font-size
 th { background: #f2f2f2; } td.name, th.name { text-align: left; }
 .charts { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
 figure.worst { margin: 12px 0; } figure.worst img { max-width: 100%; border: 1px solid #ccc; }
-figcaption { font-size: 13px; margin-top: 4px; } .muted { color: #777; font-size: 13px; }
+figcaption { font-size: 13px; margin-top: 4px; }
+.chip { display: inline-block; margin: 4px 10px 0 0; }
+.chip i { display: inline-block; width: 12px; height: 12px; margin-right: 4px;
+  border: 1px solid #888; vertical-align: -2px; } .muted { color: #777; font-size: 13px; }
 """
 
 CHART_COLORS = {"PQ": "#3b73b9", "AP": "#c0504d", "IoU": "#4f9a56"}
+
+
+def _hex(color: Sequence[int]) -> str:
+    return "#" + "".join(f"{int(v):02x}" for v in color[:3])
 
 
 def _fmt(value: Any) -> str:
@@ -141,13 +148,19 @@ def render(
             f"<h2>The {len(worst)} worst images (by {escape(collector.rank_by)})</h2>"
             "<p class='muted'>image | prediction | ground truth</p>"
         )
-        for record, png in worst:
+        for record, png, classes in worst:
             scores = {k: v for k, v in record.items() if k not in ("file_name", "image_id")}
             caption = _table([tuple(scores.values())], list(scores.keys()), named=False)
+            legend = "".join(
+                f"<span class='chip'><i style='background:{_hex(collector.colors[c])}'></i>"
+                f"{escape(names[c])}</span>"
+                for c in classes
+            )
             parts.append(
                 f"<figure class='worst'><img alt='{escape(record['file_name'])}' "
                 f"src='{png_data_uri(png)}'><figcaption><b>{escape(record['file_name'])}</b> "
-                f"(id {escape(str(record['image_id']))}){caption}</figcaption></figure>"
+                f"(id {escape(str(record['image_id']))})<div class='legend'>{legend}</div>"
+                f"{caption}</figcaption></figure>"
             )
     parts.append("</body></html>")
     return "\n".join(parts)
