@@ -159,6 +159,8 @@ def _evaluate(cfg: DictConfig, output_dir: Path | None) -> dict[str, float]:
         callbacks.append(
             PredictionSaver(prediction_writer(cfg, dm, output_dir / "predictions", "val"))
         )
+    if cfg.get("report"):
+        callbacks.append(report_writer(cfg, dm, output_dir))
     trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
     (logged,) = trainer.test(module, datamodule=dm, verbose=False)
     results = scalars(logged, "test/")
@@ -168,12 +170,36 @@ def _evaluate(cfg: DictConfig, output_dir: Path | None) -> dict[str, float]:
         "test": results,
         "metrics_file": "eval_metrics.json",
     }
-    if callbacks:
+    if cfg.get("save_predictions"):
         summary["predictions"] = str(output_dir / "predictions")
+    if cfg.get("report"):
+        summary["report"] = str(output_dir / "report.html")
     if trainer.is_global_zero:  # metrics are already synchronised across ranks
         (output_dir / "eval_metrics.json").write_text(json.dumps(summary, indent=2))
         print_summary(summary)
     return results
+
+
+def report_writer(cfg: DictConfig, dm: SegmentationDataModule, output_dir: Path) -> L.Callback:
+    """The callback of `report=true`: per-image scores during the test, report.html at the end."""
+    from .callbacks import ReportWriter
+    from .report import ReportCollector
+
+    meta = dm.metadata
+    collector = ReportCollector(
+        cfg.task.name,
+        meta.num_classes,
+        meta.thing_ids,
+        meta.stuff_ids,
+        meta.class_names,
+        meta.colors,
+        worst_k=int(cfg.get("report_worst_k", 8)),
+        thumb_size=int(cfg.get("report_thumb_size", 384)),
+        ignore_label=meta.ignore_label,
+        instance_score_threshold=cfg.get("instance_score_threshold", 0.5),
+    )
+    details = {"checkpoint": str(cfg.checkpoint), "dataset": str(cfg.dataset.name)}
+    return ReportWriter(collector, output_dir, details)
 
 
 class InputsFailed(UserError, RuntimeError):
@@ -255,4 +281,6 @@ def print_summary(summary: dict[str, Any]) -> None:
         table.add_row(key, f"{value:.2f}")
     metrics_file = summary.get("metrics_file", "metrics.json")
     table.add_row("metrics file", str(Path(summary["output_dir"]) / metrics_file))
+    if "report" in summary:
+        table.add_row("report", summary["report"])
     Console().print(table)

@@ -39,6 +39,16 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     ),
     "m2f_lightning.metrics": ((*FRAMEWORKS,), ("m2f_lightning.metrics", "m2f_lightning.types")),
     "m2f_lightning.inference": ((*FRAMEWORKS,), ("m2f_lightning.inference", "m2f_lightning.types")),
+    # the evaluation report: framework-free (callbacks.ReportWriter drives it during a test)
+    "m2f_lightning.report": (
+        (*FRAMEWORKS, "m2f_lightning.data", *UPPER_LAYERS),
+        (
+            "m2f_lightning.report",
+            "m2f_lightning.types",
+            "m2f_lightning.metrics",
+            "m2f_lightning.visualize",
+        ),
+    ),
 }
 
 

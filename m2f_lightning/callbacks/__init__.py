@@ -2,6 +2,14 @@
 
 from .prediction_saver import PredictionSaver
 from .progress import HEADLINE_METRICS, StepProgressBar, TextProgress
+from .report_writer import ReportWriter
 from .wandb_media import WandbMedia
 
-__all__ = ["HEADLINE_METRICS", "PredictionSaver", "StepProgressBar", "TextProgress", "WandbMedia"]
+__all__ = [
+    "HEADLINE_METRICS",
+    "PredictionSaver",
+    "ReportWriter",
+    "StepProgressBar",
+    "TextProgress",
+    "WandbMedia",
+]
