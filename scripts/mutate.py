@@ -79,6 +79,10 @@ def main() -> int:
     write_config(work, mutate, tests)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut sets sys.path
     env["WANDB_MODE"] = "disabled"
+    # mutmut forks one worker per mutant from a process that already ran the tests: with an
+    # OpenMP pool started there, the child's first parallel torch op waits forever (every
+    # mutant timed out); one thread keeps OpenMP out (tests/conftest.py reads the variable)
+    env.update(M2F_TEST_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     mutmut = [sys.executable, "-m", "mutmut"]
     subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=work, env=env)
     results = subprocess.run(
