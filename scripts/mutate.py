@@ -23,13 +23,14 @@ FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
         ["m2f_lightning/inference.py"],
         ["tests/test_inference.py", "tests/test_inference_properties.py"],
     ),
-    "losses": (["m2f_lightning/losses/*"], ["tests/test_losses.py"]),
+    "losses": (["m2f_lightning/losses/*"], ["tests/test_losses.py", "tests/test_losses_edges.py"]),
     "checkpoints": (
         ["m2f_lightning/checkpoints/*", "m2f_lightning/modeling/d2_format.py"],
         [
             "tests/test_checkpoints.py",
             "tests/test_parity_hf.py",
             "tests/test_converter_properties.py",
+            "tests/test_model_zoo_r50.py",
         ],
     ),
     "targets": (["m2f_lightning/data/targets.py"], ["tests/test_data_pipeline.py"]),
