@@ -119,3 +119,15 @@ def test_pairwise_dice_is_the_smoothed_dice_of_every_pair() -> None:
                 p, t = logits[b, q].sigmoid(), targets[b, n]
                 want = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
                 assert torch.allclose(got[b, q, n], want)
+
+
+def test_full_mask_matching_resizes_predictions_as_the_loss_does() -> None:
+    """Without point sampling the matcher scores bilinear (align_corners=False) upsampled
+    predictions against the full target masks, as `loss_masks` does."""
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(1, 2, 5, 7, generator=g)
+    masks = torch.rand(1, 10, 14, generator=g) > 0.5
+    got, target = HungarianMatcher(point_sampled=False)._sample(pred, [{"masks": masks}], 1)
+    want = F.interpolate(pred, size=(10, 14), mode="bilinear", align_corners=False).flatten(2)
+    assert torch.allclose(got, want)
+    assert torch.equal(target[0, 0], masks[0].flatten().float())
