@@ -32,6 +32,7 @@ FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
             "tests/test_converter_properties.py",
             "tests/test_model_zoo_r50.py",
             "tests/test_checkpoints_edges.py",
+            "tests/test_finetune_classes.py",
         ],
     ),
     "targets": (["m2f_lightning/data/targets.py"], ["tests/test_data_pipeline.py"]),

@@ -128,3 +128,42 @@ def test_hf_directory_saved_as_pytorch_model_bin_keeps_its_names(tmp_path: Path)
     assert ours.class_names == NAMES
     images = torch.rand(1, 3, 64, 96) * 255
     assert max(max_abs_differences(ours, hf, images)) <= 1e-4
+
+
+def test_pkl_of_raw_weights_with_ddp_prefixes_reads(tmp_path: Path) -> None:
+    """A `.pkl` that is the weights dict itself (no `"model"` entry, as detectron2 also
+    accepts), saved from a DDP-wrapped model (`module.` prefixes)."""
+    from m2f_lightning.modeling.d2_format import read_d2_pickle
+
+    arrays = {"module.backbone.x": np.arange(3.0), "module.module_count": np.ones(2)}
+    with (tmp_path / "raw.pkl").open("wb") as f:
+        pickle.dump(arrays, f)
+    read = read_d2_pickle(tmp_path / "raw.pkl")
+    assert sorted(read) == ["backbone.x", "module_count"]
+    assert torch.equal(read["backbone.x"], torch.arange(3.0, dtype=torch.float64))
+
+
+def test_hf_directory_without_label_names_loads_unnamed(tmp_path: Path) -> None:
+    import json
+
+    from tests.test_parity_hf import build_hf
+
+    build_hf(4, 6, 32, 7, 3).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("id2label", None)
+    config.pop("label2id", None)
+    config["num_labels"] = 4
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_model(tmp_path).class_names is None
+
+
+def test_init_from_weights_missing_a_tensor_fails_naming_it(tmp_path: Path) -> None:
+    from m2f_lightning.checkpoints import init_from_weights
+
+    source = tiny_model(num_classes=4)
+    path = save_model(source, tmp_path / "m.pt", class_names=NAMES)
+    stored = torch.load(path, weights_only=True)
+    del stored["state_dict"]["transformer_decoder.decoder_norm.bias"]  # not the class head
+    torch.save(stored, path)
+    with pytest.raises(CheckpointMismatchError, match="decoder_norm.bias"):
+        init_from_weights(tiny_model(num_classes=4), path, NAMES)
