@@ -23,13 +23,16 @@ FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
         ["m2f_lightning/inference/*"],
         ["tests/test_inference.py", "tests/test_inference_properties.py"],
     ),
-    "losses": (["m2f_lightning/losses/*"], ["tests/test_losses.py"]),
+    "losses": (["m2f_lightning/losses/*"], ["tests/test_losses.py", "tests/test_losses_edges.py"]),
     "checkpoints": (
         ["m2f_lightning/checkpoints/*", "m2f_lightning/modeling/d2_format.py"],
         [
             "tests/test_checkpoints.py",
             "tests/test_parity_hf.py",
             "tests/test_converter_properties.py",
+            "tests/test_model_zoo_r50.py",
+            "tests/test_checkpoints_edges.py",
+            "tests/test_finetune_classes.py",
         ],
     ),
     "targets": (["m2f_lightning/data/targets.py"], ["tests/test_data_pipeline.py"]),
@@ -79,6 +82,10 @@ def main() -> int:
     write_config(work, mutate, tests)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut sets sys.path
     env["WANDB_MODE"] = "disabled"
+    # mutmut forks one worker per mutant from a process that already ran the tests: with an
+    # OpenMP pool started there, the child's first parallel torch op waits forever (every
+    # mutant timed out); one thread keeps OpenMP out (tests/conftest.py reads the variable)
+    env.update(M2F_TEST_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     mutmut = [sys.executable, "-m", "mutmut"]
     subprocess.run([*mutmut, "run", "--max-children", str(args.max_children)], cwd=work, env=env)
     results = subprocess.run(

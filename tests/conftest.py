@@ -11,7 +11,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+# one thread under mutation runs (scripts/mutate.py): mutmut forks a worker per mutant from a
+# process whose OpenMP pool is started, and a forked child's first parallel op never returns
+torch.set_num_threads(int(os.environ.get("M2F_TEST_THREADS", "2")))
 
 
 @pytest.fixture(autouse=True)

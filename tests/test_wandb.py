@@ -10,6 +10,7 @@ from m2f_lightning.commands import train
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.wandb_run import wandb_run_id
 from tests.helpers import TINY_OVERRIDES, compose
+from tests.wandb_records import history, run_files, run_id
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +52,8 @@ def test_offline_run_writes_config_losses_metrics_overlays_and_tables(
     )
     train(compose("train", overrides, tmp_path), output_dir=tmp_path)
     assert wandb.run is None, "the run must be finished when train returns"
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    run = runs[0]
+    (run_file,) = run_files(tmp_path)
+    run = run_file.parent
     assert run.name.endswith((tmp_path / "wandb_run_id").read_text().strip())
     assert list(run.glob("*.wandb")), "no run file to `wandb sync`"
     # offline runs keep config, history and summary in the binary run file `wandb sync` uploads
@@ -77,6 +77,14 @@ def test_offline_run_writes_config_losses_metrics_overlays_and_tables(
     assert len(tables) == 1, "one per-class table per validation (none for the sanity check)"
     table = json.loads(Path(tables[0]).read_text())
     assert [row[0] for row in table["data"]] == ["sky", "ground", "circle", "square", "triangle"]
+    # the values, read back from the run file: the validation row holds the metrics.json figures
+    written = json.loads((tmp_path / "metrics.json").read_text())["val"]
+    rows = [row for row in history(run_file) if "val/PQ" in row]
+    assert len(rows) == 1, "one validation logged (the sanity check is not)"
+    assert written["val/mIoU"] > 0, "a figure that tells values apart"
+    assert {key: rows[0][key] for key in written} == pytest.approx(written, rel=1e-6, abs=1e-9)
+    losses = [row["train/loss"] for row in history(run_file) if "train/loss" in row]
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
 
 
 def test_a_failed_run_is_closed(datasets: Path, tmp_path: Path, offline: None) -> None:
@@ -88,9 +96,29 @@ def test_a_failed_run_is_closed(datasets: Path, tmp_path: Path, offline: None) -
     assert wandb.run is None
 
 
-def test_a_resumed_job_keeps_its_run_id(tmp_path: Path) -> None:
-    first = wandb_run_id(tmp_path)
-    assert first and wandb_run_id(tmp_path) == first
-    assert (tmp_path / "wandb_run_id").read_text().strip() == first
+@pytest.mark.slow
+def test_a_resumed_job_keeps_its_run_id(datasets: Path, tmp_path: Path, offline: None) -> None:
+    """A job stopped at step 2 and rerun (resume=auto, same folder) logs into the same W&B run:
+    both offline run files carry one run id, and the rerun's rows go on from step 2. A job in
+    another folder gets another id."""
+    common = wandb_overrides(
+        datasets,
+        "checkpoint.every_n_train_steps=2",
+        "dataset.val_every_n_steps=0",
+        "trainer.log_every_n_steps=1",
+        "dataset.max_steps=4",
+    )
+    train(compose("train", [*common, "trainer.max_steps=2"], tmp_path), output_dir=tmp_path)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    second = train(compose("train", common, tmp_path), output_dir=tmp_path)
+    assert second["global_step"] == 4
+    files = run_files(tmp_path)  # by start time
+    assert len(files) == 2, files
+    first_id, second_id = run_id(files[0]), run_id(files[1])
+    assert first_id == second_id == (tmp_path / "wandb_run_id").read_text().strip()
+    steps = [
+        [row["trainer/global_step"] for row in history(f) if "train/loss" in row] for f in files
+    ]
+    assert steps == [[0, 1], [2, 3]], "the rerun continues the run at the resumed step"
     (tmp_path / "other").mkdir()
-    assert wandb_run_id(tmp_path / "other") != first
+    assert wandb_run_id(tmp_path / "other") != first_id
