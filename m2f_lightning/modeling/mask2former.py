@@ -47,6 +47,7 @@ class Mask2Former(nn.Module):
         norm_groups: int = 32,
         size_divisibility: int = 32,
         backbone_pretrained: bool | str | None = None,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -96,12 +97,22 @@ class Mask2Former(nn.Module):
             num_layers=decoder_layers,
             mask_dim=mask_dim,
         )
+        self.set_checkpointing(checkpointing)
         self.register_buffer(
             "pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False
         )
         self.register_buffer(
             "pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False
         )
+
+    def set_checkpointing(self, enabled: bool = True) -> None:
+        """Activation checkpointing on (or off) for the backbone stages (timm's), the
+        pixel-decoder encoder layers and the transformer decoder layers."""
+        self.checkpointing = bool(enabled)
+        if hasattr(self.backbone.body, "set_grad_checkpointing"):
+            self.backbone.body.set_grad_checkpointing(self.checkpointing)
+        self.pixel_decoder.encoder.checkpointing = self.checkpointing
+        self.transformer_decoder.checkpointing = self.checkpointing
 
     @classmethod
     def from_config(cls, config: dict[str, Any], **overrides: Any) -> "Mask2Former":
