@@ -5,7 +5,8 @@ Rows (ours | reference):
   port (transformers' Mask2FormerForUniversalSegmentation with its own loss and AdamW), whose
   random weights are converted into ours with `load_model(hf_dir)`: same weights, same images and
   targets, fp32, Swin-T, 150 classes;
-- peak RSS of one process doing that train step at 512² (one child process per side);
+- peak RSS of one process doing that train step at 512² (one child process per side), and
+  again with ours under activation checkpointing (`Mask2Former(checkpointing=True)`);
 - inference, batch 1, 512² (eval, no grad);
 - criterion forward + backward (batch 2, 10 prediction sets, 100 queries) | HF's Mask2FormerLoss;
 - PQ metric on 512² panoptic maps with ~30 segments | torchmetrics' PanopticQuality;
@@ -218,23 +219,27 @@ def bench_inference(hf_dir: str, cfg: dict) -> dict:
     return time_row(f"inference, batch 1, {size}²", "HF transformers", a, b)
 
 
-def rss_child(side: str, hf_dir: str, quick: bool, size: int, threads: int) -> None:
+def rss_child(
+    side: str, hf_dir: str, quick: bool, size: int, threads: int, checkpointing: bool
+) -> None:
     """Entry of a child process: two train steps, then print the peak RSS in bytes."""
     torch.set_num_threads(threads)
     cfg = QUICK if quick else FULL
-    step = TrainStep(side, hf_dir, cfg, size)
+    extra = {"checkpointing": True} if checkpointing else {}
+    step = TrainStep(side, hf_dir, cfg, size, **extra)
     step()
     step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({"peak_rss_bytes": peak * 1024}))
 
 
-def bench_rss(hf_dir: str, cfg: dict, quick: bool, threads: int) -> dict:
+def bench_rss(hf_dir: str, cfg: dict, quick: bool, threads: int, checkpointing: bool) -> dict:
     size = cfg["rss_size"]
     peaks = {}
     for side in ("ours", "hf"):
         cmd = [sys.executable, __file__, "--rss-child", side, "--hf-dir", hf_dir]
         cmd += ["--rss-size", str(size), "--threads", str(threads)] + (["--quick"] if quick else [])
+        cmd += ["--checkpointing"] if checkpointing and side == "ours" else []
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -244,7 +249,8 @@ def bench_rss(hf_dir: str, cfg: dict, quick: bool, threads: int) -> dict:
             raise RuntimeError(f"RSS child ({side}) failed:\n{out.stderr[-3000:]}")
         peaks[side] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_bytes"] / 1e9
     return {
-        "row": f"peak RSS, train step process, {size}²",
+        "row": f"peak RSS, train step process, {size}²"
+        + (", ours checkpointed" if checkpointing else ""),
         "unit": "GB",
         "ours": peaks["ours"],
         "reference": peaks["hf"],
@@ -481,9 +487,12 @@ def main() -> None:
     parser.add_argument("--rss-child", choices=("ours", "hf"), help=argparse.SUPPRESS)
     parser.add_argument("--hf-dir", help=argparse.SUPPRESS)
     parser.add_argument("--rss-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
-        rss_child(args.rss_child, args.hf_dir, args.quick, args.rss_size, args.threads)
+        rss_child(
+            args.rss_child, args.hf_dir, args.quick, args.rss_size, args.threads, args.checkpointing
+        )
         return
     import warnings
 
@@ -496,14 +505,16 @@ def main() -> None:
     rows: list[dict] = []
     result: dict = {}
     with tempfile.TemporaryDirectory() as hf_dir:
-        hf_model(cfg["classes"], args.quick, cfg["num_points"]).save_pretrained(hf_dir)
+        if only & {"train", "rss", "infer"} or args.profile:
+            hf_model(cfg["classes"], args.quick, cfg["num_points"]).save_pretrained(hf_dir)
         if "train" in only:
             for size in cfg["train_sizes"]:
                 rows.append(bench_train(hf_dir, cfg, size))
                 print(rows[-1]["row"], f"x{rows[-1]['ratio']:.2f}", flush=True)
         if "rss" in only:
-            rows.append(bench_rss(hf_dir, cfg, args.quick, args.threads))
-            print(rows[-1]["row"], f"x{rows[-1]['ratio']:.2f}", flush=True)
+            for checkpointing in (False, True):
+                rows.append(bench_rss(hf_dir, cfg, args.quick, args.threads, checkpointing))
+                print(rows[-1]["row"], f"x{rows[-1]['ratio']:.2f}", flush=True)
         if "infer" in only:
             rows.append(bench_inference(hf_dir, cfg))
             print(rows[-1]["row"], f"x{rows[-1]['ratio']:.2f}", flush=True)

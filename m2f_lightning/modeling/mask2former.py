@@ -114,6 +114,21 @@ class Mask2Former(nn.Module):
         self.pixel_decoder.encoder.checkpointing = self.checkpointing
         self.transformer_decoder.checkpointing = self.checkpointing
 
+    def compile_for_training(self, cache_dir: str | None = None, **compile_kwargs: Any) -> None:
+        """Opt-in `torch.compile` of the backbone, pixel decoder and transformer decoder, in place
+        (`nn.Module.compile`: the state dict keys stay the same). `cache_dir`: where Inductor
+        keeps its compiled graphs (TORCHINDUCTOR_CACHE_DIR, FX graph cache on), so that a second
+        run with the same shapes loads them instead of compiling again."""
+        if cache_dir is not None:
+            import os
+
+            import torch._inductor.config as inductor_config
+
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
+            inductor_config.fx_graph_cache = True
+        for part in (self.backbone, self.pixel_decoder, self.transformer_decoder):
+            part.compile(**compile_kwargs)
+
     @classmethod
     def from_config(cls, config: dict[str, Any], **overrides: Any) -> "Mask2Former":
         """Rebuild a model from `model.config` (optionally overriding entries)."""
