@@ -229,35 +229,53 @@ def rss_child(
     step = TrainStep(side, hf_dir, cfg, size, **extra)
     step()
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"peak_rss_bytes": peak * 1024}))
+    print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}))
 
 
-def bench_rss(hf_dir: str, cfg: dict, quick: bool, threads: int, checkpointing: bool) -> dict:
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size. VmHWM of /proc/self/status belongs to this
+    process's own address space; getrusage's ru_maxrss is not used because Linux carries the
+    parent's peak over fork + exec (a child of a big parent would report the parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def bench_rss(hf_dir: str, cfg: dict, quick: bool, threads: int) -> list[dict]:
+    """Peak RSS of one child process per case: ours, HF, ours with activation checkpointing."""
     size = cfg["rss_size"]
     peaks = {}
-    for side in ("ours", "hf"):
+    for case, side, checkpointing in (
+        ("ours", "ours", False),
+        ("hf", "hf", False),
+        ("ours_ckpt", "ours", True),
+    ):
         cmd = [sys.executable, __file__, "--rss-child", side, "--hf-dir", hf_dir]
         cmd += ["--rss-size", str(size), "--threads", str(threads)] + (["--quick"] if quick else [])
-        cmd += ["--checkpointing"] if checkpointing and side == "ours" else []
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        }
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        cmd += ["--checkpointing"] if checkpointing else []
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path}, check=False
+        )
         if out.returncode != 0:
-            raise RuntimeError(f"RSS child ({side}) failed:\n{out.stderr[-3000:]}")
-        peaks[side] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_bytes"] / 1e9
-    return {
-        "row": f"peak RSS, train step process, {size}²"
-        + (", ours checkpointed" if checkpointing else ""),
-        "unit": "GB",
-        "ours": peaks["ours"],
-        "reference": peaks["hf"],
-        "reference_name": "HF transformers",
-        "ratio": peaks["ours"] / peaks["hf"],
-        "ratio_meaning": "ours / reference (<1: ours lighter)",
-    }
+            raise RuntimeError(f"RSS child ({case}) failed:\n{out.stderr[-3000:]}")
+        peaks[case] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_bytes"] / 1e9
+    return [
+        {
+            "row": f"peak RSS, train step process, {size}²" + suffix,
+            "unit": "GB",
+            "ours": peaks[case],
+            "reference": peaks["hf"],
+            "reference_name": "HF transformers",
+            "ratio": peaks[case] / peaks["hf"],
+            "ratio_meaning": "ours / reference (<1: ours lighter)",
+        }
+        for case, suffix in (("ours", ""), ("ours_ckpt", ", ours checkpointed"))
+    ]
 
 
 def bench_criterion(cfg: dict) -> dict:
@@ -483,6 +501,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="break our train step down")
+    parser.add_argument("--profile-size", type=int, help="image size of --profile")
     parser.add_argument("--only", nargs="*", help="rows to run: train infer rss criterion pq lsj")
     parser.add_argument("--rss-child", choices=("ours", "hf"), help=argparse.SUPPRESS)
     parser.add_argument("--hf-dir", help=argparse.SUPPRESS)
@@ -512,14 +531,16 @@ def main() -> None:
                 rows.append(bench_train(hf_dir, cfg, size))
                 print(rows[-1]["row"], f"x{rows[-1]['ratio']:.2f}", flush=True)
         if "rss" in only:
-            for checkpointing in (False, True):
-                rows.append(bench_rss(hf_dir, cfg, args.quick, args.threads, checkpointing))
-                print(rows[-1]["row"], f"x{rows[-1]['ratio']:.2f}", flush=True)
+            for row in bench_rss(hf_dir, cfg, args.quick, args.threads):
+                rows.append(row)
+                print(row["row"], f"x{row['ratio']:.2f}", flush=True)
         if "infer" in only:
             rows.append(bench_inference(hf_dir, cfg))
             print(rows[-1]["row"], f"x{rows[-1]['ratio']:.2f}", flush=True)
         if args.profile:
-            result["profile"] = profile_train_step(hf_dir, cfg, cfg["train_sizes"][0])
+            result["profile"] = profile_train_step(
+                hf_dir, cfg, args.profile_size or cfg["train_sizes"][0]
+            )
     if "criterion" in only:
         rows.append(bench_criterion(cfg))
     if "pq" in only:
