@@ -38,11 +38,11 @@ format: install
 demo: install
 	WANDB_MODE=offline $(BIN)/python scripts/demo.py
 
+# one table, ours vs the reference alternated in one run; rows also in $(BENCH_JSON)
+BENCH_JSON ?= build/bench.json
 bench: install
-	$(BIN)/python scripts/bench_model.py
-	$(BIN)/python scripts/bench_criterion.py
-	$(BIN)/python scripts/bench_metrics.py
-	$(BIN)/python scripts/bench_data.py
+	mkdir -p $(dir $(BENCH_JSON))
+	$(BIN)/python scripts/bench.py --json $(BENCH_JSON)
 
 # mutation testing of one module with its fast tests (not part of `make test`): make mutate MODULE=metrics
 # modules: metrics inference losses checkpoints targets readers resume; results in docs/testing.md

@@ -92,8 +92,11 @@ class SetCriterion(nn.Module):
         targets: list[dict[str, torch.Tensor]],
         matches: list[Match],
         num_masks: torch.Tensor,
+        float_masks: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         device = pred_masks.device
+        if float_masks is None:
+            float_masks = [t["masks"] for t in targets]
         batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(matches)])
         src_idx = torch.cat([src for src, _ in matches])
         if len(src_idx) == 0:
@@ -101,7 +104,7 @@ class SetCriterion(nn.Module):
             return zero, zero
         preds = pred_masks[batch_idx.to(device), src_idx.to(device)][:, None].float()
         masks = torch.cat(
-            [t["masks"][tgt.to(device)] for t, (_, tgt) in zip(targets, matches, strict=True)]
+            [m[tgt.to(device)] for m, (_, tgt) in zip(float_masks, matches, strict=True)]
         )[:, None].to(preds.dtype)
         if self.point_sampled:
             with torch.no_grad():
@@ -126,9 +129,12 @@ class SetCriterion(nn.Module):
         outputs: dict[str, torch.Tensor],
         targets: list[dict[str, torch.Tensor]],
         num_masks: torch.Tensor,
+        float_masks: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        matches = self.matcher(outputs, targets)
-        loss_mask, loss_dice = self.loss_masks(outputs["pred_masks"], targets, matches, num_masks)
+        matches = self.matcher(outputs, targets, float_masks)
+        loss_mask, loss_dice = self.loss_masks(
+            outputs["pred_masks"], targets, matches, num_masks, float_masks
+        )
         loss_ce = self.loss_labels(outputs["pred_logits"], targets, matches)
         return {"loss_mask": loss_mask, "loss_dice": loss_dice, "loss_ce": loss_ce}
 
@@ -143,10 +149,14 @@ class SetCriterion(nn.Module):
         device_type = device.type
         with torch.autocast(device_type=device_type, enabled=False):
             num_masks = global_num_masks(targets, device)
-            raw = self._set_losses(outputs, targets, num_masks)
+            # the targets as float once, for the matcher and the losses of every prediction set
+            float_masks = [t["masks"].float() for t in targets] if self.point_sampled else None
+            raw = self._set_losses(outputs, targets, num_masks, float_masks)
             if self.deep_supervision:
                 for i, aux in enumerate(outputs.get("aux_outputs", [])):
-                    for name, value in self._set_losses(aux, targets, num_masks).items():
+                    for name, value in self._set_losses(
+                        aux, targets, num_masks, float_masks
+                    ).items():
                         raw[f"{name}_{i}"] = value
         losses = {
             name: value * self.weights[re.sub(r"_\d+$", "", name)] for name, value in raw.items()

@@ -25,17 +25,21 @@ def sanitize_cost(cost: torch.Tensor) -> torch.Tensor:
 
 
 def pairwise_sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean BCE over points of every (prediction, target) pair: [B, Q, P] × [B, N, P] → [B, Q, N]."""
+    """Mean BCE over points of every (prediction, target) pair: [B, Q, P] × [B, N, P] → [B, Q, N].
+
+    BCE(x, t) = softplus(x) − x·t for t ∈ {0, 1}, so the mean over points is
+    mean(softplus(x)) − (x @ tᵀ) / P: one softplus and one matmul on the [B, Q, P] logits.
+    """
     num_points = logits.shape[-1]
-    neg = F.softplus(logits) / num_points  # BCE against 0
-    pos = neg - logits / num_points  # BCE against 1: softplus(-x) = softplus(x) - x
-    return pos @ targets.transpose(1, 2) + neg @ (1 - targets).transpose(1, 2)
+    return (
+        F.softplus(logits).sum(-1, keepdim=True) - logits @ targets.transpose(1, 2)
+    ) / num_points
 
 
 def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Dice loss (+1 smoothing) of every pair: [B, Q, P] × [B, N, P] → [B, Q, N]."""
     probs = logits.sigmoid()
-    numerator = 2 * probs @ targets.transpose(1, 2)
+    numerator = 2 * (probs @ targets.transpose(1, 2))
     denominator = probs.sum(-1)[:, :, None] + targets.sum(-1)[:, None, :]
     return 1 - (numerator + 1) / (denominator + 1)
 
@@ -65,9 +69,14 @@ class HungarianMatcher(torch.nn.Module):
         self.rand: RandFn = torch.rand
 
     def _sample(
-        self, pred_masks: torch.Tensor, targets: list[dict[str, torch.Tensor]], num_max: int
+        self,
+        pred_masks: torch.Tensor,
+        targets: list[dict[str, torch.Tensor]],
+        num_max: int,
+        float_masks: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prediction [B, Q, P] and padded target [B, Nmax, P] mask values at shared points."""
+        """Prediction [B, Q, P] and padded target [B, Nmax, P] mask values at shared points.
+        `float_masks`: the targets' masks already as float [N, H, W] (shared by the callers)."""
         batch = pred_masks.shape[0]
         if self.point_sampled:
             coords = torch.cat(
@@ -77,9 +86,10 @@ class HungarianMatcher(torch.nn.Module):
             target = pred.new_zeros(batch, num_max, self.num_points)
             for i, t in enumerate(targets):
                 if len(t["masks"]):
-                    masks = t["masks"][:, None].to(pred.dtype)
-                    sampled = point_sample(masks, coords[i : i + 1].expand(len(masks), -1, -1))
-                    target[i, : len(masks)] = sampled[:, 0]
+                    masks = t["masks"] if float_masks is None else float_masks[i]
+                    # the masks as channels of one image: one set of bilinear weights for all
+                    sampled = point_sample(masks[None].to(pred.dtype), coords[i : i + 1])
+                    target[i, : len(masks)] = sampled[0]
             return pred, target
         size = targets[0]["masks"].shape[-2:]
         pred = F.interpolate(pred_masks, size=size, mode="bilinear", align_corners=False).flatten(2)
@@ -90,9 +100,14 @@ class HungarianMatcher(torch.nn.Module):
 
     @torch.no_grad()
     def forward(
-        self, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]
+        self,
+        outputs: dict[str, torch.Tensor],
+        targets: list[dict[str, torch.Tensor]],
+        float_masks: list[torch.Tensor] | None = None,
     ) -> list[Match]:
-        """Returns, per image, (prediction indices, target indices), sorted by prediction."""
+        """Returns, per image, (prediction indices, target indices), sorted by prediction.
+        `float_masks` (optional): each image's target masks as float [N, H, W], when the caller
+        has them already."""
         logits = outputs["pred_logits"].float()
         device_type = logits.device.type
         counts = [len(t["labels"]) for t in targets]
@@ -107,7 +122,9 @@ class HungarianMatcher(torch.nn.Module):
             for i, t in enumerate(targets):
                 labels[i, : counts[i]] = t["labels"]
             cost_class = -torch.gather(probs, 2, labels[:, None, :].expand(-1, num_queries, -1))
-            pred, target = self._sample(outputs["pred_masks"].float(), targets, num_max)
+            pred, target = self._sample(
+                outputs["pred_masks"].float(), targets, num_max, float_masks
+            )
             cost = (
                 self.cost_mask * pairwise_sigmoid_bce(pred, target)
                 + self.cost_class * cost_class

@@ -37,7 +37,8 @@ def uncertain_point_coords_with_randomness(
     point_uncertainty = uncertainty(point_sample(logits, coords))  # [N, 1, S]
     num_uncertain = int(importance_sample_ratio * num_points)
     num_random = num_points - num_uncertain
-    idx = torch.topk(point_uncertainty[:, 0, :], k=num_uncertain, dim=1)[1]
+    # the set of the most uncertain points; their order does not matter (losses are means)
+    idx = torch.topk(point_uncertainty[:, 0, :], k=num_uncertain, dim=1, sorted=False)[1]
     coords = torch.gather(coords, 1, idx[..., None].expand(-1, -1, 2))
     if num_random > 0:
         coords = torch.cat([coords, rand(num_masks, num_random, 2, device=logits.device)], dim=1)

@@ -47,6 +47,7 @@ class Mask2Former(nn.Module):
         norm_groups: int = 32,
         size_divisibility: int = 32,
         backbone_pretrained: bool | str | None = None,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -96,12 +97,37 @@ class Mask2Former(nn.Module):
             num_layers=decoder_layers,
             mask_dim=mask_dim,
         )
+        self.set_checkpointing(checkpointing)
         self.register_buffer(
             "pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False
         )
         self.register_buffer(
             "pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False
         )
+
+    def set_checkpointing(self, enabled: bool = True) -> None:
+        """Activation checkpointing on (or off) for the backbone stages (timm's), the
+        pixel-decoder encoder layers and the transformer decoder layers."""
+        self.checkpointing = bool(enabled)
+        if hasattr(self.backbone.body, "set_grad_checkpointing"):
+            self.backbone.body.set_grad_checkpointing(self.checkpointing)
+        self.pixel_decoder.encoder.checkpointing = self.checkpointing
+        self.transformer_decoder.checkpointing = self.checkpointing
+
+    def compile_for_training(self, cache_dir: str | None = None, **compile_kwargs: Any) -> None:
+        """Opt-in `torch.compile` of the backbone, pixel decoder and transformer decoder, in place
+        (`nn.Module.compile`: the state dict keys stay the same). `cache_dir`: where Inductor
+        keeps its compiled graphs (TORCHINDUCTOR_CACHE_DIR, FX graph cache on), so that a second
+        run with the same shapes loads them instead of compiling again."""
+        if cache_dir is not None:
+            import os
+
+            import torch._inductor.config as inductor_config
+
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
+            inductor_config.fx_graph_cache = True
+        for part in (self.backbone, self.pixel_decoder, self.transformer_decoder):
+            part.compile(**compile_kwargs)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], **overrides: Any) -> "Mask2Former":

@@ -4,6 +4,7 @@ step to stride 4 that produces the per-pixel mask features."""
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .ms_deform_attn import MSDeformAttn
 from .position_encoding import PositionEmbeddingSine
@@ -66,6 +67,7 @@ class DeformableEncoder(nn.Module):
             DeformableEncoderLayer(d_model, ffn_dim, n_levels, n_heads, n_points, attn_backend)
             for _ in range(num_layers)
         )
+        self.checkpointing = False  # recompute each layer in backward instead of storing it
 
     @staticmethod
     def reference_points(
@@ -88,7 +90,10 @@ class DeformableEncoder(nn.Module):
     ) -> torch.Tensor:
         ref = self.reference_points(spatial_shapes, src.shape[0], src.device)
         for layer in self.layers:
-            src = layer(src, pos, ref, spatial_shapes)
+            if self.checkpointing and torch.is_grad_enabled():
+                src = checkpoint(layer, src, pos, ref, spatial_shapes, use_reentrant=False)
+            else:
+                src = layer(src, pos, ref, spatial_shapes)
         return src
 
 

@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .position_encoding import PositionEmbeddingSine
 
@@ -154,6 +155,20 @@ class MaskedAttentionDecoder(nn.Module):
                 self.input_proj.append(nn.Identity())
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        self.checkpointing = False  # recompute each layer in backward instead of storing it
+
+    def _layer(
+        self,
+        i: int,
+        output: torch.Tensor,
+        memory: torch.Tensor,
+        query_pos: torch.Tensor,
+        pos: torch.Tensor,
+        blocked: torch.Tensor,
+    ) -> torch.Tensor:
+        output = self.cross_attn_layers[i](output, memory, query_pos, pos, blocked)
+        output = self.self_attn_layers[i](output, output, query_pos, query_pos)
+        return self.ffn_layers[i](output)
 
     def forward(
         self, multi_scale_features: list[torch.Tensor], mask_features: torch.Tensor
@@ -179,11 +194,11 @@ class MaskedAttentionDecoder(nn.Module):
             level = i % self.num_feature_levels
             # a query that would attend to nothing attends to everything instead
             blocked[blocked.all(-1)] = False
-            output = self.cross_attn_layers[i](
-                output, memories[level], query_pos, positions[level], blocked[:, None]
-            )
-            output = self.self_attn_layers[i](output, output, query_pos, query_pos)
-            output = self.ffn_layers[i](output)
+            args = (i, output, memories[level], query_pos, positions[level], blocked[:, None])
+            if self.checkpointing and torch.is_grad_enabled():
+                output = checkpoint(self._layer, *args, use_reentrant=False)
+            else:
+                output = self._layer(*args)
             next_size = sizes[(i + 1) % self.num_feature_levels]
             class_logits, mask_logits, blocked = self._predict(output, mask_features, next_size)
             predictions.append((class_logits, mask_logits))
