@@ -79,6 +79,8 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
             class_map = cfg.get("class_map")  # {new name: checkpoint name}
             class_map = OmegaConf.to_container(class_map, resolve=True) if class_map else {}
             load_init_weights(module, cfg.init_weights, class_map)
+        if cfg.get("compile"):  # opt-in; in place, so checkpoints keep the same keys
+            module.model.compile_for_training(cache_dir=cfg.get("compile_cache_dir"))
         callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
         trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
         if ckpt_path and trainer.is_global_zero:

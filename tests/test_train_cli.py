@@ -395,6 +395,42 @@ def test_bf16_mixed_precision_trains_a_step(
     assert record.dtypes and set(record.dtypes) == {torch.bfloat16}, record.dtypes
 
 
+def test_compile_and_checkpointing_switches_reach_the_model(
+    datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`compile=true` compiles the trained model with the configured cache folder (the compile
+    itself is tested in test_compile.py; here it is recorded, not run) and
+    `model.net.checkpointing=true` builds the model with activation checkpointing on; neither by
+    default."""
+    compiled: list[tuple[Mask2Former, str]] = []
+    monkeypatch.setattr(
+        Mask2Former,
+        "compile_for_training",
+        lambda self, cache_dir=None, **kw: compiled.append((self, cache_dir)),
+    )
+    record = _RecordModel()
+    _recording(monkeypatch, record)
+    base = overrides(datasets, "synthetic", "panoptic", "debug=fast")
+    train(compose("train", base, tmp_path / "default"), output_dir=tmp_path / "default")
+    assert compiled == [] and record.models[-1].checkpointing is False
+    cache = tmp_path / "cache"
+    extra = ["compile=true", f"compile_cache_dir={cache}", "model.net.checkpointing=true"]
+    train(compose("train", [*base, *extra], tmp_path / "on"), output_dir=tmp_path / "on")
+    ((model, cache_dir),) = compiled
+    assert model is record.models[-1] and cache_dir == str(cache)
+    assert model.checkpointing is True
+
+
+class _RecordModel(L.Callback):
+    """Keeps the network of every fit."""
+
+    def __init__(self) -> None:
+        self.models: list[Mask2Former] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.models.append(pl_module.model)
+
+
 def test_resume_path_picks_the_newer_checkpoint_and_rejects_a_missing_one(tmp_path: Path) -> None:
     """The file choice of `resume_path` (that `fit` really continues from it:
     test_preemption_signal_saves_at_the_step_and_the_rerun_finishes_the_schedule)."""
