@@ -483,13 +483,16 @@ def fmt(x: float, unit: str) -> str:
 
 def print_table(rows: list[dict], note: str) -> None:
     print(f"\nours vs reference, alternated in one run ({note})")
-    header = f"| {'':46s} | {'reference':>12s} | {'ours':>12s} | {'ratio':>7s} |"
-    print(header)
-    print("|" + "-" * 48 + "|" + "-" * 14 + "|" + "-" * 14 + "|" + "-" * 9 + "|")
-    for r in rows:
-        unit = r["unit"]
+    width = max([len(r["row"]) for r in rows] + [10])
+    cells = [(r["row"], fmt(r["reference"], r["unit"]), fmt(r["ours"], r["unit"])) for r in rows]
+    value_width = max([len(c) for _, *values in cells for c in values] + [9])
+    print(
+        f"| {'':{width}s} | {'reference':>{value_width}s} | {'ours':>{value_width}s} | {'ratio':>7s} |"
+    )
+    print(f"|{'-' * (width + 2)}|{'-' * (value_width + 2)}|{'-' * (value_width + 2)}|{'-' * 9}|")
+    for (name, reference, ours), r in zip(cells, rows, strict=True):
         print(
-            f"| {r['row']:46s} | {fmt(r['reference'], unit):>12s} | {fmt(r['ours'], unit):>12s} | "
+            f"| {name:{width}s} | {reference:>{value_width}s} | {ours:>{value_width}s} | "
             f"x{r['ratio']:6.2f} |"
         )
     print("ratios: time rows reference/ours (>1 ours faster); RSS ours/reference (<1 ours lighter)")
@@ -568,6 +571,7 @@ def main() -> None:
         }
     )
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
 
