@@ -19,7 +19,54 @@ QUERY_CHUNK = 16  # queries per step of the semantic score sum (fixes its summat
 # ---- full-resolution results, a band of rows at a time ----
 
 
-class SemanticScores:
+class _LazyScores:
+    """Class scores [K, H, W] at the original size, produced a band of rows at a time by
+    `_bands()`: `argmax(0)` (the class map, computed once) and `full()` never need more than a
+    band at once beside their result. Subclasses give `shape`, `device`, `to` and `_bands`."""
+
+    dtype = torch.float32
+    _class_map: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> "_LazyScores":
+        raise NotImplementedError
+
+    def _bands(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={tuple(self.shape)}, device={self.device})"
+
+    def cpu(self) -> "_LazyScores":
+        return self.to("cpu")
+
+    def argmax(self, dim: int = 0) -> torch.Tensor:
+        """The class map int64 [H, W] (only over classes: dim 0)."""
+        if dim not in (0, -3):
+            raise ValueError(f"{type(self).__name__}.argmax is over the class dimension (0) only")
+        if self._class_map is None:
+            class_map = torch.empty(self.shape[1:], dtype=torch.int64, device=self.device)
+            for start, stop, scores in self._bands():
+                class_map[start:stop] = scores.argmax(0)
+            self._class_map = class_map
+        return self._class_map
+
+    def full(self) -> torch.Tensor:
+        """The scores float32 [K, H, W] (large: K × H × W × 4 bytes)."""
+        out = torch.empty(self.shape, dtype=torch.float32, device=self.device)
+        for start, stop, scores in self._bands():
+            out[:, start:stop] = scores
+        return out
+
+
+class SemanticScores(_LazyScores):
     """Per-class scores [K, H, W] at the original size (`semantic_inference` of the resized
     mask logits), computed on demand a band of rows at a time instead of held in memory
     (K × H × W float32 is 12.8 GB for 133 classes on a 24-megapixel photo).
@@ -49,20 +96,12 @@ class SemanticScores:
     def device(self) -> torch.device:
         return self.mask_logits.device
 
-    dtype = torch.float32
-
-    def __repr__(self) -> str:
-        return f"SemanticScores(shape={tuple(self.shape)}, device={self.device})"
-
     def to(self, device: torch.device | str) -> "SemanticScores":
         moved = SemanticScores.__new__(SemanticScores)
         moved.probs, moved.mask_logits = self.probs.to(device), self.mask_logits.to(device)
         moved.sizes = self.sizes
         moved._class_map = None if self._class_map is None else self._class_map.to(device)
         return moved
-
-    def cpu(self) -> "SemanticScores":
-        return self.to("cpu")
 
     def _bands(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(start, stop, scores [K, stop - start, W]), summed over QUERY_CHUNK queries at a time."""
@@ -80,24 +119,6 @@ class SemanticScores:
                 )
                 scores = part if scores is None else scores + part
             yield start, stop, scores
-
-    def argmax(self, dim: int = 0) -> torch.Tensor:
-        """The class map int64 [H, W] (only over classes: dim 0)."""
-        if dim not in (0, -3):
-            raise ValueError("SemanticScores.argmax is over the class dimension (0) only")
-        if self._class_map is None:
-            class_map = torch.empty(self.sizes[2], dtype=torch.int64, device=self.device)
-            for start, stop, scores in self._bands():
-                class_map[start:stop] = scores.argmax(0)
-            self._class_map = class_map
-        return self._class_map
-
-    def full(self) -> torch.Tensor:
-        """The scores float32 [K, H, W] (large: K × H × W × 4 bytes)."""
-        out = torch.empty(self.shape, dtype=torch.float32, device=self.device)
-        for start, stop, scores in self._bands():
-            out[:, start:stop] = scores
-        return out
 
 
 def _panoptic_full_resolution(
@@ -241,13 +262,11 @@ def _semantic_padded_then_resized(
     return ResizedScores(scores, image_size, image_size, original_size)
 
 
-class ResizedScores:
+class ResizedScores(_LazyScores):
     """Class scores [K, H, W] at the original size from scores [K, h', w'] at 1/4 of the padded
     input (what sliding-window and test-time-augmented inference gather): resized as mask logits
     are (`resize_to_original`: bilinear to the padded size, cropped, bilinear to the original
     size), a band of rows at a time, on demand. The same interface as `SemanticScores`."""
-
-    dtype = torch.float32
 
     def __init__(
         self,
@@ -268,36 +287,12 @@ class ResizedScores:
     def device(self) -> torch.device:
         return self.scores.device
 
-    def __repr__(self) -> str:
-        return f"ResizedScores(shape={tuple(self.shape)}, device={self.device})"
-
     def to(self, device: torch.device | str) -> "ResizedScores":
         moved = ResizedScores(self.scores.to(device), *self.sizes)
         moved._class_map = None if self._class_map is None else self._class_map.to(device)
         return moved
 
-    def cpu(self) -> "ResizedScores":
-        return self.to("cpu")
-
     def _bands(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         resizer = _RowResizer(self.scores, *self.sizes)
         for start, stop in resizer.bands(4 * len(self.scores)):
             yield start, stop, resizer.rows(start, stop)
-
-    def argmax(self, dim: int = 0) -> torch.Tensor:
-        """The class map int64 [H, W] (only over classes: dim 0)."""
-        if dim not in (0, -3):
-            raise ValueError("ResizedScores.argmax is over the class dimension (0) only")
-        if self._class_map is None:
-            class_map = torch.empty(self.sizes[2], dtype=torch.int64, device=self.device)
-            for start, stop, scores in self._bands():
-                class_map[start:stop] = scores.argmax(0)
-            self._class_map = class_map
-        return self._class_map
-
-    def full(self) -> torch.Tensor:
-        """The scores float32 [K, H, W] (large: K × H × W × 4 bytes)."""
-        out = torch.empty(self.shape, dtype=torch.float32, device=self.device)
-        for start, stop, scores in self._bands():
-            out[:, start:stop] = scores
-        return out
