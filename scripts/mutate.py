@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # module → (files or globs to mutate, the fast tests that cover them)
 FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
-    "metrics": (["m2f_lightning/metrics/*"], ["tests/test_metrics.py"]),
+    "metrics": (
+        ["m2f_lightning/metrics/*"],
+        ["tests/test_metrics.py", "tests/test_metrics_wiring.py"],
+    ),
     "inference": (
         ["m2f_lightning/inference/*"],
         ["tests/test_inference.py", "tests/test_inference_properties.py"],
