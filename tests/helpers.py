@@ -57,6 +57,19 @@ TINY_OVERRIDES = [
 ]
 
 
+def synthetic_panoptic(datasets, *extra: str) -> list[str]:
+    """Overrides of a tiny panoptic run on the built-in synthetic scenes under `datasets`
+    (LSJ at 128), then `extra`."""
+    return [
+        "task=panoptic",
+        "dataset=synthetic",
+        *TINY_OVERRIDES,
+        f"paths.datasets_dir={datasets}",
+        "dataset.train_aug={recipe: lsj, size: 128}",
+        *extra,
+    ]
+
+
 def compose(config_name: str, overrides: list[str], output_dir) -> "DictConfig":  # noqa: F821
     """Compose a real config from conf/ (as the CLI does) with outputs redirected to a tmp dir."""
     from hydra import compose as hydra_compose

@@ -18,7 +18,7 @@ from m2f_lightning.data.sampling import EvalSampler
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.lightning_module import Mask2FormerModule
 from m2f_lightning.types import InstanceSet, Segment, SegmentationResult
-from tests.helpers import TINY_OVERRIDES, compose
+from tests.helpers import compose, synthetic_panoptic
 
 HEADLINE = ("PQ", "PQ_th", "PQ_st", "AP", "mIoU")
 
@@ -80,15 +80,7 @@ def oracle(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _overrides(datasets: Path, *extra: str) -> list[str]:
-    return [
-        "task=panoptic",
-        "dataset=synthetic",
-        *TINY_OVERRIDES,
-        f"paths.datasets_dir={datasets}",
-        "dataset.train_aug={recipe: lsj, size: 128}",
-        "dataset.eval_batch_size=2",
-        *extra,
-    ]
+    return synthetic_panoptic(datasets, "dataset.eval_batch_size=2", *extra)
 
 
 def _headline(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:

@@ -17,7 +17,7 @@ from m2f_lightning.commands import train
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.errors import CheckpointError, ConfigError, DataError
 from m2f_lightning.preemption import Preempted
-from tests.helpers import TINY_OVERRIDES, compose
+from tests.helpers import compose, synthetic_panoptic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,15 +30,7 @@ def datasets(tmp_path_factory) -> Path:
 
 
 def overrides(datasets: Path, *extra: str) -> list[str]:
-    return [
-        "task=panoptic",
-        "dataset=synthetic",
-        *TINY_OVERRIDES,
-        f"paths.datasets_dir={datasets}",
-        "dataset.train_aug={recipe: lsj, size: 128}",
-        "dataset.val_every_n_steps=0",
-        *extra,
-    ]
+    return synthetic_panoptic(datasets, "dataset.val_every_n_steps=0", *extra)
 
 
 @pytest.mark.parametrize(

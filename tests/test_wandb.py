@@ -9,7 +9,7 @@ import pytest
 from m2f_lightning.commands import train
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.wandb_run import wandb_run_id
-from tests.helpers import TINY_OVERRIDES, compose
+from tests.helpers import compose, synthetic_panoptic
 from tests.wandb_records import history, run_files, run_id
 
 
@@ -21,16 +21,7 @@ def datasets(tmp_path_factory) -> Path:
 
 
 def wandb_overrides(datasets: Path, *extra: str) -> list[str]:
-    return [
-        "task=panoptic",
-        "dataset=synthetic",
-        *TINY_OVERRIDES,
-        f"paths.datasets_dir={datasets}",
-        "dataset.train_aug={recipe: lsj, size: 128}",
-        "logger=wandb",
-        "test_after_training=false",
-        *extra,
-    ]
+    return synthetic_panoptic(datasets, "logger=wandb", "test_after_training=false", *extra)
 
 
 @pytest.fixture
