@@ -261,6 +261,24 @@ def test_row_resizer_is_bit_identical_to_resize_to_original(image_size, original
         assert torch.equal(torch.cat(bands, dim=1), expected)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("maps", [1, 3, 4])
+def test_row_resizer_is_bit_identical_on_any_thread_count(threads, maps, monkeypatch) -> None:
+    """On one thread PyTorch resizes inputs of exactly 3 channels by another kernel (other
+    rounding): the bands must still equal the whole resize, whatever the number of maps."""
+    monkeypatch.setattr(inference.resize, "_MODE", {})  # probe again on this thread count
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        logits = torch.randn(maps, 50, 76, generator=torch.Generator().manual_seed(maps)) * 6
+        expected = resize_to_original(logits, (200, 300), (200, 304), (480, 720))
+        resizer = _RowResizer(logits, (200, 300), (200, 304), (480, 720))
+        bands = [resizer.rows(start, min(start + 37, 480)) for start in range(0, 480, 37)]
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(torch.cat(bands, dim=1), expected)
+
+
 @pytest.mark.parametrize("image_size,original_size,seed", [(*s, i) for i, s in enumerate(SIZES)])
 def test_panoptic_and_instances_equal_the_full_resolution_computation(
     banding, image_size, original_size, seed

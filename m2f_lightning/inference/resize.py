@@ -26,12 +26,23 @@ def resize_to_original(
     size of the image on disk. Bilinear throughout, as the original.
     """
     x = F.interpolate(
-        mask_logits[None].float(), size=tuple(padded_size), mode="bilinear", align_corners=False
+        as_planes(mask_logits.float()),
+        size=tuple(padded_size),
+        mode="bilinear",
+        align_corners=False,
     )
     x = x[..., : image_size[0], : image_size[1]]
     if tuple(image_size) != tuple(original_size):
         x = F.interpolate(x, size=tuple(original_size), mode="bilinear", align_corners=False)
-    return x[0]
+    return x[:, 0]
+
+
+def as_planes(maps: torch.Tensor) -> torch.Tensor:
+    """[N, h, w] → [N, 1, h, w] for `F.interpolate`: one channel per map, so that PyTorch's CPU
+    kernel is the same whatever N and the thread count (with one thread it takes another path,
+    with other rounding, for inputs of exactly 3 channels: `upsample_bilinear2d_kernel_impl_float`
+    in ATen's UpSampleKernel.cpp)."""
+    return maps[:, None]
 
 
 # ---- bilinear resizing a band of output rows at a time, bit-identical to F.interpolate ----
@@ -118,7 +129,9 @@ def _arithmetic(device: torch.device) -> str:
     if device.type not in _MODE:
         x = torch.randn(3, 40, 50, generator=torch.Generator().manual_seed(0)).mul(8).to(device)
         size = (161, 211)  # odd: vector loops' scalar tails are checked too
-        reference = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+        reference = F.interpolate(as_planes(x), size=size, mode="bilinear", align_corners=False)[
+            :, 0
+        ]
         mismatches = {}
         for mode in _MODES:
             rows = _linear_axis(x.shape[1], size[0], mode, device)
