@@ -558,3 +558,45 @@ def test_miou_averages_the_ground_truth_classes_and_is_0_without_any() -> None:
     empty = SemanticIoU(3)
     empty.update(torch.tensor([[[0]]]), torch.tensor([[[255]]]))
     assert empty.compute()["miou"].item() == 0.0
+
+
+def _one_image(gt: np.ndarray, pred: np.ndarray, crowd: np.ndarray | None = None) -> dict:
+    crowd = np.zeros(gt.shape[:2], dtype=bool) if crowd is None else crowd
+    metric = PanopticQuality(THINGS, STUFFS)
+    metric.update(
+        torch.from_numpy(pred[None]), torch.from_numpy(gt[None]), torch.from_numpy(crowd[None])
+    )
+    out = metric.compute()
+    reference = reference_pq(gt[None], pred[None], crowd[None], THINGS, STUFFS)[0]
+    assert [out[k].item() for k in ("pq", "sq", "rq")] == pytest.approx(reference, abs=1e-12)
+    return out
+
+
+def test_an_iou_of_exactly_one_half_is_not_a_match() -> None:
+    """panopticapi matches on IoU > 0.5: a prediction covering half of a segment is a false
+    positive and the segment a false negative (PQ 0), one pixel more is a match."""
+    thing = THINGS[0]
+    gt = np.zeros((2, 4, 2), dtype=np.int64)
+    gt[0] = (thing, 1)  # a 4-pixel segment over void
+    pred = np.zeros_like(gt)
+    pred[0, :2] = (thing, 1)  # IoU = 2 / 4
+    out = _one_image(gt, pred)
+    assert out["pq"].item() == 0 and out["rq"].item() == 0
+    pred[0, 2] = (thing, 1)  # IoU = 3 / 4
+    assert _one_image(gt, pred)["pq"].item() == pytest.approx(0.75)
+
+
+def test_a_prediction_exactly_half_on_void_is_a_false_positive() -> None:
+    """An unmatched prediction is ignored only when more than half of it lies on void."""
+    thing, stuff = THINGS[0], STUFFS[0]
+    gt = np.zeros((2, 6, 2), dtype=np.int64)
+    gt[0] = (stuff, 0)  # row 0: stuff; row 1: void
+    pred = np.zeros_like(gt)
+    pred[0, :4] = (stuff, 0)  # IoU 4 / 6: a match
+    pred[0, 4:] = (thing, 5)  # a thing prediction with 2 pixels on the stuff segment ...
+    pred[1, :2] = (thing, 5)  # ... and 2 on void: exactly half
+    out = _one_image(gt, pred)
+    assert out["rq_per_class"][THINGS.index(thing)].item() == 0  # counted: one FP, no TP
+    pred[1, 2] = (thing, 5)  # 3 of its 5 pixels on void: ignored, the class not present
+    out = _one_image(gt, pred)
+    assert torch.isnan(out["pq_per_class"][THINGS.index(thing)])

@@ -103,7 +103,6 @@ class PanopticQuality(Metric):
         gt_is_crowd = torch.zeros(num_gt, dtype=torch.bool, device=gt.device)
         if bool(crowd.any()):
             gt_is_crowd[gt_seg[crowd]] = True
-        gt_is_crowd[0] = False
         inter = torch.bincount(
             torch.add(pred_seg, gt_seg, alpha=num_pred), minlength=num_gt * num_pred
         )
