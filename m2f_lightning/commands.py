@@ -79,8 +79,7 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
             class_map = cfg.get("class_map")  # {new name: checkpoint name}
             class_map = OmegaConf.to_container(class_map, resolve=True) if class_map else {}
             load_init_weights(module, cfg.init_weights, class_map)
-        if cfg.get("compile"):  # opt-in; in place, so checkpoints keep the same keys
-            module.model.compile_for_training(cache_dir=cfg.get("compile_cache_dir"))
+        maybe_compile(cfg, module.model)
         callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
         trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
         if ckpt_path and trainer.is_global_zero:
@@ -108,6 +107,13 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         print_summary(summary)
     return summary
+
+
+def maybe_compile(cfg: DictConfig, model: Mask2Former) -> None:
+    """`compile=true`: torch.compile the network in place (checkpoints keep the same keys), its
+    compiled graphs cached in `compile_cache_dir` for the next run with the same shapes."""
+    if cfg.get("compile"):
+        model.compile_network(cache_dir=cfg.get("compile_cache_dir"))
 
 
 def load_weights_for(cfg: DictConfig, dm: SegmentationDataModule, path: str) -> Mask2Former:
@@ -152,6 +158,7 @@ def _evaluate(cfg: DictConfig, output_dir: Path | None) -> dict[str, float]:
     dm.setup("test")  # the annotation files checked before a folder or a W&B run is made
     check_run_has_work(cfg, dm, train=False)
     module = build_module(cfg, dm, model=load_weights_for(cfg, dm, cfg.checkpoint))
+    maybe_compile(cfg, module.model)
     output_dir = Path(output_dir or hydra_output_dir())
     output_dir.mkdir(parents=True, exist_ok=True)
     callbacks: list[L.Callback] = []
@@ -250,6 +257,7 @@ def predict(cfg: DictConfig, output_dir: Path | None = None) -> list[Path]:
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     dm = build_datamodule(cfg, predict_paths=inputs or None, predict_split=split or None)
     module = build_module(cfg, dm, model=load_weights_for(cfg, dm, cfg.checkpoint))
+    maybe_compile(cfg, module.model)
     dm.setup("predict")
     for name, reason in dm.predict_set.skipped:
         print(f"skipped {name}: {reason}", flush=True)

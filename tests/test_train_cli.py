@@ -405,7 +405,7 @@ def test_compile_and_checkpointing_switches_reach_the_model(
     compiled: list[tuple[Mask2Former, str]] = []
     monkeypatch.setattr(
         Mask2Former,
-        "compile_for_training",
+        "compile_network",
         lambda self, cache_dir=None, **kw: compiled.append((self, cache_dir)),
     )
     record = _RecordModel()
@@ -477,3 +477,28 @@ def test_csv_logger_writes_losses_and_lr(datasets: Path, tmp_path: Path) -> None
     columns = next(csv.reader(metrics_file.open()))
     assert {"train/loss", "train/loss_mask", "train/loss_dice_0"} <= set(columns)
     assert any(c.startswith("lr-AdamW") for c in columns), columns
+
+
+def test_compile_reaches_evaluate_and_predict(
+    datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`compile=true` compiles the network that evaluate and predict run (recorded, not run),
+    with the configured cache folder; not by default."""
+    compiled: list[tuple[Mask2Former, str]] = []
+    monkeypatch.setattr(
+        Mask2Former,
+        "compile_network",
+        lambda self, cache_dir=None, **kw: compiled.append((self, cache_dir)),
+    )
+    common = overrides(datasets, "synthetic", "panoptic")
+    cfg = compose("evaluate", [*common, "checkpoint=unused"], tmp_path / "eval")
+    ckpt = save_model(constant_model(cfg, SKY), tmp_path / "constant.pt")
+    image = sorted((datasets / "synthetic" / "val2017").glob("*.jpg"))[0]
+    cache = tmp_path / "cache"
+    for extra in ([], ["compile=true", f"compile_cache_dir={cache}"]):
+        run = [*common, f"checkpoint={ckpt}", *extra]
+        evaluate(compose("evaluate", run, tmp_path / "eval"), tmp_path / "eval")
+        predict(compose("predict", [*run, f"inputs=[{image}]"], tmp_path / "p"), tmp_path / "p")
+        assert len(compiled) == (2 if extra else 0)
+    assert [cache_dir for _, cache_dir in compiled] == [str(cache)] * 2
+    assert all(isinstance(model, Mask2Former) for model, _ in compiled)

@@ -114,9 +114,11 @@ class Mask2Former(nn.Module):
         self.pixel_decoder.encoder.checkpointing = self.checkpointing
         self.transformer_decoder.checkpointing = self.checkpointing
 
-    def compile_for_training(self, cache_dir: str | None = None, **compile_kwargs: Any) -> None:
-        """Opt-in `torch.compile` of the backbone, pixel decoder and transformer decoder, in place
-        (`nn.Module.compile`: the state dict keys stay the same). `cache_dir`: where Inductor
+    def compile_network(self, cache_dir: str | None = None, **compile_kwargs: Any) -> None:
+        """Opt-in `torch.compile` of the backbone, pixel decoder and transformer decoder (for
+        training or inference; post-processing stays eager), in place (`nn.Module.compile`: the
+        state dict keys stay the same). Each new input shape compiles again until Dynamo marks
+        sizes dynamic (from the second shape on). `cache_dir`: where Inductor
         keeps its compiled graphs (TORCHINDUCTOR_CACHE_DIR, FX graph cache on), so that a second
         run with the same shapes loads them instead of compiling again."""
         if cache_dir is not None:
