@@ -39,10 +39,12 @@ demo: install
 	WANDB_MODE=offline $(BIN)/python scripts/demo.py
 
 # one table, ours vs the reference alternated in one run; rows also in $(BENCH_JSON)
+# (BENCH_ARGS=--compile adds the rows of ours under compile=true)
 BENCH_JSON ?= build/bench.json
+BENCH_ARGS ?=
 bench: install
 	mkdir -p $(dir $(BENCH_JSON))
-	$(BIN)/python scripts/bench.py --json $(BENCH_JSON)
+	$(BIN)/python scripts/bench.py --json $(BENCH_JSON) $(BENCH_ARGS)
 
 # mutation testing of one module with its fast tests (not part of `make test`): make mutate MODULE=metrics
 # modules: metrics inference losses checkpoints targets readers resume; results in docs/testing.md

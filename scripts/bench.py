@@ -19,7 +19,10 @@ ours is faster); the RSS row gives GB and ours / reference (< 1: ours is lighter
     python scripts/bench.py [--quick] [--json out.json] [--threads 2] [--profile]
 
 `--quick` runs a tiny model at tiny sizes (a smoke test of the whole table, seconds);
-`--profile` adds where our train step goes (forward parts, matcher, loss, backward, optimizer).
+`--profile` adds where our train step goes (forward parts, matcher, loss, backward, optimizer);
+`--compile` adds the train-step and inference rows again with ours under `compile=true`
+(`Mask2Former.compile_network`, graphs cached in `--compile-cache`: the first run compiles for
+minutes, which the row's `first_call_s` records; later runs load them in seconds).
 """
 
 import argparse
@@ -137,11 +140,21 @@ def batch(size: int, classes: int, images: int = 2, per_image: int = 12, seed: i
 class TrainStep:
     """One optimisation step of ours or of the HF port on a fixed batch."""
 
-    def __init__(self, side: str, hf_dir: str, cfg: dict, size: int, **model_overrides) -> None:
+    def __init__(
+        self,
+        side: str,
+        hf_dir: str,
+        cfg: dict,
+        size: int,
+        compile_cache: str | None = None,
+        **model_overrides,
+    ) -> None:
         self.side = side
         self.images, self.targets = batch(size, cfg["classes"])
         if side == "ours":
             self.model = load_model(hf_dir, **model_overrides).train()
+            if compile_cache:
+                self.model.compile_network(cache_dir=compile_cache)
             self.criterion = SetCriterion(cfg["classes"], num_points=cfg["num_points"])
         else:
             from transformers import Mask2FormerForUniversalSegmentation
@@ -200,23 +213,47 @@ def time_row(name: str, reference: str, a: list[float], b: list[float], unit: st
     }
 
 
-def bench_train(hf_dir: str, cfg: dict, size: int) -> dict:
-    ours, hf = TrainStep("ours", hf_dir, cfg, size), TrainStep("hf", hf_dir, cfg, size)
+def first_call(fn: Callable[[], object]) -> float:
+    """Seconds of one call: with a compiled model, the compile (or the load from the cache)."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def compiled_suffix(compile_cache: str | None) -> str:
+    return ", ours compile=true" if compile_cache else ""
+
+
+def bench_train(hf_dir: str, cfg: dict, size: int, compile_cache: str | None = None) -> dict:
+    torch._dynamo.reset()  # each size compiled for its static shapes, as a training run is
+    ours = TrainStep("ours", hf_dir, cfg, size, compile_cache=compile_cache)
+    hf = TrainStep("hf", hf_dir, cfg, size)
+    compile_s = first_call(ours) if compile_cache else None
     a, b = alternate(ours, hf, cfg["rounds"][size])
-    return time_row(f"train step, batch 2, {size}²", "HF transformers", a, b)
+    row = time_row(
+        f"train step, batch 2, {size}²{compiled_suffix(compile_cache)}", "HF transformers", a, b
+    )
+    return {**row, "first_call_s": compile_s} if compile_cache else row
 
 
-def bench_inference(hf_dir: str, cfg: dict) -> dict:
+def bench_inference(hf_dir: str, cfg: dict, compile_cache: str | None = None) -> dict:
     from transformers import Mask2FormerForUniversalSegmentation
 
+    torch._dynamo.reset()
     size = cfg["infer_size"]
     ours = load_model(hf_dir).eval()
+    if compile_cache:
+        ours.compile_network(cache_dir=compile_cache)
     hf = Mask2FormerForUniversalSegmentation.from_pretrained(hf_dir).eval()
     images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
     pixels = (images - ours.pixel_mean) / ours.pixel_std
     with torch.inference_mode():
+        compile_s = first_call(lambda: ours(images)) if compile_cache else None
         a, b = alternate(lambda: ours(images), lambda: hf(pixel_values=pixels), cfg["infer_rounds"])
-    return time_row(f"inference, batch 1, {size}²", "HF transformers", a, b)
+    row = time_row(
+        f"inference, batch 1, {size}²{compiled_suffix(compile_cache)}", "HF transformers", a, b
+    )
+    return {**row, "first_call_s": compile_s} if compile_cache else row
 
 
 def rss_child(
@@ -506,6 +543,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="break our train step down")
     parser.add_argument("--profile-size", type=int, help="image size of --profile")
     parser.add_argument("--only", nargs="*", help="rows to run: train infer rss criterion pq lsj")
+    parser.add_argument(
+        "--compile", action="store_true", help="add train and inference rows with compile=true"
+    )
+    parser.add_argument(
+        "--compile-cache",
+        default=str(REPO / "build" / "compile_cache"),
+        help="Inductor cache of --compile (kept between runs)",
+    )
     parser.add_argument("--rss-child", choices=("ours", "hf"), help=argparse.SUPPRESS)
     parser.add_argument("--hf-dir", help=argparse.SUPPRESS)
     parser.add_argument("--rss-size", type=int, help=argparse.SUPPRESS)
@@ -540,6 +585,18 @@ def main() -> None:
         if "infer" in only:
             rows.append(bench_inference(hf_dir, cfg))
             print(rows[-1]["row"], f"x{rows[-1]['ratio']:.2f}", flush=True)
+        if args.compile:
+            compiled_rows = []
+            if "train" in only:
+                compiled_rows += [
+                    bench_train(hf_dir, cfg, size, args.compile_cache)
+                    for size in cfg["train_sizes"]
+                ]
+            if "infer" in only:
+                compiled_rows.append(bench_inference(hf_dir, cfg, args.compile_cache))
+            for row in compiled_rows:
+                print(row["row"], f"x{row['ratio']:.2f}", f"first call {row['first_call_s']:.0f} s")
+            rows += compiled_rows
         if args.profile:
             result["profile"] = profile_train_step(
                 hf_dir, cfg, args.profile_size or cfg["train_sizes"][0]

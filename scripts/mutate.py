@@ -24,7 +24,7 @@ FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "inference": (
         ["m2f_lightning/inference/*"],
-        ["tests/test_inference.py", "tests/test_inference_properties.py"],
+        ["tests/test_inference.py", "tests/test_inference_properties.py", "tests/test_tiling.py"],
     ),
     "losses": (["m2f_lightning/losses/*"], ["tests/test_losses.py", "tests/test_losses_edges.py"]),
     "checkpoints": (
