@@ -402,7 +402,7 @@ def panels(draw):
     most one crowd ground-truth segment per thing category (as COCO panoptic stores them)."""
     n = draw(st.integers(1, 3))
     h, w = draw(st.integers(1, 7)), draw(st.integers(1, 7))
-    cats = st.sampled_from([VOID, *THINGS, *STUFFS, 99])  # 99: unknown, i.e. void
+    cats = st.sampled_from([VOID, -1, -3, *THINGS, *STUFFS, 99])  # unknown ids are void
     pairs = st.tuples(cats, st.integers(0, 2))
 
     def panel():

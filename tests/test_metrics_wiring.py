@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from m2f_lightning.metrics import SegmentationMetrics
+from m2f_lightning.metrics import PanopticQuality, SegmentationMetrics, SemanticIoU
 from m2f_lightning.metrics.segmentation import _crowd_flags
 from m2f_lightning.types import EvalTarget, InstanceSet, Segment, SegmentationResult
 
@@ -146,3 +146,88 @@ def test_an_ap_of_zero_is_reported_as_zero() -> None:
     assert scores["AP"] == 0.0 and scores["AP50"] == 0.0
     assert "APm" not in scores and "APl" not in scores  # no ground truth of those sizes
     assert np.isfinite(scores["APs"])
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4, 3), (4, 4, 2)])
+def test_pq_refuses_inputs_that_are_not_category_instance_pairs(shape) -> None:
+    """[B, H, W, 2] only: three values per pixel, or no batch dimension, are refused even when
+    preds and target agree."""
+    pairs = torch.zeros(shape, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"must both be \[B, H, W, 2\]"):
+        PanopticQuality(THINGS, STUFFS).update(pairs, pairs)
+
+
+def test_metric_lookup_tables_are_not_saved_with_the_model() -> None:
+    """A checkpoint holds no metric state: a model whose dataset has other categories loads it."""
+    assert PanopticQuality(THINGS, STUFFS).state_dict() == {}
+    assert SegmentationMetrics("panoptic", 3, THINGS, STUFFS).state_dict() == {}
+
+
+def test_pq_per_class_values_in_category_order() -> None:
+    """Class 0: one match of IoU 3/4 (PQ = SQ = 3/4, RQ 1); class 1: a missed segment (0); class
+    2 (stuff): predicted where class 1 is (a false positive, 0)."""
+    gt = torch.zeros(1, 2, 4, 2, dtype=torch.int64)
+    gt[..., 0] = -1  # void
+    gt[0, 0] = torch.tensor([0, 1])  # class 0, 4 pixels
+    gt[0, 1, :3] = torch.tensor([1, 1])  # class 1, 3 pixels
+    pred = torch.full_like(gt, -1)
+    pred[0, 0, :3] = torch.tensor([0, 1])
+    pred[0, 1, :3] = torch.tensor([2, 0])
+    metric = PanopticQuality(THINGS, STUFFS)
+    metric.update(pred, gt)
+    out = metric.compute()
+    assert out["categories"].tolist() == [0, 1, 2]
+    assert out["pq_per_class"].tolist() == pytest.approx([0.75, 0.0, 0.0])
+    assert out["sq_per_class"].tolist() == pytest.approx([0.75, 0.0, 0.0])
+    assert out["rq_per_class"].tolist() == pytest.approx([1.0, 0.0, 0.0])
+
+
+def test_class_metrics_reach_the_ap_metric() -> None:
+    metrics = SegmentationMetrics("instance", 3, THINGS, STUFFS, class_metrics=True)
+    assert metrics.ap.class_metrics is True
+
+
+def test_an_unmatched_crowd_instance_costs_no_ap() -> None:
+    """COCO ignores crowd ground truth: a crowd region nobody predicts leaves AP at 100 (were the
+    flag lost, it would be a missed object: recall 1/2)."""
+    result, target = _panoptic_pair(with_crowd=True)
+    target.instances = InstanceSet(
+        masks=torch.tensor([[[True, True, False, False]], [[False, False, True, True]]]),
+        labels=torch.tensor([0, 1]),
+        iscrowd=torch.tensor([False, True]),
+    )
+    metrics = SegmentationMetrics("instance", 3, THINGS, STUFFS)
+    metrics.update([result], [target])
+    assert metrics.compute()["AP"] == pytest.approx(100.0)
+    target.instances.iscrowd = None  # the same object, not crowd: missed
+    metrics = SegmentationMetrics("instance", 3, THINGS, STUFFS)
+    metrics.update([result], [target])
+    assert metrics.compute()["AP"] < 100.0
+
+
+def test_an_instance_file_without_the_cityscapes_evaluator_is_left_alone(tmp_path) -> None:
+    """Targets naming an instanceIds PNG are scored by the COCO AP only when no Cityscapes label
+    ids were given (no evaluator built)."""
+    result, target = _panoptic_pair(with_crowd=False)
+    target.instance_file = str(tmp_path / "missing_instanceIds.png")
+    metrics = SegmentationMetrics("instance", 3, THINGS, STUFFS)
+    metrics.update([result], [target])
+    scores = metrics.compute()
+    assert scores["AP"] == pytest.approx(100.0) and "AP_coco" not in scores
+
+
+def test_miou_counts_a_class_of_one_pixel() -> None:
+    """A class with one ground-truth pixel is in the mean; a union of one pixel gives IoU 1."""
+    metric = SemanticIoU(3)
+    metric.update(torch.tensor([[[0, 0, 1, 1]]]), torch.tensor([[[0, 0, 0, 1]]]))
+    out = metric.compute()
+    assert out["iou_per_class"][:2].tolist() == pytest.approx([2 / 3, 1 / 2])
+    assert out["miou"].item() == pytest.approx((2 / 3 + 1 / 2) / 2)
+    metric = SemanticIoU(3)
+    metric.update(torch.tensor([[[0, 0, 1]]]), torch.tensor([[[0, 0, 1]]]))
+    assert metric.compute()["iou_per_class"][1].item() == 1.0
+
+
+def test_semantic_iou_passes_torchmetrics_options_on() -> None:
+    assert SemanticIoU(3, sync_on_compute=False).sync_on_compute is False
+    assert SemanticIoU(3).sync_on_compute is True

@@ -32,7 +32,6 @@ class SegmentationMetrics(torch.nn.Module):
         if task not in ("panoptic", "instance", "semantic"):
             raise ValueError(f"unknown task '{task}': choose panoptic, instance or semantic")
         self.task = task
-        self.ignore_label = ignore_label
         self.pq = PanopticQuality(thing_ids, stuff_ids) if task == "panoptic" else None
         self.ap = (
             GatheredMeanAveragePrecision(
