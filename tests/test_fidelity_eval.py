@@ -185,4 +185,5 @@ def test_cityscapes_instance_ap_is_cityscapesscripts_with_coco_ap_beside_it(tmp_
     perfect, shifted = score(0), score(6)
     assert perfect["AP"] == pytest.approx(100) and perfect["AP_coco"] == pytest.approx(100)
     assert {"AP", "AP50", "AP_coco", "AP50_coco"} <= set(perfect)
+    assert perfect["AP50"] == pytest.approx(100)
     assert shifted["AP"] < 100 and shifted["AP"] != pytest.approx(shifted["AP_coco"])

@@ -600,3 +600,33 @@ def test_a_prediction_exactly_half_on_void_is_a_false_positive() -> None:
     pred[1, 2] = (thing, 5)  # 3 of its 5 pixels on void: ignored, the class not present
     out = _one_image(gt, pred)
     assert torch.isnan(out["pq_per_class"][THINGS.index(thing)])
+
+
+def test_thing_instances_0_and_1_are_two_segments() -> None:
+    """Instance id 0 is an instance like any other (not merged with instance 1)."""
+    thing = THINGS[0]
+    gt = np.zeros((2, 4, 2), dtype=np.int64)
+    gt[:, :2] = (thing, 0)
+    gt[:, 2:] = (thing, 1)
+    pred = gt.copy()
+    pred[...] = (thing, 7)  # one segment over both: IoU 1/2 with each, no match
+    out = _one_image(gt, pred)
+    assert out["pq"].item() == 0
+
+
+def test_a_one_pixel_segment_predicted_exactly_has_iou_1() -> None:
+    thing = THINGS[0]
+    gt = np.zeros((3, 3, 2), dtype=np.int64)
+    gt[1, 1] = (thing, 1)
+    assert _one_image(gt, gt.copy())["pq"].item() == 1.0
+
+
+def test_segments_that_overlap_nothing_of_the_other_side() -> None:
+    """The last ground-truth and the last predicted segment share no pixel (the pair table
+    still has a cell for them)."""
+    gt = np.zeros((2, 6, 2), dtype=np.int64)
+    gt[:, :3] = (THINGS[0], 1)
+    pred = np.zeros_like(gt)
+    pred[:, 3:] = (THINGS[1], 1)  # on ground-truth void only: ignored
+    out = _one_image(gt, pred)
+    assert out["pq"].item() == 0 and out["rq_per_class"][0].item() == 0

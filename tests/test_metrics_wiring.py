@@ -231,3 +231,29 @@ def test_miou_counts_a_class_of_one_pixel() -> None:
 def test_semantic_iou_passes_torchmetrics_options_on() -> None:
     assert SemanticIoU(3, sync_on_compute=False).sync_on_compute is False
     assert SemanticIoU(3).sync_on_compute is True
+
+
+def test_with_cityscapes_ap_only_the_coco_ap_keys_are_renamed(monkeypatch) -> None:
+    """Panoptic task with the Cityscapes evaluator: its AP takes the AP keys, COCO's AP moves to
+    AP_coco, and PQ / mIoU keep their names."""
+    metrics = SegmentationMetrics("panoptic", 3, THINGS, STUFFS, dataset_ids=[24, 25, 23])
+    monkeypatch.setattr(metrics.cityscapes, "compute", lambda: {"AP": 40.0, "AP50": 60.0})
+    result, target = _panoptic_pair(with_crowd=False)
+    metrics.update([result], [target])
+    scores = metrics.compute()
+    assert scores["AP"] == 40.0 and scores["AP50"] == 60.0
+    assert scores["AP_coco"] == pytest.approx(100.0)
+    assert scores["PQ"] == pytest.approx(100.0) and "PQ_coco" not in scores
+    assert "mIoU" in scores
+
+
+def test_the_cityscapes_writer_names_missing_scores_and_mismatched_lengths(tmp_path) -> None:
+    from m2f_lightning.metrics.instance import CityscapesInstanceAP
+
+    evaluator = CityscapesInstanceAP([24, 25, 23])
+    masks = torch.ones(2, 4, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="instance scores"):
+        evaluator.update(InstanceSet(masks, torch.tensor([0, 1])), str(tmp_path / "a.png"))
+    with pytest.raises(ValueError):
+        bad = InstanceSet(masks, torch.tensor([0]), scores=torch.tensor([0.9, 0.8]))
+        evaluator.update(bad, str(tmp_path / "b.png"))
