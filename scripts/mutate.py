@@ -64,6 +64,7 @@ only_mutate = {toml_list(mutate)}
 pytest_add_cli_args_test_selection = {toml_list(tests)}
 pytest_add_cli_args = ["-m", "not slow and not spawns", "-p", "no:cacheprovider", "-x", "-q"]
 mutate_only_covered_lines = true
+also_copy = ["scripts", "conf"]
 """
     (work / "pyproject.toml").write_text(pyproject)
 
@@ -79,7 +80,7 @@ def main() -> int:
     if work.exists() and not args.keep:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    for name in ("m2f_lightning", "tests", "scripts"):
+    for name in ("m2f_lightning", "tests", "scripts", "conf"):
         if not (work / name).exists():
             shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     write_config(work, mutate, tests)
