@@ -38,7 +38,10 @@ FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
             "tests/test_finetune_classes.py",
         ],
     ),
-    "targets": (["m2f_lightning/data/targets.py"], ["tests/test_data_pipeline.py"]),
+    "targets": (
+        ["m2f_lightning/data/targets.py"],
+        ["tests/test_data_pipeline.py", "tests/test_targets.py"],
+    ),
     "readers": (
         ["m2f_lightning/data/datasets/*", "m2f_lightning/data/io.py"],
         ["tests/test_data_readers.py", "tests/test_data_bad_input.py"],
