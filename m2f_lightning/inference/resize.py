@@ -177,7 +177,9 @@ class _RowResizer:
         if self.second:
             self.rows2 = _linear_axis(image_h, self.height, self.mode, device)
             self.cols2 = _linear_axis(image_w, self.width, self.mode, device)
-        planes = (padded_h * padded_w, self.height * self.width if self.second else _SMALL_PLANE)
+        # the output plane of each resize: the padded input size, and the original size when
+        # it is resized again (without that resize, only the first plane counts)
+        planes = (padded_h * padded_w,) + ((self.height * self.width,) if self.second else ())
         self.banded = min(planes) > _SMALL_PLANE or device.type != "cpu"
 
     def bands(self, bytes_per_pixel: int) -> Iterator[tuple[int, int]]:
