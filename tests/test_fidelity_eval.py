@@ -187,3 +187,5 @@ def test_cityscapes_instance_ap_is_cityscapesscripts_with_coco_ap_beside_it(tmp_
     assert {"AP", "AP50", "AP_coco", "AP50_coco"} <= set(perfect)
     assert perfect["AP50"] == pytest.approx(100)
     assert shifted["AP"] < 100 and shifted["AP"] != pytest.approx(shifted["AP_coco"])
+    far = score(40)  # most objects no longer overlap by half: AP50 drops too
+    assert 0 <= far["AP"] <= far["AP50"] < 100
