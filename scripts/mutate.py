@@ -36,6 +36,7 @@ FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
             "tests/test_model_zoo_r50.py",
             "tests/test_checkpoints_edges.py",
             "tests/test_finetune_classes.py",
+            "tests/test_checkpoint_survivors.py",
         ],
     ),
     "targets": (
