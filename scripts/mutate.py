@@ -45,7 +45,11 @@ FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "readers": (
         ["m2f_lightning/data/datasets/*", "m2f_lightning/data/io.py"],
-        ["tests/test_data_readers.py", "tests/test_data_bad_input.py"],
+        [
+            "tests/test_data_readers.py",
+            "tests/test_data_bad_input.py",
+            "tests/test_readers_edges.py",
+        ],
     ),
     "resume": (
         ["m2f_lightning/resume.py", "m2f_lightning/preemption.py"],
