@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import resize
 from .queries import _topk_pairs
-from .resize import _RowResizer, as_planes, resize_to_original
+from .resize import _RowResizer, bilinear, resize_to_original
 
 QUERY_CHUNK = 16  # queries per step of the semantic score sum (fixes its summation order)
 
@@ -249,12 +249,7 @@ def _semantic_padded_then_resized(
     probs = F.softmax(mask_cls.float(), dim=-1)[:, :-1]
     scores = None
     for start in range(0, len(mask_logits), QUERY_CHUNK):
-        chunk = F.interpolate(
-            as_planes(mask_logits[start : start + QUERY_CHUNK].float()),
-            size=tuple(padded_size),
-            mode="bilinear",
-            align_corners=False,
-        )[:, 0]
+        chunk = bilinear(mask_logits[start : start + QUERY_CHUNK].float(), padded_size)
         part = torch.einsum("qc,qhw->chw", probs[start : start + QUERY_CHUNK], chunk.sigmoid())
         scores = part if scores is None else scores + part
     scores = scores[:, : image_size[0], : image_size[1]]

@@ -25,24 +25,20 @@ def resize_to_original(
     Upsample to the padded input size, crop the padding away (bottom/right), then resize to the
     size of the image on disk. Bilinear throughout, as the original.
     """
-    x = F.interpolate(
-        as_planes(mask_logits.float()),
-        size=tuple(padded_size),
-        mode="bilinear",
-        align_corners=False,
-    )
-    x = x[..., : image_size[0], : image_size[1]]
+    x = bilinear(mask_logits.float(), padded_size)[:, : image_size[0], : image_size[1]]
     if tuple(image_size) != tuple(original_size):
-        x = F.interpolate(x, size=tuple(original_size), mode="bilinear", align_corners=False)
-    return x[:, 0]
+        x = bilinear(x, original_size)
+    return x
 
 
-def as_planes(maps: torch.Tensor) -> torch.Tensor:
-    """[N, h, w] → [N, 1, h, w] for `F.interpolate`: one channel per map, so that PyTorch's CPU
-    kernel is the same whatever N and the thread count (with one thread it takes another path,
-    with other rounding, for inputs of exactly 3 channels: `upsample_bilinear2d_kernel_impl_float`
-    in ATen's UpSampleKernel.cpp)."""
-    return maps[:, None]
+def bilinear(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """[N, h, w] → [N, H, W], bilinear (align_corners=False), each map as its own channel of
+    `F.interpolate`: the CPU kernel is then the same whatever N and the thread count (on one
+    thread it takes another path, with other rounding, for inputs of exactly 3 channels:
+    `upsample_bilinear2d_kernel_impl_float` in ATen's UpSampleKernel.cpp)."""
+    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[
+        :, 0
+    ]
 
 
 # ---- bilinear resizing a band of output rows at a time, bit-identical to F.interpolate ----
@@ -129,9 +125,7 @@ def _arithmetic(device: torch.device) -> str:
     if device.type not in _MODE:
         x = torch.randn(3, 40, 50, generator=torch.Generator().manual_seed(0)).mul(8).to(device)
         size = (161, 211)  # odd: vector loops' scalar tails are checked too
-        reference = F.interpolate(as_planes(x), size=size, mode="bilinear", align_corners=False)[
-            :, 0
-        ]
+        reference = bilinear(x, size)
         mismatches = {}
         for mode in _MODES:
             rows = _linear_axis(x.shape[1], size[0], mode, device)
