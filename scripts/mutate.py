@@ -37,6 +37,7 @@ FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
             "tests/test_checkpoints_edges.py",
             "tests/test_finetune_classes.py",
             "tests/test_checkpoint_survivors.py",
+            "tests/test_checkpoint_reading_edges.py",
         ],
     ),
     "targets": (

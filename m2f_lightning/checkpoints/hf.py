@@ -59,15 +59,34 @@ def convert_hf_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.
     return ours
 
 
+# transformers' `SwinConfig` defaults (what HF fills into a `backbone_config` dict lacking a key)
+SWIN_DEFAULTS: dict[str, Any] = {
+    "model_type": "swin",
+    "patch_size": 4,
+    "embed_dim": 96,
+    "depths": [2, 2, 6, 2],
+    "num_heads": [3, 6, 12, 24],
+    "window_size": 7,
+    "mlp_ratio": 4.0,
+    "drop_path_rate": 0.1,
+}
+# `Mask2FormerConfig`'s backbone when config.json has no `backbone_config` at all
+DEFAULT_BACKBONE: dict[str, Any] = {**SWIN_DEFAULTS, "depths": [2, 2, 18, 2], "drop_path_rate": 0.3}
+
+
 def hf_config_to_ours(hf_config: dict[str, Any]) -> dict[str, Any]:
-    """Translate an HF `Mask2FormerConfig` (as a dict, i.e. config.json) into our model config."""
-    backbone = hf_config.get("backbone_config") or {}
-    if backbone.get("model_type", "swin") != "swin":
+    """Translate an HF `Mask2FormerConfig` (as a dict, i.e. config.json) into our model config.
+
+    A key the file leaves out takes the value transformers would give it, so a hand-written or
+    trimmed config.json builds the same architecture here as in `from_pretrained`.
+    """
+    backbone = {**SWIN_DEFAULTS, **(hf_config.get("backbone_config") or DEFAULT_BACKBONE)}
+    if backbone["model_type"] != "swin":
         raise ValueError(
-            f"only Swin backbones are supported for HF checkpoints, got {backbone.get('model_type')}"
+            f"only Swin backbones are supported for HF checkpoints, got {backbone['model_type']}"
         )
-    if backbone.get("patch_size", 4) != 4:
-        raise ValueError("only Swin with patch size 4 is supported")
+    if backbone["patch_size"] != 4:
+        raise ValueError(f"only Swin with patch size 4 is supported, got {backbone['patch_size']}")
     id2label = hf_config.get("id2label") or {}
     num_labels = hf_config.get("num_labels") or len(id2label)
     if not num_labels:
@@ -77,12 +96,12 @@ def hf_config_to_ours(hf_config: dict[str, Any]) -> dict[str, Any]:
         "num_classes": int(num_labels),
         "backbone": "swin_tiny_patch4_window7_224",
         "backbone_kwargs": {
-            "embed_dim": backbone.get("embed_dim", 96),
-            "depths": list(backbone.get("depths", [2, 2, 6, 2])),
-            "num_heads": list(backbone.get("num_heads", [3, 6, 12, 24])),
-            "window_size": backbone.get("window_size", 7),
-            "mlp_ratio": backbone.get("mlp_ratio", 4.0),
-            "drop_path_rate": backbone.get("drop_path_rate", 0.3),
+            "embed_dim": backbone["embed_dim"],
+            "depths": list(backbone["depths"]),
+            "num_heads": list(backbone["num_heads"]),
+            "window_size": backbone["window_size"],
+            "mlp_ratio": backbone["mlp_ratio"],
+            "drop_path_rate": backbone["drop_path_rate"],
         },
         "num_queries": hf_config.get("num_queries", 100),
         "hidden_dim": hf_config.get("hidden_dim", 256),
