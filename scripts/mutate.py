@@ -45,11 +45,12 @@ FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
         ["tests/test_data_pipeline.py", "tests/test_targets.py"],
     ),
     "readers": (
-        ["m2f_lightning/data/datasets/*", "m2f_lightning/data/io.py"],
+        ["m2f_lightning/data/datasets/*", "m2f_lightning/data/io.py", "m2f_lightning/data/rle.py"],
         [
             "tests/test_data_readers.py",
             "tests/test_data_bad_input.py",
             "tests/test_readers_edges.py",
+            "tests/test_instance_readers_edges.py",
         ],
     ),
     "resume": (

@@ -237,13 +237,64 @@ def test_coco_instance_image_size_mismatch_names_image_and_json(tmp_path: Path) 
         reader[0]
 
 
-def test_coco_instance_undecodable_rle_names_file_image_and_annotation(tmp_path: Path) -> None:
-    bad = {**ANNS_IMAGE_1[2], "id": 42, "segmentation": {"size": [H, W], "counts": ["x"]}}
+def _short_rle() -> dict:
+    """A compressed RLE of a 4x6 mask that claims to be H x W: pycocotools decodes it into
+    24 real pixels and the rest from uninitialised memory, without an error."""
+    rle = _compressed_rle(_box_mask(0, 0, 2, 3)[:4, :6])
+    return {"size": [H, W], "counts": rle["counts"]}
+
+
+@pytest.mark.parametrize(
+    ("segmentation", "reason"),
+    [
+        ({"size": [H, W], "counts": [1, 2]}, f"RLE runs add up to 3 pixels, not {H}x{W}"),
+        ({"size": [H, W], "counts": [H * W - 1, 1.0]}, "a list of integers"),
+        ({"size": [H, W], "counts": [H * W + 2, -2]}, "a negative run length"),
+        (_short_rle(), f"RLE runs add up to 24 pixels, not {H}x{W}"),
+        ({"size": [H, W], "counts": "x"}, "has the character 'x'"),
+    ],
+)
+def test_coco_instance_rle_runs_that_do_not_cover_the_image_are_refused(
+    tmp_path: Path, segmentation: dict, reason: str
+) -> None:
+    bad = {**ANNS_IMAGE_1[2], "id": 42, "segmentation": segmentation}
     json_file = _one_image_file(tmp_path, [bad])
-    reader = CocoInstanceReader(json_file, tmp_path / "images", META)
-    expected = f"{json_file} (image id 1): annotation id 42: undecodable segmentation"
+    with pytest.raises(DataError) as err:
+        CocoInstanceReader(json_file, tmp_path / "images", META)
+    message = str(err.value)
+    assert f"{json_file}: annotation id 42 (image id 1): RLE 'counts': " in message
+    assert reason in message
+
+
+def test_coco_instance_rle_covering_the_image_in_either_form_is_accepted(tmp_path: Path) -> None:
+    mask = _box_mask(2, 3, 7, 9)
+    compressed = _compressed_rle(mask)
+    flat = mask.flatten(order="F")  # COCO runs go down the columns, starting with 0s
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    anns = [
+        {**ANNS_IMAGE_1[2], "id": 1, "segmentation": compressed},
+        {**ANNS_IMAGE_1[2], "id": 2, "segmentation": {"size": [H, W], "counts": runs}},
+    ]
+    sample = CocoInstanceReader(_one_image_file(tmp_path, anns), tmp_path / "images", META)[0]
+    np.testing.assert_array_equal(sample.masks, np.stack([mask, mask]))
+
+
+@pytest.mark.parametrize(
+    ("segmentation", "reason"),
+    [
+        ({"size": [H, W], "counts": [1, 2]}, f"RLE runs add up to 3 pixels, not {H}x{W}"),
+        (_short_rle(), f"RLE runs add up to 24 pixels, not {H}x{W}"),
+    ],
+)
+def test_annotation_masks_refuse_rle_runs_that_do_not_cover_the_image(
+    tmp_path: Path, segmentation: dict, reason: str
+) -> None:
+    bad = {**ANNS_IMAGE_1[2], "id": 42, "segmentation": segmentation}
+    coco = load_coco(_one_image_file(tmp_path, [bad]))
+    expected = f"instances JSON (image id 1): annotation id 42: undecodable segmentation ({reason})"
     with pytest.raises(DataError, match=re.escape(expected)):
-        reader[0]
+        annotation_masks(coco, 1, H, W, META, "instances JSON")
 
 
 # --- annotation_masks (a panoptic dataset's instances JSON, for AP) -------------------------

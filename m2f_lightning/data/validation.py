@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import DataError, MissingDataError, summarise
 from .catalog import DatasetMetadata
+from .rle import check_rle_runs
 
 
 class DataWarning(UserWarning):
@@ -257,6 +258,11 @@ def check_instance_annotations(
                 )
             if not isinstance(counts, (str, list)):
                 bad.append(f"RLE 'counts' must be a string or a list, got {type(counts).__name__}")
+            elif isinstance(size, list) and len(size) == 2 and all(map(_is_int, size)):
+                try:  # pycocotools would decode runs that do not cover the image into junk
+                    check_rle_runs(counts, size[0], size[1])
+                except ValueError as err:
+                    bad.append(f"RLE 'counts': {err}")
         else:
             bad.append(f"segmentation must be polygons or an RLE, got {segm!r:.60}")
         if bad:

@@ -11,6 +11,7 @@ from pycocotools.coco import COCO
 
 from ..catalog import DatasetMetadata
 from ..io import DataError, check_same_size, read_image, read_label
+from ..rle import check_rle_runs
 from ..validation import check_instance_annotations, compare_categories, load_json
 from .base import Reader, Sample
 
@@ -96,10 +97,11 @@ def rasterise(anns: list[dict], height: int, width: int, source: str) -> np.ndar
         try:
             if isinstance(segm, list):
                 rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-            elif isinstance(segm["counts"], list):
-                rle = mask_utils.frPyObjects(segm, height, width)
             else:
+                check_rle_runs(segm["counts"], height, width)  # else pycocotools decodes junk
                 rle = segm
+                if isinstance(segm["counts"], list):
+                    rle = mask_utils.frPyObjects(segm, height, width)
             masks[i] = mask_utils.decode(rle)
         except (TypeError, ValueError, IndexError, KeyError) as err:
             raise DataError(
