@@ -51,6 +51,7 @@ class PanopticReader(Reader):
         ]
         self.metadata = metadata
         self.instances = load_coco(instances_json) if instances_json is not None else None
+        self.instances_json = instances_json
         self.json_file = json_file
 
     def __len__(self) -> int:
@@ -95,9 +96,13 @@ class PanopticReader(Reader):
         )
         if self.instances is not None:
             if record["image_id"] not in self.instances.imgs:
-                raise DataError(f"image id {record['image_id']} is not in the instances JSON")
+                raise DataError(f"image id {record['image_id']} is not in {self.instances_json}")
             sample.eval_instances = annotation_masks(
-                self.instances, record["image_id"], *id_map.shape, self.metadata, "instances JSON"
+                self.instances,
+                record["image_id"],
+                *id_map.shape,
+                self.metadata,
+                str(self.instances_json),
             )
         if record["instance_file"] is not None and record["instance_file"].is_file():
             sample.instance_file = str(record["instance_file"])
