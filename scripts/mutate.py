@@ -51,6 +51,8 @@ FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
             "tests/test_data_bad_input.py",
             "tests/test_readers_edges.py",
             "tests/test_instance_readers_edges.py",
+            "tests/test_image_io_edges.py",
+            "tests/test_registry_panoptic_edges.py",
         ],
     ),
     "resume": (
