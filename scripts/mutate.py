@@ -53,6 +53,8 @@ FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
             "tests/test_instance_readers_edges.py",
             "tests/test_image_io_edges.py",
             "tests/test_registry_panoptic_edges.py",
+            "tests/test_rle.py",
+            "tests/test_custom_dataset_edges.py",
         ],
     ),
     "resume": (
