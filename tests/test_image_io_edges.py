@@ -7,6 +7,7 @@ little-endian bytes of the ids give the colours, and the expected 8-bit values a
 by hand.
 """
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -165,5 +166,8 @@ def test_semantic_sample_carries_the_image_and_its_stem(tmp_path: Path) -> None:
 def test_semantic_label_equal_to_num_classes_is_unknown(tmp_path: Path) -> None:
     labels = np.array([[0, 1, 2], [3, 255, 0]], dtype=np.uint8)  # 3 is one past the last class
     image, label, _ = _semantic_pair(tmp_path, labels)
-    with pytest.raises(DataError, match=r"unknown class ids \[3\]"):
+    with pytest.raises(
+        DataError,
+        match=rf"{re.escape(str(label))}: unknown class ids \[3\] \(expected 0\.\.2 or 255\)",
+    ):
         SemanticReader([(image, label)], num_classes=3)[0]
