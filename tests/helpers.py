@@ -83,3 +83,18 @@ def compose(config_name: str, overrides: list[str], output_dir) -> "DictConfig":
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def coco_custom_source(fmt: str, annotations: str) -> dict:
+    """`dataset.source` of a custom dataset laid out as COCO under the root: images, the
+    `<annotations>_<split>2017.json` files and the panoptic PNG folders, for train and val."""
+    source: dict = {
+        split: {
+            "images": f"coco/{split}2017",
+            "annotations": f"coco/annotations/{annotations}_{split}2017.json",
+            "panoptic": f"coco/panoptic_{split}2017",
+        }
+        for split in ("train", "val")
+    }
+    source["format"] = fmt
+    return source

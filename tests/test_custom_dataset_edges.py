@@ -16,6 +16,7 @@ from m2f_lightning.data.datasets.panoptic import PanopticReader
 from m2f_lightning.data.datasets.semantic import SemanticReader
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.errors import ConfigError
+from tests.helpers import coco_custom_source
 
 # the panoptic-format tests below have no instances JSON for the panoptic task on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:.*not found:UserWarning")
@@ -129,15 +130,7 @@ def coco_both(tmp_path: Path) -> Path:
 
 
 def _panoptic_source(**val_extra: str) -> dict:
-    source: dict = {
-        split: {
-            "images": f"coco/{split}2017",
-            "annotations": f"coco/annotations/panoptic_{split}2017.json",
-            "panoptic": f"coco/panoptic_{split}2017",
-        }
-        for split in ("train", "val")
-    }
-    source["format"] = "coco_panoptic"
+    source = coco_custom_source("coco_panoptic", "panoptic")
     source["val"].update(val_extra)
     return source
 
@@ -163,15 +156,7 @@ def test_panoptic_format_val_split_without_pngs_reads_an_instances_json(
 
 
 def test_coco_instance_format_ignores_a_stray_panoptic_entry(coco_both: Path) -> None:
-    source = {
-        split: {
-            "images": f"coco/{split}2017",
-            "annotations": f"coco/annotations/instances_{split}2017.json",
-            "panoptic": f"coco/panoptic_{split}2017",
-        }
-        for split in ("train", "val")
-    }
-    source["format"] = "coco_instance"
+    source = coco_custom_source("coco_instance", "instances")
     reader = build_reader("custom", "instance", "val", coco_both, source)
     assert isinstance(reader, CocoInstanceReader)
     assert len(reader) == 2

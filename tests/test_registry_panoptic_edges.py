@@ -22,6 +22,7 @@ from m2f_lightning.data.io import DataError
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.data.validation import DataWarning
 from m2f_lightning.errors import ConfigError, MissingDataError
+from tests.helpers import coco_custom_source
 
 # the COCO panoptic tests below have no instances JSON on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:.*instances_val2017.json not found:UserWarning")
@@ -89,15 +90,7 @@ def test_custom_coco_panoptic_paths_are_relative_to_the_given_root(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # no ./datasets here: the root must come from the argument
     monkeypatch.delenv("M2F_DATASETS", raising=False)
-    source: dict = {
-        split: {
-            "images": f"coco/{split}2017",
-            "annotations": f"coco/annotations/panoptic_{split}2017.json",
-            "panoptic": f"coco/panoptic_{split}2017",
-        }
-        for split in ("train", "val")
-    }
-    source["format"] = "coco_panoptic"
+    source = coco_custom_source("coco_panoptic", "panoptic")
     reader = build_reader("custom", "panoptic", "val", root, source)
     data = json.loads((root / "coco" / "annotations" / "panoptic_train2017.json").read_text())
     assert reader.metadata.class_names == [c["name"] for c in data["categories"]]

@@ -249,7 +249,8 @@ def check_instance_annotations(
                     dropped_polygons += 1
         elif isinstance(segm, dict):
             size, counts = segm.get("size"), segm.get("counts")
-            if not (isinstance(size, list) and len(size) == 2 and all(map(_is_int, size))):
+            size_ok = isinstance(size, list) and len(size) == 2 and all(map(_is_int, size))
+            if not size_ok:
                 bad.append(f"RLE 'size' must be [height, width], got {size!r}")
             elif info is not None and list(size) != [info["height"], info["width"]]:
                 bad.append(
@@ -258,7 +259,7 @@ def check_instance_annotations(
                 )
             if not isinstance(counts, (str, list)):
                 bad.append(f"RLE 'counts' must be a string or a list, got {type(counts).__name__}")
-            elif isinstance(size, list) and len(size) == 2 and all(map(_is_int, size)):
+            elif size_ok:
                 try:  # pycocotools would decode runs that do not cover the image into junk
                     check_rle_runs(counts, size[0], size[1])
                 except ValueError as err:
