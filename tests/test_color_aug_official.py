@@ -66,9 +66,7 @@ def test_saturation_and_hue_each_convert_to_hsv_and_back(contrast_first: bool) -
                 hue=hue,
                 contrast_first=contrast_first,
             )
-            np.testing.assert_array_equal(
-                jitter.apply(image, **params), _official(image, **params)
-            )
+            np.testing.assert_array_equal(jitter.apply(image, **params), _official(image, **params))
 
 
 def test_every_drawn_combination_equals_the_official_order() -> None:
@@ -79,7 +77,5 @@ def test_every_drawn_combination_equals_the_official_order() -> None:
         params = jitter.get_params()
         both += params["saturation"] is not None and params["hue"] is not None
         for image in _images():
-            np.testing.assert_array_equal(
-                jitter.apply(image, **params), _official(image, **params)
-            )
+            np.testing.assert_array_equal(jitter.apply(image, **params), _official(image, **params))
     assert both >= 5  # the draws include the case the issue is about
