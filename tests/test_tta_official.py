@@ -202,3 +202,20 @@ def test_experiments_carry_the_official_test_aug_sizes(name: str) -> None:
     assert "tta" not in inference  # off unless asked for, as TEST.AUG.ENABLED False
     settings = InferenceSettings(tta=True, **inference)
     assert settings.official_tta and len(settings.official_view_sizes(512, 683)) == 12
+
+
+def test_one_key_turns_on_the_papers_ms_flip() -> None:
+    """The composed training config of an experiment with `inference.tta=true` alone."""
+    from hydra import compose, initialize_config_dir
+
+    from m2f_lightning.cli import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train", overrides=["experiment=ade20k_semantic_r50", "inference.tta=true"]
+        )
+        plain = compose(config_name="train", overrides=["experiment=coco_panoptic_r50"])
+    settings = inference_settings(cfg)
+    assert settings.official_tta and settings.tta_min_sizes == tuple(ADE_BASE[0])
+    assert settings.tta_max_size == ADE_BASE[1] and settings.tta_flip
+    assert not inference_settings(plain).tta and inference_settings(plain).tta_min_sizes == ()
