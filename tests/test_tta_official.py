@@ -126,6 +126,20 @@ def test_official_mode_equals_the_official_algorithm(
     top2 = expected.topk(2, dim=0).values
     clear = (top2[0] - top2[1]) > 1e-4
     assert torch.equal(result.class_map()[clear], expected.argmax(0)[clear])
+    if task == "panoptic":  # segments from the views' merged queries (no official counterpart)
+        assert tuple(result.panoptic_seg.shape) == tuple(original)
+
+
+def test_official_mode_serves_instance_models() -> None:
+    """The official TTA has no instance output; ours merges the views' queries, at the original
+    size, with no semantic scores."""
+    model = TinyRandomNet().eval()
+    batch = torch.randint(0, 256, (1, 3, 40, 48), dtype=torch.uint8)
+    settings = InferenceSettings(tta=True, tta_min_sizes=[32, 48], tta_max_size=100)
+    with torch.no_grad():
+        (result,) = predict_tiled(model, batch, [(40, 48)], [(60, 72)], "instance", [], settings)
+    assert result.sem_seg is None
+    assert result.instances is not None and tuple(result.instances.masks.shape[-2:]) == (60, 72)
 
 
 def test_official_mode_is_not_the_relative_mode() -> None:
