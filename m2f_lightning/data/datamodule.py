@@ -19,7 +19,7 @@ from .torch_datasets import (
     SegmentationDataset,
     keeps_empty_targets,
 )
-from .transforms import build_train_transform, eval_resize
+from .transforms import build_train_transform, eval_resize, label_rule_for
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -99,7 +99,12 @@ class SegmentationDataModule(L.LightningDataModule):
             aug = dict(self.train_aug)
             recipe = aug.pop("recipe", "lsj")
             reader = build_reader(self.dataset_name, self.task, "train", self.root, self.source)
-            transform = build_train_transform(recipe, mask_pad=self._label_pad_value(), **aug)
+            transform = build_train_transform(
+                recipe,
+                mask_pad=self._label_pad_value(),
+                label_rule=label_rule_for(self.task),
+                **aug,
+            )
             self.train_set = SegmentationDataset(
                 reader,
                 self.task,

@@ -3,7 +3,16 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..data.transforms.resize import shortest_edge_size
+
 MODES = ("whole", "sliding")
+
+
+def _positive_int(value: object, name: str) -> int:
+    """A positive whole number of pixels (not a bool, not 512.5)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"inference.{name} must be positive whole numbers of pixels: {value!r}")
+    return value
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -36,6 +45,11 @@ class InferenceSettings:
     tta: bool = False  # test-time augmentation: one view per scale (× flip), merged
     tta_scales: tuple[float, ...] = (1.0,)  # TTA: image scales (of the test-time size)
     tta_flip: bool = True  # TTA: each scale also horizontally flipped
+    # TTA, the official mode (SemanticSegmentorWithTTA): absolute short sides of the views
+    # (TEST.AUG.MIN_SIZES), the long side capped at tta_max_size (TEST.AUG.MAX_SIZE; 4000 is
+    # detectron2's default); empty: the relative tta_scales
+    tta_min_sizes: tuple[int, ...] = ()
+    tta_max_size: int = 4000
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -50,11 +64,37 @@ class InferenceSettings:
         scales = tuple(float(s) for s in self.tta_scales)
         if not scales or min(scales) <= 0:
             raise ValueError(f"inference.tta_scales must be positive numbers: {self.tta_scales}")
+        min_sizes = tuple(_positive_int(v, "tta_min_sizes") for v in self.tta_min_sizes)
+        _positive_int(self.tta_max_size, "tta_max_size")
+        if min_sizes and scales != (1.0,):
+            raise ValueError(
+                "inference.tta_min_sizes (absolute short sides, the official TTA) and "
+                f"inference.tta_scales (relative scales) both size the views: set one "
+                f"(tta_min_sizes={list(min_sizes)}, tta_scales={list(scales)})"
+            )
         if not 0 < self.merge_iou <= 1:
             raise ValueError(f"inference.merge_iou must be in (0, 1]: {self.merge_iou}")
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "stride", stride)
         object.__setattr__(self, "tta_scales", scales)
+        object.__setattr__(self, "tta_min_sizes", min_sizes)
+
+    @property
+    def official_tta(self) -> bool:
+        """TTA with absolute short sides (`tta_min_sizes`), as the official
+        SemanticSegmentorWithTTA: see `inference/official_tta.py`."""
+        return self.tta and bool(self.tta_min_sizes)
+
+    def official_view_sizes(self, height: int, width: int) -> list[tuple[tuple[int, int], bool]]:
+        """((height, width), flipped) of each view of an input of (height, width) in the official
+        mode: detectron2's ResizeShortestEdge(min_size, tta_max_size) of that input, each size
+        unflipped then flipped (DatasetMapperTTA's order)."""
+        flips = (False, True) if self.tta_flip else (False,)
+        return [
+            (shortest_edge_size(height, width, size, self.tta_max_size), flip)
+            for size in self.tta_min_sizes
+            for flip in flips
+        ]
 
     @property
     def views(self) -> list[tuple[float, bool]]:
@@ -67,4 +107,4 @@ class InferenceSettings:
     @property
     def plain(self) -> bool:
         """One forward of the whole image: `predict_results` of the model's outputs."""
-        return self.mode == "whole" and self.views == [(1.0, False)]
+        return self.mode == "whole" and not self.official_tta and self.views == [(1.0, False)]

@@ -13,6 +13,10 @@ size padded to 32, the "canvas"):
   (`merging.merge_query_sets`: a thing cut by a window border, seen by two windows, is one query),
   first across a view's windows, then across views; the ordinary post-processing runs on it.
 
+Views are scales of the test-time input (`tta_scales`, resized here on the float image), or in
+the official mode (`tta_min_sizes`) absolute short sides as the official TTA makes them, whose
+semantic scores are averaged at the original size instead (`official_tta.py`).
+
 Memory: the forwards' activations are bounded by the window; what is held for the image is at
 1/4 resolution (K class scores and the kept queries' mask logits per canvas cell), and at the
 original size only what the plain post-processing returns (id map, bool masks, class map).
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 from ..types import ModelOutput, SegmentationResult
 from .full_resolution import ResizedScores, _instances_full_resolution, _panoptic_full_resolution
 from .merging import QuerySet, merge_query_sets, to_canvas
+from .official_tta import official_view, view_scores_at_original
 from .queries import _topk_pairs, semantic_inference
 from .results import _as_result, predict_results
 from .settings import InferenceSettings
@@ -57,9 +62,10 @@ def _kept(mask_cls: torch.Tensor, task: str, thing_ids: list[int], s: InferenceS
 
 def _run_view(
     model: Model, image: torch.Tensor, task: str, thing_ids: list[int], s: InferenceSettings
-) -> tuple[torch.Tensor | None, list[QuerySet], tuple[int, int]]:
+) -> tuple[torch.Tensor | None, list[QuerySet], tuple[int, int], ModelOutput | None]:
     """One view [3, h, w]: its semantic scores [K, *cells] (task semantic or panoptic), its
-    windows' query sets, and its canvas `cells` (1/4 of (h, w) padded to 32)."""
+    windows' query sets, its canvas `cells` (1/4 of (h, w) padded to 32), and the model's
+    outputs when one forward saw the whole view (mode whole)."""
     h, w = image.shape[-2:]
     padded = (math.ceil(h / 32) * 32, math.ceil(w / 32) * 32)
     cells = (padded[0] // 4, padded[1] // 4)
@@ -70,7 +76,7 @@ def _run_view(
     else:
         window = (min(s.window[0], padded[0]), min(s.window[1], padded[1]))
         starts = tuple(window_starts(padded[i], window[i], s.stride[i]) for i in range(2))
-    score_sum, count, sets = None, torch.zeros(cells, device=image.device), []
+    score_sum, count, sets, out = None, torch.zeros(cells, device=image.device), [], None
     for y in starts[0]:
         for x in starts[1]:
             crop = image[None, :, y : y + window[0], x : x + window[1]]
@@ -88,7 +94,19 @@ def _run_view(
             if task != "semantic":
                 keep = _kept(mask_cls, task, thing_ids, s)
                 sets.append(QuerySet(mask_cls[keep].float(), mask_logits[keep].float(), rect))
-    return None if score_sum is None else score_sum / count, sets, cells
+    whole = out if s.mode == "whole" else None
+    return None if score_sum is None else score_sum / count, sets, cells, whole
+
+
+def _views(image: torch.Tensor, s: InferenceSettings):
+    """(view [3, h', w'] float, flipped) of the input [3, h, w], one at a time: the relative
+    scales, or the official mode's absolute short sides (PIL on uint8, as the official)."""
+    if s.official_tta:
+        for size, flipped in s.official_view_sizes(*image.shape[-2:]):
+            yield official_view(image, size, flipped), flipped
+        return
+    for scale, flipped in s.views:
+        yield _view(image, scale, flipped), flipped
 
 
 def _view(image: torch.Tensor, scale: float, flipped: bool) -> torch.Tensor:
@@ -126,12 +144,18 @@ def predict_tiled(
         h, w = (int(v) for v in image_size)
         image = image[:, :h, :w].float()
         cells = (math.ceil(h / 32) * 8, math.ceil(w / 32) * 8)
-        scores, views = None, []
-        for scale, flipped in s.views:
-            view = _view(image, scale, flipped)
-            view_scores, sets, view_cells = _run_view(model, view, task, thing_ids, s)
+        scores, views, num_views = None, [], 0
+        for view, flipped in _views(image, s):
+            num_views += 1
+            view_scores, sets, view_cells, outputs = _run_view(model, view, task, thing_ids, s)
             size = tuple(view.shape[-2:])
-            if view_scores is not None:
+            if s.official_tta and task != "instance":  # averaged at the original size
+                full = view_scores_at_original(
+                    task, size, original_size, outputs, view_scores, view_cells
+                )
+                full = full.flip(-1) if flipped else full
+                scores = full if scores is None else scores + full
+            elif view_scores is not None:
                 view_scores = to_canvas(view_scores, size, (h, w), cells, flipped)
                 scores = view_scores if scores is None else scores + view_scores
             if sets:
@@ -140,8 +164,10 @@ def predict_tiled(
                 views.append(QuerySet(mask_cls, masks, (0, 0, *cells)))
         sizes = ((h, w), (cells[0] * 4, cells[1] * 4), tuple(original_size))
         raw = {}
-        if scores is not None:
-            raw["sem_seg"] = ResizedScores(scores / len(s.views), *sizes)
+        if scores is not None and s.official_tta:
+            raw["sem_seg"] = scores / num_views
+        elif scores is not None:
+            raw["sem_seg"] = ResizedScores(scores / num_views, *sizes)
         if views:
             mask_cls, masks = merge_query_sets(views, cells, s.merge_iou)
             if task == "panoptic":

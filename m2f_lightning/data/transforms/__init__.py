@@ -11,10 +11,12 @@ detectron2's transforms as the official Mask2Former mappers use them.
 - eval: resize the short side to the test size (long side capped); annotations stay at the
   original size, where the metrics are computed.
 
-Resizing is PIL's, as detectron2's ResizeTransform: images bilinear, antialiased when shrinking;
-label and id maps PIL's nearest, which samples the pixel centre (computed here as an index
-gather, identical to PIL's output). Resize and crop are fused: only what survives the crop is
-resized (images: PIL resizes that source box, with the same sample positions and filter as
+Resizing is detectron2's ResizeTransform's: images PIL bilinear, antialiased when shrinking;
+label and id maps nearest, by the rule the official mapper's dtype selects (computed here as an
+index gather, identical to the library's output): the semantic task's class map as the semantic
+mapper's `double` map, torch's `interpolate(mode="nearest")` (top-left sample); panoptic id maps
+and instance masks as uint8, PIL's nearest (pixel centre). Resize and crop are fused: only what
+survives the crop is resized (images: PIL resizes that source box, with the same sample positions and filter as
 resize-then-crop, within 2 grey levels where PIL's 8-bit passes round differently).
 
 Panoptic and instance ground truth travels as one int32 id map (nearest, pad 0 = void);
@@ -32,11 +34,28 @@ from .geometric import (
     ShortEdgeResizeCrop,
     lsj_polygon_masks,
 )
-from .recipes import build_train_transform, eval_resize, lsj, semantic_jitter, short_edge_sizes
-from .resize import Box, nearest_indices, resize_image, resize_labels, shortest_edge_size
+from .recipes import (
+    build_train_transform,
+    eval_resize,
+    label_rule_for,
+    lsj,
+    semantic_jitter,
+    short_edge_sizes,
+)
+from .resize import (
+    LABEL_RULES,
+    Box,
+    LabelRule,
+    nearest_indices,
+    resize_image,
+    resize_labels,
+    shortest_edge_size,
+)
 
 __all__ = [
+    "LABEL_RULES",
     "Box",
+    "LabelRule",
     "ColorAugSSD",
     "LargeScaleJitter",
     "PadBottomRight",
@@ -44,6 +63,7 @@ __all__ = [
     "ShortEdgeResizeCrop",
     "build_train_transform",
     "eval_resize",
+    "label_rule_for",
     "lsj",
     "lsj_polygon_masks",
     "nearest_indices",

@@ -8,8 +8,11 @@ import numpy as np
 
 
 class ColorAugSSD(A.ImageOnlyTransform):
-    """SSD colour jitter as in Mask2Former's semantic recipe: brightness ±32; then contrast and
-    saturation ×U(0.5, 1.5) and hue ±18 (OpenCV HSV), in one of two orders; each step p=0.5."""
+    """SSD colour jitter as in Mask2Former's semantic recipe (detectron2's ColorAugSSDTransform):
+    brightness ±32; then contrast ×U(0.5, 1.5), saturation ×U(0.5, 1.5) and hue ±18 (OpenCV HSV),
+    contrast first or last; each step p=0.5. Saturation and hue each convert to HSV and back
+    (two uint8 round trips when both apply, as the original). OpenCV's RGB↔HSV on RGB equals its
+    BGR↔HSV on the channel-swapped image, which is what the original converts."""
 
     def __init__(
         self,
@@ -52,12 +55,13 @@ class ColorAugSSD(A.ImageOnlyTransform):
             x = _saturate(x, 1.0, brightness)
         if contrast_first and contrast is not None:
             x = _saturate(x, contrast, 0.0)
-        if saturation is not None or hue is not None:
+        if saturation is not None:  # its own HSV round trip, as the original's
             hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)
-            if saturation is not None:
-                hsv[..., 1] = _saturate(hsv[..., 1], saturation, 0.0)
-            if hue is not None:
-                hsv[..., 0] = (hsv[..., 0].astype(np.int32) + hue) % 180
+            hsv[..., 1] = _saturate(hsv[..., 1], saturation, 0.0)
+            x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        if hue is not None:  # a second round trip: uint8 HSV → RGB → HSV is not the identity
+            hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)
+            hsv[..., 0] = (hsv[..., 0].astype(np.int32) + hue) % 180
             x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
         if not contrast_first and contrast is not None:
             x = _saturate(x, contrast, 0.0)

@@ -8,7 +8,21 @@ from typing import Any
 import albumentations as A
 import numpy as np
 
-from .resize import Box, nearest_indices, resize_image, resize_labels, shortest_edge_size
+from .resize import (
+    LABEL_RULES,
+    Box,
+    LabelRule,
+    nearest_indices,
+    resize_image,
+    resize_labels,
+    shortest_edge_size,
+)
+
+
+def _checked_rule(rule: str) -> LabelRule:
+    if rule not in LABEL_RULES:
+        raise ValueError(f"unknown label resize rule {rule!r}: choose one of {LABEL_RULES}")
+    return rule  # type: ignore[return-value]
 
 
 def _crop_box(
@@ -22,14 +36,22 @@ def _crop_box(
 
 class _ResizeCrop(A.DualTransform):
     """Resize to (out_h, out_w), then crop (crop_h, crop_w) at (y0, x0): one PIL call per array.
-    Subclasses draw the sizes and the offset."""
+    Subclasses draw the sizes and the offset; label maps and masks follow `label_rule` (see
+    `resize.nearest_indices`)."""
+
+    label_rule: LabelRule = "pil"
 
     def _run(self, array: np.ndarray, nearest: bool, **p: Any) -> np.ndarray:
         if p["flip"]:
             array = array[:, ::-1]
         if nearest:
             return resize_labels(
-                array, p["out_h"], p["out_w"], (p["y0"], p["x0"]), (p["crop_h"], p["crop_w"])
+                array,
+                p["out_h"],
+                p["out_w"],
+                (p["y0"], p["x0"]),
+                (p["crop_h"], p["crop_w"]),
+                self.label_rule,
             )
         box = _crop_box(
             array.shape[:2],
@@ -51,8 +73,9 @@ class _ResizeCrop(A.DualTransform):
             return np.zeros((0, p["crop_h"], p["crop_w"]), dtype=np.uint8)
         if p["flip"]:
             masks = masks[:, :, ::-1]
-        rows = nearest_indices(p["out_h"], masks.shape[1])[p["y0"] : p["y0"] + p["crop_h"]]
-        cols = nearest_indices(p["out_w"], masks.shape[2])[p["x0"] : p["x0"] + p["crop_w"]]
+        rule = self.label_rule
+        rows = nearest_indices(p["out_h"], masks.shape[1], rule)[p["y0"] : p["y0"] + p["crop_h"]]
+        cols = nearest_indices(p["out_w"], masks.shape[2], rule)[p["x0"] : p["x0"] + p["crop_w"]]
         return masks[:, rows[:, None], cols[None, :]]
 
 
@@ -72,10 +95,12 @@ class LargeScaleJitter(_ResizeCrop):
         size: int = 1024,
         flip_prob: float = 0.5,
         p: float = 1.0,
+        label_rule: LabelRule = "pil",
     ):
         super().__init__(p=p)
         self.min_scale, self.max_scale, self.size = min_scale, max_scale, size
         self.flip_prob = flip_prob
+        self.label_rule = _checked_rule(label_rule)
 
     def get_params_dependent_on_data(
         self, params: dict[str, Any], data: dict[str, Any]
@@ -144,12 +169,18 @@ class ShortEdgeResizeCrop(_ResizeCrop):
     crop is min(crop, resized) per side, its offsets drawn independently per axis."""
 
     def __init__(
-        self, short_sizes: Sequence[int], max_size: int, crop_size: Sequence[int], p: float = 1.0
+        self,
+        short_sizes: Sequence[int],
+        max_size: int,
+        crop_size: Sequence[int],
+        p: float = 1.0,
+        label_rule: LabelRule = "pil",
     ):
         super().__init__(p=p)
         self.short_sizes = [int(s) for s in short_sizes]
         self.max_size = max_size
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.label_rule = _checked_rule(label_rule)
 
     def get_params_dependent_on_data(
         self, params: dict[str, Any], data: dict[str, Any]
@@ -173,12 +204,19 @@ class ShortEdgeResizeCrop(_ResizeCrop):
 
 class ResizeShortestEdge(A.DualTransform):
     """Short side to a size drawn from `short_sizes`, then shrink if the long side exceeds
-    `max_size` (PIL bilinear for images, PIL nearest for label maps)."""
+    `max_size` (PIL bilinear for images, nearest under `label_rule` for label maps)."""
 
-    def __init__(self, short_sizes: Sequence[int], max_size: int, p: float = 1.0):
+    def __init__(
+        self,
+        short_sizes: Sequence[int],
+        max_size: int,
+        p: float = 1.0,
+        label_rule: LabelRule = "pil",
+    ):
         super().__init__(p=p)
         self.short_sizes = list(short_sizes)
         self.max_size = max_size
+        self.label_rule = _checked_rule(label_rule)
 
     def get_params_dependent_on_data(
         self, params: dict[str, Any], data: dict[str, Any]
@@ -192,7 +230,7 @@ class ResizeShortestEdge(A.DualTransform):
         return resize_image(img, out_h, out_w)
 
     def apply_to_mask(self, mask: np.ndarray, out_h: int, out_w: int, **params: Any) -> np.ndarray:
-        return resize_labels(mask, out_h, out_w)
+        return resize_labels(mask, out_h, out_w, rule=self.label_rule)
 
 
 class PadBottomRight(A.DualTransform):

@@ -9,6 +9,7 @@ import albumentations as A
 
 from .color import ColorAugSSD
 from .geometric import LargeScaleJitter, PadBottomRight, ResizeShortestEdge, ShortEdgeResizeCrop
+from .resize import LabelRule
 
 
 def lsj(
@@ -18,11 +19,13 @@ def lsj(
     image_pad: int = 128,
     mask_pad: int = 0,
     flip_prob: float = 0.5,
+    label_rule: LabelRule = "pil",
 ) -> A.Compose:
-    """COCO's large-scale jitter (flip before the resize, as the paper's mapper does)."""
+    """COCO's large-scale jitter (flip before the resize, as the paper's mapper does); label maps
+    resized under `label_rule` (`resize.nearest_indices`)."""
     return A.Compose(
         [
-            LargeScaleJitter(min_scale, max_scale, size, flip_prob),
+            LargeScaleJitter(min_scale, max_scale, size, flip_prob, label_rule=label_rule),
             PadBottomRight(size, size, fill=image_pad, fill_mask=mask_pad),
         ],
         save_applied_params=True,
@@ -45,14 +48,20 @@ def semantic_jitter(
     image_pad: int = 128,
     mask_pad: int = 255,
     flip_prob: float = 0.5,
+    label_rule: LabelRule = "pil",
 ) -> A.Compose:
     """Short-side jitter + random crop + SSD colour + flip, then pad bottom/right to the crop size
     (ADE20K, Cityscapes, Mapillary: the mappers pad to SIZE_DIVISIBILITY, which is the crop size
-    for ADE20K and Mapillary; Cityscapes crops always fit, so there is nothing to pad)."""
+    for ADE20K and Mapillary; Cityscapes crops always fit, so there is nothing to pad). Label maps
+    are resized under `label_rule`: "torch" as the semantic mapper (its labels are `double`),
+    "pil" as the panoptic and instance mappers (uint8)."""
     crop_h, crop_w = (int(c) for c in crop_size)
     transforms: list[A.BasicTransform] = [
         ShortEdgeResizeCrop(
-            short_edge_sizes(base_size, min_ratio, max_ratio), 4 * base_size, (crop_h, crop_w)
+            short_edge_sizes(base_size, min_ratio, max_ratio),
+            4 * base_size,
+            (crop_h, crop_w),
+            label_rule=label_rule,
         )
     ]
     if color_aug:
@@ -67,12 +76,22 @@ def eval_resize(min_size: int, max_size: int) -> A.Compose:
     return A.Compose([ResizeShortestEdge([min_size], max_size)])
 
 
-def build_train_transform(recipe: str, mask_pad: int, **kwargs: Any) -> A.Compose:
-    """`recipe` is `lsj` or `semantic` (see the module docstring); kwargs are the recipe's sizes."""
+def label_rule_for(task: str) -> LabelRule:
+    """How the official mapper of `task` resizes its label map: the semantic mapper reads the label
+    PNG as `double`, so detectron2 resizes it with torch's nearest ("torch"); the panoptic and
+    instance mappers hand it uint8 (RGB ids, masks), resized by PIL's nearest ("pil")."""
+    return "torch" if task == "semantic" else "pil"
+
+
+def build_train_transform(
+    recipe: str, mask_pad: int, label_rule: LabelRule = "pil", **kwargs: Any
+) -> A.Compose:
+    """`recipe` is `lsj` or `semantic` (see the module docstring); kwargs are the recipe's sizes;
+    `label_rule` how label maps are resized (`label_rule_for(task)`)."""
     if recipe == "lsj":
-        return lsj(mask_pad=mask_pad, **kwargs)
+        return lsj(mask_pad=mask_pad, label_rule=label_rule, **kwargs)
     if recipe == "semantic":
-        return semantic_jitter(mask_pad=mask_pad, **kwargs)
+        return semantic_jitter(mask_pad=mask_pad, label_rule=label_rule, **kwargs)
     if recipe == "none":
         return A.Compose([])
     raise ValueError(f"unknown augmentation recipe '{recipe}': choose lsj, semantic or none")
