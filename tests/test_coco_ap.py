@@ -16,8 +16,11 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from m2f_lightning.data import build_reader
 from m2f_lightning.data.catalog import get_metadata
 from m2f_lightning.data.datasets.instance import CocoInstanceReader
+from m2f_lightning.data.io import DataError
+from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.data.targets import eval_targets
 from m2f_lightning.metrics import SegmentationMetrics
 from m2f_lightning.types import EvalTarget, InstanceSet, SegmentationResult
@@ -245,3 +248,91 @@ def test_size_buckets_use_the_annotation_area_of_the_json(tmp_path: Path) -> Non
     by_pixels = metrics.compute()
     sizes = ("APs", "APm", "APl")
     assert [by_pixels.get(k) for k in sizes] != [ours.get(k) for k in sizes]
+
+
+def test_class_metrics_give_cocoevals_ap_of_each_category() -> None:
+    rng = np.random.default_rng(5)
+    scenes = [_scene(rng) for _ in range(4)]
+    image_ids = [3, 1, 4, 2]
+    metrics = SegmentationMetrics("instance", 2, [0, 1], [], class_metrics=True)
+    for (gts, labels, crowd, preds), image_id in zip(scenes, image_ids, strict=True):
+        metrics.update(
+            [
+                SegmentationResult(
+                    instances=InstanceSet(
+                        masks=torch.from_numpy(_stack([p[0] for p in preds])),
+                        scores=torch.tensor([p[1] for p in preds], dtype=torch.float32),
+                        labels=torch.tensor([p[2] for p in preds], dtype=torch.int64),
+                    ),
+                    image_id=image_id,
+                )
+            ],
+            [
+                EvalTarget(
+                    instances=InstanceSet(
+                        masks=torch.from_numpy(_stack(gts)),
+                        labels=torch.tensor(labels, dtype=torch.int64),
+                        iscrowd=torch.tensor(crowd, dtype=torch.bool),
+                    )
+                )
+            ],
+        )
+    values = metrics.ap.compute()
+    assert values["classes"].tolist() == [0, 1]
+    for category in (0, 1):  # COCOeval restricted to one category
+        scenes_of = [
+            (
+                [m for m, c in zip(g, lab, strict=True) if c == category],
+                [c for c in lab if c == category],
+                [k for k, c in zip(cr, lab, strict=True) if c == category],
+                [p for p in preds if p[2] == category],
+            )
+            for g, lab, cr, preds in scenes
+        ]
+        expected = _cocoeval(scenes_of, image_ids)[0]
+        assert 100 * float(values["map_per_class"][category]) == pytest.approx(expected, abs=1e-3)
+
+
+def test_panoptic_segments_carry_their_json_area(tmp_path: Path) -> None:
+    """Without the instances JSON, a panoptic dataset's AP is scored against its thing segments,
+    bucketed by `segments_info[].area` of the panoptic JSON."""
+    write_dataset("coco_panoptic", tmp_path, num=1, num_val=2, seed=4, size=(48, 64))
+    json_file = tmp_path / "coco" / "annotations" / "panoptic_val2017.json"
+    data = json.loads(json_file.read_text())
+    for ann in data["annotations"]:
+        for k, segment in enumerate(ann["segments_info"]):
+            segment["area"] = 1000.5 * (k + 1)  # not the pixel count
+    json_file.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="instances_val2017"):
+        reader = build_reader("coco", "panoptic", "val", tmp_path)
+    sample = reader[0]
+    target = eval_targets("panoptic", reader.metadata, sample)
+    things = set(reader.metadata.thing_ids)
+    info = next(a for a in data["annotations"] if a["image_id"] == sample.image_id)
+    categories = [reader.metadata.contiguous_id(s["category_id"]) for s in info["segments_info"]]
+    expected = [
+        s["area"] for s, c in zip(info["segments_info"], categories, strict=True) if c in things
+    ]
+    assert len(expected) > 0
+    assert target.instances.areas.tolist() == expected
+
+
+@pytest.mark.parametrize("area", ["12", -1, None, float("nan"), True])
+def test_an_area_that_is_not_a_number_names_the_file_and_annotation(tmp_path, area) -> None:
+    ann = {"id": 5, "image_id": 1, "category_id": PERSON, "segmentation": _square(1, 1, 4)}
+    if area is not None:
+        ann["area"] = area
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}],
+        "annotations": [ann],
+        "categories": [{"id": PERSON, "name": "person"}],
+    }
+    json_file = tmp_path / "instances.json"
+    json_file.write_text(json.dumps(data))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    reader = CocoInstanceReader(json_file, tmp_path, get_metadata("coco_instance"))
+    if area is None:  # no area: the metric counts the mask's pixels
+        assert np.isnan(reader[0].areas).all()
+        return
+    with pytest.raises(DataError, match=r"instances\.json \(image id 1\): annotation id 5: area"):
+        reader[0]
