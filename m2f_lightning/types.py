@@ -48,6 +48,9 @@ class InstanceSet:
     labels: torch.Tensor  # int64 [N], contiguous class ids
     scores: torch.Tensor | None = None  # float [N] (predictions)
     iscrowd: torch.Tensor | None = None  # bool [N] (ground truth)
+    # float64 [N] (ground truth): the annotation JSON's `area`, which COCOeval's size buckets
+    # (APs/APm/APl) use; None or NaN where there is none: the mask's pixel count
+    areas: torch.Tensor | None = None
 
 
 @dataclass

@@ -20,7 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
     "metrics": (
         ["m2f_lightning/metrics/*"],
-        ["tests/test_metrics.py", "tests/test_metrics_wiring.py", "tests/test_fidelity_eval.py"],
+        [
+            "tests/test_metrics.py",
+            "tests/test_metrics_wiring.py",
+            "tests/test_fidelity_eval.py",
+            "tests/test_coco_ap.py",
+        ],
     ),
     "inference": (
         ["m2f_lightning/inference/*"],

@@ -301,23 +301,30 @@ def test_annotation_masks_refuse_rle_runs_that_do_not_cover_the_image(
 
 
 def test_annotation_masks_match_pycocotools_ann_to_mask(tmp_path: Path) -> None:
-    json_file = _one_image_file(tmp_path)
+    # an area (COCOeval's size buckets) on two of the annotations, none on the others
+    areas = {12: 2000.5, 14: 0}
+    json_file = _one_image_file(
+        tmp_path, [{**a, "area": areas[a["id"]]} if a["id"] in areas else a for a in ANNS_IMAGE_1]
+    )
     coco = load_coco(json_file)
-    masks, labels, crowd = annotation_masks(coco, 1, H, W, META, "instances JSON")
+    masks, labels, crowd, areas = annotation_masks(coco, 1, H, W, META, "instances JSON")
     reference = COCO(str(json_file))
     expected = np.stack([reference.annToMask(a) for a in reference.loadAnns([11, 12, 13, 14])])
     assert masks.dtype == np.uint8
     np.testing.assert_array_equal(masks, expected)
     assert labels.dtype == np.int64 and labels.tolist() == [0, 2, 0, 79]
     assert crowd.dtype == np.bool_ and crowd.tolist() == [False, False, True, False]
+    assert areas.dtype == np.float64  # the JSON's area where given, NaN where not
+    np.testing.assert_array_equal(areas, [np.nan, 2000.5, np.nan, 0.0])
 
 
 def test_annotation_masks_image_without_annotations_gives_empty_typed_arrays(
     tmp_path: Path,
 ) -> None:
     json_file = _write_coco(tmp_path, [_image(1), _image(2)], [ANNS_IMAGE_1[0]])
-    masks, labels, crowd = annotation_masks(load_coco(json_file), 2, H, W, META, "x.json")
+    masks, labels, crowd, areas = annotation_masks(load_coco(json_file), 2, H, W, META, "x.json")
     assert masks.shape == (0, H, W) and masks.dtype == np.uint8
+    assert areas.shape == (0,) and areas.dtype == np.float64
     assert labels.shape == (0,) and labels.dtype == np.int64
     assert crowd.shape == (0,) and crowd.dtype == np.bool_
 

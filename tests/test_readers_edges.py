@@ -187,9 +187,10 @@ def test_coco_panoptic_val_scores_ap_against_the_instances_json(tmp_path: Path) 
     data = _coco_instances(tmp_path, "val")
     sample = reader[0]
     assert sample.eval_instances is not None
-    masks, labels, crowd = sample.eval_instances
+    masks, labels, crowd, areas = sample.eval_instances
     expected = [a for a in data["annotations"] if a["image_id"] == sample.image_id]
     assert len(labels) == len(crowd) == len(masks) == len(expected)
+    assert areas.tolist() == [a["area"] for a in expected]  # COCOeval's size buckets
     assert train[0].eval_instances is None  # AP is a val-only score
 
 

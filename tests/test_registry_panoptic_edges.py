@@ -192,9 +192,10 @@ def test_ade20k_panoptic_val_scores_ap_against_the_instance_json(ade: Path) -> N
     reader = build_reader("ade20k", "panoptic", "val", ade)
     sample = reader[0]
     assert sample.eval_instances is not None
-    masks, labels, crowd = sample.eval_instances
+    masks, labels, crowd, areas = sample.eval_instances
     expected = [a for a in data["annotations"] if a["image_id"] == sample.image_id]
     assert len(masks) == len(labels) == len(crowd) == len(expected) > 0
+    assert areas.tolist() == [a["area"] for a in expected]  # COCOeval's size buckets
     assert crowd.tolist() == [bool(a["iscrowd"]) for a in expected]
     train = build_reader("ade20k", "panoptic", "train", ade)
     assert train[0].eval_instances is None  # AP is a val-only score

@@ -121,11 +121,12 @@ def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> EvalTarge
         if task == "panoptic" and sample.eval_instances is not None:
             # the instance JSON of the same image (COCO instances_val2017.json, ADE20K
             # ade20k_instance_val.json), as the official evaluators score AP
-            masks, labels, crowd = sample.eval_instances
+            masks, labels, crowd, areas = sample.eval_instances
             out.instances = InstanceSet(
                 masks=torch.from_numpy(masks.astype(bool)),
                 labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)),
                 iscrowd=torch.from_numpy(np.asarray(crowd, dtype=bool)),
+                areas=_areas(areas, len(labels)),
             )
         elif task in ("panoptic", "instance"):
             thing_segments = [s for s in segments if s["category"] in things]
@@ -133,6 +134,7 @@ def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> EvalTarge
                 masks=_stack([id_map == s["id"] for s in thing_segments], id_map.shape),
                 labels=torch.tensor([s["category"] for s in thing_segments], dtype=torch.int64),
                 iscrowd=torch.tensor([s["iscrowd"] for s in thing_segments], dtype=torch.bool),
+                areas=_areas([s.get("area", np.nan) for s in thing_segments], len(thing_segments)),
             )
     elif sample.masks is not None:
         keep = [i for i, label in enumerate(sample.labels) if label in things]
@@ -140,7 +142,17 @@ def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> EvalTarge
             masks=torch.from_numpy(sample.masks[keep].astype(bool)),
             labels=torch.from_numpy(np.asarray(sample.labels)[keep].astype(np.int64)),
             iscrowd=torch.from_numpy(np.asarray(sample.crowd)[keep].astype(bool)),
+            areas=_areas(
+                None if sample.areas is None else np.asarray(sample.areas)[keep], len(keep)
+            ),
         )
     elif sample.sem_seg is not None:
         out.sem_seg = torch.from_numpy(sample.sem_seg.astype(np.int64))
     return out
+
+
+def _areas(areas: Any, count: int) -> torch.Tensor:
+    """The annotations' JSON areas as float64 [count], NaN where unknown (see `InstanceSet`)."""
+    if areas is None:
+        return torch.full((count,), float("nan"), dtype=torch.float64)
+    return torch.from_numpy(np.asarray(areas, dtype=np.float64).reshape(count))

@@ -1,25 +1,79 @@
-"""Mask AP: torchmetrics' COCO-style AP that syncs any split of images over ranks, and
-cityscapesScripts' instance AP (the paper's Cityscapes number)."""
+"""Mask AP: COCO AP as pycocotools' COCOeval computes it, kept in torchmetrics' states that
+sync any split of images over ranks, and cityscapesScripts' instance AP (the paper's Cityscapes
+number)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torchmetrics import Metric
 from torchmetrics.detection import MeanAveragePrecision
 
 from ..types import InstanceSet
+from .coco_eval import IOU_THRESHOLDS, RECALL_THRESHOLDS, coco_mask_ap
 
 
 class GatheredMeanAveragePrecision(MeanAveragePrecision):
-    """torchmetrics' mask AP, synchronised for ranks that scored different numbers of images.
+    """COCO mask AP equal to pycocotools' COCOeval, synchronised for ranks that scored
+    different numbers of images.
+
+    torchmetrics' `update` keeps the per-image RLE masks; `compute` is `coco_eval.coco_mask_ap`
+    (pycocotools' float64 thresholds, every image scored, images in dataset-id order, the
+    ground truth's `area`) instead of torchmetrics' conversion. `update` takes each image's
+    dataset id (`image_ids`) and ground-truth `area` (NaN or absent: the mask's pixel count).
 
     torchmetrics gathers its per-image list states element by element (and its RLE masks by
     interleaving the ranks' lists), which needs the same number of images on every rank: a
     3-and-2 split aborts in gloo with a collective size mismatch. Here every list state is
     gathered whole (`all_gather_object`, on CPU) and concatenated rank by rank, so each image
-    is scored once whatever the split, a rank with no image included.
+    is scored once whatever the split, a rank with no image included; `compute` orders the
+    images by id, so the split does not change the result either.
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            iou_thresholds=IOU_THRESHOLDS.tolist(),
+            rec_thresholds=RECALL_THRESHOLDS.tolist(),
+            **kwargs,
+        )
+        if self.iou_type != ("segm",):
+            raise ValueError(f"GatheredMeanAveragePrecision is mask AP (segm), not {self.iou_type}")
+        self.add_state("image_keys", default=[], dist_reduce_fx=None)
+
+    def update(  # type: ignore[override]
+        self,
+        preds: list[dict[str, torch.Tensor]],
+        target: list[dict[str, torch.Tensor]],
+        image_ids: Sequence[Any] | None = None,
+    ) -> None:
+        """torchmetrics' update; `image_ids` (default: the order of arrival) order the images
+        as COCOeval orders its image ids."""
+        target = [_with_area(item) for item in target]
+        super().update(preds, target)
+        keys = list(image_ids) if image_ids is not None else [""] * len(target)
+        if len(keys) != len(target):
+            raise ValueError(f"{len(keys)} image ids for {len(target)} images")
+        self.image_keys.extend(keys)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return coco_mask_ap(
+            self.groundtruth_mask,
+            self.groundtruth_labels,
+            self.groundtruth_crowds,
+            self.groundtruth_area,
+            self.detection_mask,
+            self.detection_scores,
+            self.detection_labels,
+            self.image_keys,
+            class_metrics=self.class_metrics,
+        )
+
+    def _apply(self, fn: Callable) -> torch.nn.Module:  # type: ignore[override]
+        # RLE masks and image ids are no tensors: left as they are when the metric moves
+        return Metric._apply(
+            self, fn, exclude_state=("detection_mask", "groundtruth_mask", "image_keys")
+        )
 
     def _sync_dist(self, dist_sync_fn: Any = None, process_group: Any = None) -> None:
         import torch.distributed as dist
@@ -131,6 +185,17 @@ class CityscapesInstanceAP:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.records = []
+
+
+def _with_area(item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ground truth with its `area` (float64): the given one, the pixel count where it is
+    absent or NaN (label-PNG datasets have no annotation area)."""
+    pixels = item["masks"].flatten(1).sum(1).double()
+    area = item.get("area")
+    if area is None:
+        return {**item, "area": pixels}
+    area = area.double().to(pixels.device)
+    return {**item, "area": torch.where(torch.isnan(area), pixels, area)}
 
 
 def _need(value: Any, what: str) -> Any:

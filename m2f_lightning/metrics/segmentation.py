@@ -33,7 +33,7 @@ class SegmentationMetrics(torch.nn.Module):
             raise ValueError(f"unknown task '{task}': choose panoptic, instance or semantic")
         self.task = task
         self.pq = PanopticQuality(thing_ids, stuff_ids) if task == "panoptic" else None
-        self.ap = (
+        self.ap = (  # COCOeval's AP, as detectron2's COCOEvaluator (see metrics/coco_eval.py)
             GatheredMeanAveragePrecision(
                 iou_type="segm", backend="faster_coco_eval", class_metrics=class_metrics
             )
@@ -82,8 +82,10 @@ class SegmentationMetrics(torch.nn.Module):
                             "masks": gt_inst.masks.cpu().bool(),
                             "labels": gt_inst.labels.cpu(),
                             "iscrowd": _crowd_flags(gt_inst).cpu().long(),
+                            **_areas(gt_inst),
                         }
                     ],
+                    image_ids=[result.image_id],
                 )
                 if self.cityscapes is not None and target.instance_file is not None:
                     self.cityscapes.update(inst, target.instance_file)
@@ -149,3 +151,7 @@ def _crowd_flags(instances: InstanceSet) -> torch.Tensor:
     if instances.iscrowd is not None:
         return instances.iscrowd
     return torch.zeros(len(instances.labels), dtype=torch.bool)
+
+
+def _areas(instances: InstanceSet) -> dict[str, torch.Tensor]:
+    return {"area": instances.areas.cpu()} if instances.areas is not None else {}

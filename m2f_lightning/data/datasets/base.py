@@ -17,9 +17,13 @@ class Sample:
     uint8 [N, H, W] + `labels` + `crowd`. Semantic: `sem_seg` uint8 [H, W], 255 = ignore.
 
     Evaluation ground truth that the official evaluators take from other files than the
-    training annotation: `eval_instances` (masks, labels, crowd) from the instance JSON of a
-    panoptic dataset (AP), `sem_seg` on a panoptic sample (mIoU from the semantic PNGs), and
+    training annotation: `eval_instances` (masks, labels, crowd, areas) from the instance JSON
+    of a panoptic dataset (AP), `sem_seg` on a panoptic sample (mIoU from the semantic PNGs), and
     `instance_file` (Cityscapes' instanceIds PNG, which cityscapesScripts' evaluation reads).
+
+    Areas (COCOeval's size buckets for APs/APm/APl): each annotation's JSON `area` (float64
+    `areas` beside `masks`, `segments[i]["area"]`), NaN where the format has none (then the
+    metric counts the mask's pixels). They refer to the image on disk, the size AP is scored at.
     """
 
     image: np.ndarray
@@ -30,8 +34,9 @@ class Sample:
     masks: np.ndarray | None = None
     labels: np.ndarray | None = None
     crowd: np.ndarray | None = None
+    areas: np.ndarray | None = None
     sem_seg: np.ndarray | None = None
-    eval_instances: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    eval_instances: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
     instance_file: str | None = None
     # COCO instance training: per annotation its polygons ([K, 2] x, y arrays) or None (RLE)
     polygons: list[list[np.ndarray] | None] | None = None

@@ -69,6 +69,7 @@ class CocoInstanceReader(Reader):
             dtype=np.int64,
         )
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+        areas = json_areas(anns, f"{self.json_file} (image id {image_id})")
         polygons = None
         if self.keep_polygons:
             polygons = [
@@ -84,6 +85,7 @@ class CocoInstanceReader(Reader):
             masks=masks,
             labels=labels,
             crowd=crowd,
+            areas=areas,
             polygons=polygons,
         )
 
@@ -110,6 +112,22 @@ def rasterise(anns: list[dict], height: int, width: int, source: str) -> np.ndar
     return masks
 
 
+def json_areas(records: list[dict], source: str) -> np.ndarray:
+    """The `area` of each annotation (COCO instances) or segment (COCO panoptic) as float64,
+    NaN where it has none; one that is not a number ≥ 0 is an error naming `source`."""
+    areas = np.full(len(records), np.nan)
+    for i, record in enumerate(records):
+        area = record.get("area")
+        if area is None:
+            continue
+        if isinstance(area, bool) or not isinstance(area, (int, float)) or not area >= 0:
+            raise DataError(
+                f"{source}: annotation id {record.get('id')}: area {area!r} is not a number ≥ 0"
+            )
+        areas[i] = area
+    return areas
+
+
 def load_coco(json_file: Path) -> COCO:
     """pycocotools' index of a COCO instances JSON, without its prints."""
     with contextlib.redirect_stdout(io.StringIO()):
@@ -123,16 +141,16 @@ def annotation_masks(
     width: int,
     metadata: DatasetMetadata,
     source: str = "",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One image's annotations rasterised by pycocotools (polygons and RLE): masks uint8
-    [N, H, W], contiguous labels of `metadata`, crowd flags."""
+    [N, H, W], contiguous labels of `metadata`, crowd flags, JSON areas (NaN where absent)."""
     anns = coco.imgToAnns.get(image_id, [])
     masks = rasterise(anns, height, width, f"{source} (image id {image_id})")
     labels = np.array(
         [metadata.contiguous_id(a["category_id"], source) for a in anns], dtype=np.int64
     )
     crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
-    return masks, labels, crowd
+    return masks, labels, crowd, json_areas(anns, f"{source} (image id {image_id})")
 
 
 class CityscapesInstanceReader(Reader):

@@ -10,7 +10,7 @@ from ..catalog import DatasetMetadata
 from ..io import DataError, check_same_size, read_image, read_label, rgb_to_id
 from ..validation import check_panoptic_annotations, compare_categories, load_json
 from .base import Reader, Sample
-from .instance import annotation_masks, load_coco
+from .instance import annotation_masks, json_areas, load_coco
 
 
 class PanopticReader(Reader):
@@ -84,8 +84,13 @@ class PanopticReader(Reader):
                 "id": int(s["id"]),
                 "category": self.metadata.contiguous_id(s["category_id"], str(record["png"])),
                 "iscrowd": bool(s.get("iscrowd", 0)),
+                "area": float(area),
             }
-            for s in record["segments_info"]
+            for s, area in zip(
+                record["segments_info"],
+                json_areas(record["segments_info"], f"{self.json_file} ({record['png']})"),
+                strict=True,
+            )
         ]
         sample = Sample(
             image=image,
