@@ -135,6 +135,24 @@ def test_cityscapes_instance_training_drops_images_without_instances(tmp_path, c
     assert "left out 2 of 3 images" in caplog.text
 
 
+def test_cityscapes_object_wholly_under_later_ones_is_no_annotation(tmp_path):
+    """detectron2 skips an object whose difference with the later polygons is empty; the
+    covered car still covers nothing else, and the person beside it stays."""
+    objects = [
+        {"label": "car", "polygon": _rect(4, 4, 9, 9)},
+        {"label": "building", "polygon": _rect(0, 0, 20, 20)},
+        {"label": "person", "polygon": _rect(30, 5, 35, 15)},
+    ]
+    _write_city(tmp_path, "aachen_000000_000000", objects)
+    sample = build_reader("cityscapes", "instance", "train", root=tmp_path)[0]
+    meta = metadata_for("cityscapes", "instance")
+    assert sample.labels.tolist() == [meta.contiguous_id(PERSON, "")]
+    assert [index for _, index in sample.layers] == [0, -1, -1]
+    person = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    person[5:16, 30:36] = 1  # the pixels 30..35 x 5..15, as cityscapesScripts draws them
+    np.testing.assert_array_equal(sample.masks[0], person)
+
+
 def test_synthetic_cityscapes_polygons_draw_its_instance_pngs(tmp_path):
     """The synthetic writer's polygon files are what its instanceIds PNGs are drawn from, as in
     the real dataset: cityscapesScripts' drawing of each file gives the PNG."""

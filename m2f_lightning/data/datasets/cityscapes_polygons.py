@@ -14,9 +14,21 @@ Here the same happens without shapely, in raster form after the augmentation
 (`layer_masks`): each dilated polygon (the polygon, a 2r-wide rectangle along each edge and a
 16-gon of radius r at each vertex, the pieces of shapely's round buffer) is moved with the
 augmentation and rasterised by pycocotools; the objects are taken topmost first, each keeping
-the pixels no higher one covers, with its holes filled. This equals rasterising the official
-polygons except for pixels whose sample point lies within pycocotools' 1/5-pixel grid of a
-boundary the union / difference creates (see docs/fidelity.md).
+the pixels no higher one covers, with its holes filled; an object no pixel of which is left at
+the original size is no annotation (detectron2 skips an empty difference). Where this can differ
+from rasterising the official shapely polygons, all at the level of single boundary pixels:
+- pixels whose sample point lies within pycocotools' 1/5-pixel grid of a boundary that the
+  union / difference creates (shapely computes those boundaries exactly, we per pixel);
+- the arcs of the dilation: 16-gons at fixed angles, shapely's arcs start at the edge normals
+  (both inscribed in the same circle, < 0.01 px apart);
+- the crop: detectron2 intersects each polygon with the crop box (shapely, after `buffer(0)`,
+  which also drops invalid polygons); here the moved polygon is rasterised and pycocotools clips
+  it at the image border;
+- holes: shapely drops interior rings; `binary_fill_holes` fills 4-connected background, so a
+  hole meeting the outside only at a pixel corner is filled here;
+- self-intersecting polygons: pycocotools fills by crossing parity, shapely's buffer by union;
+- the filter of images without instances reads the file's objects, so an image whose every
+  instance lies wholly under later polygons is kept (with no target), where detectron2 drops it.
 """
 
 import json

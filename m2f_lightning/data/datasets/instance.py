@@ -15,7 +15,7 @@ from ..io import DataError, check_same_size, read_image, read_label
 from ..rle import check_rle_runs
 from ..validation import check_instance_annotations, compare_categories, load_json
 from .base import Reader, Sample
-from .cityscapes_polygons import has_instance, layer_masks, read_layers
+from .cityscapes_polygons import OCCLUDER, has_instance, layer_masks, read_layers
 
 logger = logging.getLogger(__name__)
 
@@ -210,11 +210,21 @@ class CityscapesInstanceReader(Reader):
                 f"{image_path} is {image.shape[1]}x{image.shape[0]} but {json_file} says "
                 f"{size[1]}x{size[0]}"
             )
+        masks = layer_masks(layers, len(annotations), [], size, size)
+        # an object wholly under later ones is no annotation (detectron2 skips an empty
+        # difference); its polygon still covers the ones below it
+        visible = masks.any(axis=(1, 2))
+        new_index = np.cumsum(visible) - 1
+        layers = [
+            (polygon, int(new_index[i]) if i != OCCLUDER and visible[i] else OCCLUDER)
+            for polygon, i in layers
+        ]
+        annotations = [a for a, keep in zip(annotations, visible, strict=True) if keep]
         return Sample(
             image=image,
             file_name=str(image_path),
             image_id=image_path.stem,
-            masks=layer_masks(layers, len(annotations), [], size, size),
+            masks=masks[visible],
             labels=np.array(
                 [self.metadata.contiguous_id(i, str(json_file)) for i, _ in annotations],
                 dtype=np.int64,
