@@ -199,3 +199,15 @@ def test_mapillary_panoptic_without_labels_warns_that_miou_differs(tmp_path):
     with pytest.warns(UserWarning, match="differs from the official mIoU"):
         reader = build_reader("mapillary_vistas", "panoptic", "val", root=tmp_path)
     assert reader[0].sem_seg is None
+
+
+def test_cityscapes_instance_training_without_polygon_files_warns_and_reads_the_pngs(tmp_path):
+    _write_city(tmp_path, "aachen_000000_000000", [{"label": "car", "polygon": _rect(2, 2, 9, 9)}])
+    _write_city(tmp_path, "aachen_000000_000001", [{"label": "road", "polygon": _rect(0, 0, 9, 9)}])
+    gt = tmp_path / "cityscapes" / "gtFine" / "train" / "aachen"
+    (gt / "aachen_000000_000001_gtFine_polygons.json").unlink()
+    with pytest.warns(UserWarning, match="1 of 2 Cityscapes training images have no"):
+        reader = build_reader("cityscapes", "instance", "train", root=tmp_path)
+    assert len(reader) == 2  # nothing to filter by
+    sample = reader[0]
+    assert sample.layers is None and len(sample.labels) == 1
