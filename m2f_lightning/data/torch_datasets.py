@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from .catalog import DatasetMetadata
 from .datasets.base import Reader
+from .datasets.cityscapes_polygons import layer_masks
 from .io import read_image
 from .sampling import SampleKey, seed_transform, unpack_key
 from .targets import eval_targets, semantic_from_panoptic, train_targets
@@ -92,6 +93,23 @@ class SegmentationDataset(Dataset):
                 self.metadata,
                 id_map=out["mask"],
                 segments=sample.segments,
+                keep_empty=self.keep_empty,
+            )
+        if sample.layers is not None:  # Cityscapes polygons: moved, then rasterised
+            out = self.transform(image=sample.image)
+            masks = layer_masks(
+                sample.layers,
+                len(sample.labels),
+                out.get("applied_transforms", []),
+                sample.image.shape[:2],
+                out["image"].shape[:2],
+            )
+            return out["image"], train_targets(
+                self.task,
+                self.metadata,
+                masks=masks,
+                labels=sample.labels,
+                crowd=sample.crowd,
                 keep_empty=self.keep_empty,
             )
         if sample.masks is not None:

@@ -40,6 +40,9 @@ class Sample:
     instance_file: str | None = None
     # COCO instance training: per annotation its polygons ([K, 2] x, y arrays) or None (RLE)
     polygons: list[list[np.ndarray] | None] | None = None
+    # Cityscapes instance training (polygon JSON): every drawn polygon ([K, 2] x, y), topmost
+    # first, with the index of the annotation it is or -1 (a label that only covers others)
+    layers: list[tuple[np.ndarray, int]] | None = None
 
 
 class Reader:

@@ -1,8 +1,9 @@
 """Readers for instance annotations: COCO JSON (polygons and RLE, via pycocotools) and
-Cityscapes gtFine instanceIds PNGs."""
+Cityscapes gtFine (instanceIds PNGs; polygon JSONs for training)."""
 
 import contextlib
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ from ..io import DataError, check_same_size, read_image, read_label
 from ..rle import check_rle_runs
 from ..validation import check_instance_annotations, compare_categories, load_json
 from .base import Reader, Sample
+from .cityscapes_polygons import OCCLUDER, has_instance, layer_masks, read_layers
+
+logger = logging.getLogger(__name__)
 
 
 class CocoInstanceReader(Reader):
@@ -155,12 +159,35 @@ def annotation_masks(
 
 class CityscapesInstanceReader(Reader):
     """gtFine `*_instanceIds.png`: id = label_id·1000 + k for instances of thing classes; a thing
-    label id below 1000 is a crowd group."""
+    label id below 1000 is a crowd group.
 
-    def __init__(self, pairs: list[tuple[Path, Path]], metadata: DatasetMetadata) -> None:
-        self.pairs = pairs
+    `from_json` (training, as the official registration): the annotations come from the
+    `*_gtFine_polygons.json` beside each PNG instead (`cityscapes_polygons.py`); the sample
+    carries the drawn polygons (`Sample.layers`) that the training pipeline rasterises after
+    the augmentation, and its `masks` at the original size. With `filter_empty`, images without
+    a non-crowd instance are left out (DATALOADER.FILTER_EMPTY_ANNOTATIONS), with a log line
+    that counts them."""
+
+    def __init__(
+        self,
+        pairs: list[tuple[Path, Path]],
+        metadata: DatasetMetadata,
+        from_json: bool = False,
+        filter_empty: bool = False,
+    ) -> None:
         self.metadata = metadata
         self.thing_label_ids = {metadata.dataset_ids[i] for i in metadata.thing_ids}
+        self.from_json = from_json
+        if from_json and filter_empty:
+            kept = [p for p in pairs if has_instance(polygons_json(p[1]), self.thing_label_ids)]
+            logger.info(
+                "Cityscapes instance training: left out %d of %d images without a non-crowd "
+                "instance (FILTER_EMPTY_ANNOTATIONS, as the official config)",
+                len(pairs) - len(kept),
+                len(pairs),
+            )
+            pairs = kept
+        self.pairs = pairs
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -168,6 +195,8 @@ class CityscapesInstanceReader(Reader):
     def __getitem__(self, index: int) -> Sample:
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
+        if self.from_json:
+            return self._from_json(image, image_path, label_path)
         ids = read_label(label_path).astype(np.int64)
         check_same_size(image, ids, image_path, label_path)
         masks, labels, crowd = [], [], []
@@ -190,3 +219,42 @@ class CityscapesInstanceReader(Reader):
             crowd=np.array(crowd, dtype=bool),
             instance_file=str(label_path),
         )
+
+    def _from_json(self, image: np.ndarray, image_path: Path, label_path: Path) -> Sample:
+        json_file = polygons_json(label_path)
+        layers, annotations, size = read_layers(json_file, self.thing_label_ids)
+        if size != image.shape[:2]:
+            raise DataError(
+                f"{image_path} is {image.shape[1]}x{image.shape[0]} but {json_file} says "
+                f"{size[1]}x{size[0]}"
+            )
+        masks = layer_masks(layers, len(annotations), [], size, size)
+        # an object wholly under later ones is no annotation (detectron2 skips an empty
+        # difference); its polygon still covers the ones below it
+        visible = masks.any(axis=(1, 2))
+        new_index = np.cumsum(visible) - 1
+        layers = [
+            (polygon, int(new_index[i]) if i != OCCLUDER and visible[i] else OCCLUDER)
+            for polygon, i in layers
+        ]
+        annotations = [a for a, keep in zip(annotations, visible, strict=True) if keep]
+        return Sample(
+            image=image,
+            file_name=str(image_path),
+            image_id=image_path.stem,
+            masks=masks[visible],
+            labels=np.array(
+                [self.metadata.contiguous_id(i, str(json_file)) for i, _ in annotations],
+                dtype=np.int64,
+            ),
+            crowd=np.array([c for _, c in annotations], dtype=bool),
+            instance_file=str(label_path),
+            layers=layers,
+        )
+
+
+def polygons_json(instance_png: Path) -> Path:
+    """The `*_gtFine_polygons.json` beside a `*_gtFine_instanceIds.png`."""
+    return instance_png.with_name(
+        instance_png.name.replace("_gtFine_instanceIds.png", "_gtFine_polygons.json")
+    )

@@ -22,8 +22,9 @@ class PanopticReader(Reader):
     Evaluation ground truth of the official evaluators, when given: `instances_json` (the COCO
     instances JSON of the same images: AP is scored against its masks, found by image id, category
     ids those of the panoptic catalog) and `semantic_png(image_info)` (the semantic label PNG,
-    contiguous ids and 255: mIoU is scored against it), `instance_png(image_info)` (Cityscapes'
-    instanceIds PNG: AP is scored by cityscapesScripts' evaluation of it).
+    contiguous ids and 255, after `semantic_transform` (Mapillary: 65 → 255): mIoU is scored
+    against it), `instance_png(image_info)` (Cityscapes' instanceIds PNG: AP is scored by
+    cityscapesScripts' evaluation of it).
     """
 
     def __init__(
@@ -35,6 +36,7 @@ class PanopticReader(Reader):
         instances_json: Path | None = None,
         semantic_png: Callable[[dict], Path] | None = None,
         instance_png: Callable[[dict], Path] | None = None,
+        semantic_transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         data = load_json(json_file, ("images", "annotations"), "panoptic annotation file")
         compare_categories(data.get("categories"), metadata, json_file)
@@ -53,6 +55,7 @@ class PanopticReader(Reader):
         self.instances = load_coco(instances_json) if instances_json is not None else None
         self.instances_json = instances_json
         self.json_file = json_file
+        self.semantic_transform = semantic_transform
 
     def __len__(self) -> int:
         return len(self.records)
@@ -114,5 +117,7 @@ class PanopticReader(Reader):
         if record["semantic"] is not None:
             semantic = read_label(record["semantic"])
             check_same_size(image, semantic, record["image"], record["semantic"])
+            if self.semantic_transform is not None:
+                semantic = self.semantic_transform(semantic)
             sample.sem_seg = semantic.astype(np.uint8)
         return sample

@@ -17,7 +17,7 @@ from typing import Any
 from ...errors import ConfigError
 from ..catalog import DatasetMetadata, get_metadata
 from .base import Reader, require_dir
-from .instance import CityscapesInstanceReader, CocoInstanceReader
+from .instance import CityscapesInstanceReader, CocoInstanceReader, polygons_json
 from .panoptic import PanopticReader
 from .semantic import SemanticReader, paired_files, remap_ignore, shift_ade20k
 
@@ -201,8 +201,9 @@ def _cityscapes(root: Path, task: str, split: str, meta: DatasetMetadata) -> Rea
         pairs = paired_files(images, gt, "*/*_leftImg8bit.png", gt_name("labelTrainIds"))
         return SemanticReader(pairs, meta.num_classes)
     if task == "instance":
+        pairs = paired_files(images, gt, "*/*_leftImg8bit.png", gt_name("instanceIds"))
         return CityscapesInstanceReader(
-            paired_files(images, gt, "*/*_leftImg8bit.png", gt_name("instanceIds")), meta
+            pairs, meta, from_json=_train_from_polygons(pairs, split), filter_empty=split == "train"
         )
     return PanopticReader(
         root / "gtFine" / f"cityscapes_panoptic_{split}.json",
@@ -219,6 +220,26 @@ def _cityscapes(root: Path, task: str, split: str, meta: DatasetMetadata) -> Rea
     )
 
 
+def _train_from_polygons(pairs: list[tuple[Path, Path]], split: str) -> bool:
+    """Cityscapes instance training reads the `*_gtFine_polygons.json` files, as the official
+    registration (from_json=True); without them it trains from the instanceIds PNGs, with a
+    warning that says what then differs."""
+    if split != "train":
+        return False
+    missing = [png for _, png in pairs if not polygons_json(png).is_file()]
+    if not missing:
+        return True
+    warnings.warn(
+        f"{len(missing)} of {len(pairs)} Cityscapes training images have no "
+        f"*_gtFine_polygons.json (first: {polygons_json(missing[0])}): instance training reads "
+        "the instanceIds PNGs instead, whose masks are resized rather than rasterised after the "
+        "augmentation, and keeps images without instances; the official training uses the "
+        "polygon files",
+        stacklevel=2,
+    )
+    return False
+
+
 def _mapillary(root: Path, task: str, split: str, meta: DatasetMetadata) -> Reader:
     folder = root / {"train": "training", "val": "validation"}[split]
     if task == "semantic":
@@ -228,11 +249,26 @@ def _mapillary(root: Path, task: str, split: str, meta: DatasetMetadata) -> Read
         return SemanticReader(
             pairs, meta.num_classes, remap_ignore(int(meta.extra.get("file_ignore_label", 65)))
         )
+    # the official registration scores mIoU against labels/*.png (ignore 65), not against
+    # semantics derived from the panoptic PNG
+    labels = folder / "labels"
+    scored = task == "panoptic" and split == "val"
+    if scored and not labels.is_dir():
+        warnings.warn(
+            f"{labels} not found: the mIoU of this Mapillary Vistas panoptic model is scored "
+            "against semantics derived from the panoptic PNGs, not against the labels/*.png the "
+            "official evaluation uses, so it differs from the official mIoU",
+            stacklevel=2,
+        )
     return PanopticReader(
         folder / "panoptic" / "panoptic_2018.json",
         folder / "panoptic",
         lambda info: folder / "images" / info["file_name"],
         meta,
+        semantic_png=(lambda info: labels / Path(info["file_name"]).with_suffix(".png").name)
+        if scored and labels.is_dir()
+        else None,
+        semantic_transform=remap_ignore(int(meta.extra.get("file_ignore_label", 65))),
     )
 
 
@@ -274,6 +310,7 @@ register(
         folder="cityscapes",
         layout="""  cityscapes/leftImg8bit/{train,val}/<city>/*_leftImg8bit.png
   cityscapes/gtFine/{train,val}/<city>/*_gtFine_{labelTrainIds,instanceIds}.png
+  cityscapes/gtFine/train/<city>/*_gtFine_polygons.json  (instance training)
   cityscapes/gtFine/cityscapes_panoptic_{train,val}.json + cityscapes_panoptic_{train,val}/*.png""",
         hint="Download leftImg8bit + gtFine and run python scripts/prepare_cityscapes.py, or: python scripts/make_synthetic.py --format cityscapes --out DIR",
         catalog="cityscapes",

@@ -203,36 +203,60 @@ def _merge_crowd_by_class(scene: Scene) -> Scene:
         if seg["iscrowd"]:
             first[seg["role"]] = seg["id"]
         segments.append(seg)
-    return Scene(scene.image, segment_map, segments)
+    return Scene(scene.image, segment_map, segments, scene.drawn)
+
+
+def _cityscapes_polygons(scene: Scene, names: tuple[str, ...]) -> dict:
+    """The `*_gtFine_polygons.json` of a scene: each drawn region's outline (integer vertices,
+    as Cityscapes), in drawing order, so that cityscapesScripts' drawing of the file
+    (json2instanceImg) gives the instanceIds PNG. Crowd things are `<label>group`; things that
+    became void are `unlabeled`."""
+    segments = {s["id"]: s for s in scene.segments}
+    objects = []
+    for seg_id, mask in scene.drawn:
+        seg = segments.get(seg_id)
+        if seg is None:
+            label = "unlabeled"
+        else:
+            label = names[seg["role"]] + ("group" if seg["iscrowd"] else "")
+        contours, _ = cv2.findContours(
+            mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        for contour in contours:
+            objects.append({"label": label, "polygon": contour.reshape(-1, 2).tolist()})
+    height, width = scene.segment_map.shape
+    return {"imgHeight": int(height), "imgWidth": int(width), "objects": objects}
 
 
 def _write_cityscapes(out: Path, split: str, scenes: list[Scene]) -> dict:
     root = out / "cityscapes"
+    polygons = [_cityscapes_polygons(scene, CLASSES["cityscapes"]) for scene in scenes]
     scenes = [_merge_crowd_by_class(scene) for scene in scenes]
     ids, contiguous = _category_ids("cityscapes")  # cityscapes label ids
     train_ids = get_metadata("cityscapes").extra["train_ids"]
     city = "frankfurt" if split == "val" else "aachen"
     stems = [f"{city}_000000_{i:06d}" for i in range(len(scenes))]
-    for scene, stem in zip(scenes, stems, strict=True):
+    for scene, stem, polygon in zip(scenes, stems, polygons, strict=True):
         _save_png(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", scene.image)
         label_ids = np.zeros(scene.segment_map.shape, dtype=np.uint8)  # 0 = unlabeled
         train = np.full(scene.segment_map.shape, 255, dtype=np.uint8)
         instance_ids = np.zeros(
             scene.segment_map.shape, dtype=np.uint16
         )  # 16-bit PNG as cityscapes
-        for s in scene.segments:
+        counts: dict[int, int] = {}  # instances numbered per label in drawing order, as
+        for s in sorted(scene.segments, key=lambda s: s["id"]):  # cityscapesScripts does
             m = scene.segment_map == s["id"]
             label_ids[m] = ids[s["role"]]
             train[m] = train_ids[contiguous[s["role"]]]
-            instance_ids[m] = (
-                ids[s["role"]]
-                if (s["role"] < 2 or s["iscrowd"])
-                else ids[s["role"]] * 1000 + s["id"]
-            )
+            instance_ids[m] = ids[s["role"]]
+            if s["role"] >= 2 and not s["iscrowd"]:
+                instance_ids[m] = ids[s["role"]] * 1000 + counts.get(ids[s["role"]], 0)
+                counts[ids[s["role"]]] = counts.get(ids[s["role"]], 0) + 1
         gt = root / "gtFine" / split / city
         _save_png(gt / f"{stem}_gtFine_labelIds.png", label_ids)
         _save_png(gt / f"{stem}_gtFine_labelTrainIds.png", train)
         _save_png(gt / f"{stem}_gtFine_instanceIds.png", instance_ids)
+        (gt / f"{stem}_gtFine_polygons.json").write_text(json.dumps(polygon))
         _save_png(
             root / "gtFine" / f"cityscapes_panoptic_{split}" / f"{stem}_gtFine_panoptic.png",
             id_to_rgb(scene.segment_map),

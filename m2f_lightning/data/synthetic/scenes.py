@@ -31,6 +31,9 @@ class Scene:
     image: np.ndarray
     segment_map: np.ndarray  # 0 = void, 1 = sky, 2 = ground, 3.. = things
     segments: list[dict] = field(default_factory=list)  # {id, role, iscrowd}
+    # every region as drawn, in order (later over earlier): (segment id, its whole mask); ids of
+    # things that became void are not in `segments`. For the polygon formats (Cityscapes JSON)
+    drawn: list[tuple[int, np.ndarray]] = field(default_factory=list)
 
 
 def _shape_mask(
@@ -73,6 +76,7 @@ def draw_scene(
     image[:] = np.where(is_sky[..., None], sky + gradient, ground + texture)
     segment_map = np.where(is_sky, 1, 2).astype(np.int32)
     segments = [{"id": 1, "role": 0, "iscrowd": False}, {"id": 2, "role": 1, "iscrowd": False}]
+    drawn = [(1, is_sky), (2, ~is_sky)]
     full_areas = {}
     for k in range(int(rng.integers(num_shapes[0], num_shapes[1] + 1))):
         role = int(rng.integers(0, 3))
@@ -92,6 +96,7 @@ def draw_scene(
         image[mask] = colour
         seg_id = 3 + k
         segment_map[mask] = seg_id
+        drawn.append((seg_id, mask))
         full_areas[seg_id] = int(mask.sum())
         segments.append(
             {"id": seg_id, "role": 2 + role, "iscrowd": bool(rng.random() < crowd_prob)}
@@ -105,4 +110,4 @@ def draw_scene(
             continue
         if visible:
             kept.append(seg)
-    return Scene(np.clip(image, 0, 255).astype(np.uint8), segment_map, kept)
+    return Scene(np.clip(image, 0, 255).astype(np.uint8), segment_map, kept, drawn)

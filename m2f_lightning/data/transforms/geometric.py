@@ -127,6 +127,32 @@ class LargeScaleJitter(_ResizeCrop):
         }
 
 
+def map_points(xy: np.ndarray, applied: list, in_hw: Sequence[int]) -> np.ndarray:
+    """(x, y) points [K, 2] of the input image through the geometric transforms that ran
+    (`applied`: the pipeline's `applied_transforms`), as detectron2 moves polygons: a flip
+    x → W − x, a resize (x·w'/W, y·h'/H), a crop shift by its offset; colour and bottom/right
+    padding leave points where they are. A geometric transform not listed here is an error, so
+    that polygons never silently stay behind the image."""
+    xy = np.array(xy, dtype=np.float64).reshape(-1, 2)
+    height, width = in_hw[:2]
+    for name, params in applied:
+        if name in ("LargeScaleJitter", "ShortEdgeResizeCrop"):
+            if params["flip"]:
+                xy[:, 0] = width - xy[:, 0]
+            xy[:, 0] = xy[:, 0] * params["out_w"] / width - params["x0"]
+            xy[:, 1] = xy[:, 1] * params["out_h"] / height - params["y0"]
+            height, width = params["crop_h"], params["crop_w"]
+        elif name == "ResizeShortestEdge":
+            xy[:, 0] *= params["out_w"] / width
+            xy[:, 1] *= params["out_h"] / height
+            height, width = params["out_h"], params["out_w"]
+        elif name == "HorizontalFlip":
+            xy[:, 0] = width - xy[:, 0]
+        elif name not in ("ColorAugSSD", "PadBottomRight"):
+            raise NotImplementedError(f"polygons cannot follow the transform {name}")
+    return xy
+
+
 def lsj_polygon_masks(
     polygons: list[list[np.ndarray] | None],
     applied: list,
@@ -139,23 +165,14 @@ def lsj_polygon_masks(
     `applied` is the pipeline's `applied_transforms`; returns {annotation index: uint8 mask}."""
     from pycocotools import mask as mask_utils
 
-    params = dict(applied).get("LargeScaleJitter")
-    if params is None:
+    if "LargeScaleJitter" not in dict(applied):
         return {}
-    (height, width), (out_h, out_w) = in_hw, out_hw
-    sx, sy = params["out_w"] / width, params["out_h"] / height
+    out_h, out_w = out_hw
     masks = {}
     for i, polys in enumerate(polygons):
         if polys is None:
             continue
-        moved = []
-        for poly in polys:
-            xy = poly.astype(np.float64).copy()
-            if params["flip"]:
-                xy[:, 0] = width - xy[:, 0]
-            xy[:, 0] = xy[:, 0] * sx - params["x0"]
-            xy[:, 1] = xy[:, 1] * sy - params["y0"]
-            moved.append(xy.reshape(-1).tolist())
+        moved = [map_points(poly, applied, in_hw).reshape(-1).tolist() for poly in polys]
         if not moved:
             masks[i] = np.zeros((out_h, out_w), dtype=np.uint8)
             continue
