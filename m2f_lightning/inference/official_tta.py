@@ -32,7 +32,7 @@ def official_view(image: torch.Tensor, size: Sequence[int], flipped: bool) -> to
     resized = resize_image(pixels, int(size[0]), int(size[1]))
     if flipped:
         resized = resized[:, ::-1]
-    view = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)
+    view = torch.from_numpy(np.array(resized, copy=True)).permute(2, 0, 1)  # writable, contiguous
     return view.to(image.device, torch.float32)
 
 
