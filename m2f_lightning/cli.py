@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from .commands import evaluate, predict, train
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # `m2f_lightning/conf` links to the checkout's `conf/`; an installed wheel holds a copy of it
@@ -101,7 +101,8 @@ def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         return command(cfg)
     except (UserError, FileNotFoundError) as err:
-        print_error(str(err))
+        for message in err.problems if isinstance(err, ConfigError) else [str(err)]:
+            print_error(message)  # one `error:` line per problem of the config
         multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         if _show_tracebacks(cfg) or multirun:  # a sweep goes on with its other jobs
             raise

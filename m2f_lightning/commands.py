@@ -153,7 +153,7 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
 
 
 def _evaluate(cfg: DictConfig, output_dir: Path | None) -> dict[str, float]:
-    validate_config(cfg)
+    validate_config(cfg, "evaluate")
     dm = build_datamodule(cfg)
     dm.setup("test")  # the annotation files checked before a folder or a W&B run is made
     check_run_has_work(cfg, dm, train=False)
@@ -246,13 +246,9 @@ def predict(cfg: DictConfig, output_dir: Path | None = None) -> list[Path]:
     named at the end (`InputsFailed`, after everything else is written)."""
     from .callbacks import PredictionSaver
 
-    validate_config(cfg)
+    validate_config(cfg, "predict")  # inputs= or split=, not both
     output_dir = Path(output_dir or hydra_output_dir())
     inputs, split = cfg.get("inputs"), cfg.get("split")
-    if bool(inputs) == bool(split):
-        raise ValueError(
-            "predict needs either inputs=[files or folders] or split=train|val|test, not both"
-        )
     if inputs:
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     dm = build_datamodule(cfg, predict_paths=inputs or None, predict_split=split or None)
