@@ -88,7 +88,10 @@ def print_error(message: str) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    # soft_wrap: one line however long, so that logs and greps see the whole message
+    Console(stderr=True).print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
+    )
 
 
 def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:

@@ -270,6 +270,8 @@ RULES: tuple[Rule, ...] = (
     Rule("workers", integer(1, null=True), "null: every CPU"),
 )
 
+# free-form subtrees: timm's model arguments, a custom dataset, the recipe's sizes, Hydra's own
+FREE_FORM = ("backbone.kwargs.", "dataset.source.", "dataset.train_aug.", "hydra.")
 # sections whose keys go to one signature as keyword arguments: another key fails the build
 STRICT_SECTIONS = ("model.net", "model.criterion", "trainer", "inference", "optimizer", "scheduler")
 
@@ -450,8 +452,8 @@ def _predict_inputs(cfg: DictConfig, command: str) -> Iterator[str]:
 
 def _checkpoint_given(cfg: DictConfig, command: str) -> Iterator[str]:
     """evaluate, predict and export read `checkpoint=PATH`."""
-    if command not in ("evaluate", "predict", "export") or "checkpoint" not in cfg:
-        return
+    if command not in ("evaluate", "predict", "export") or "checkpoint" not in cfg.keys():
+        return  # (`in cfg` is False for a key that is not set)
     if OmegaConf.is_missing(cfg, "checkpoint"):
         yield "checkpoint is not set: give the weights to use, checkpoint=PATH"
     elif bad := existing_path()(cfg.checkpoint):
@@ -575,36 +577,30 @@ def _unknown_keys(cfg: DictConfig, added: list[str]) -> tuple[list[str], list[st
     """(errors, warnings): keys of a strict section that its consumer does not take (the build
     would fail), and added keys that nothing reads (they would be ignored), each with the
     nearest known key."""
-    errors, notes = [], []
-    added_set = set(added)
-    known = [k for k in _leaf_keys(cfg) if k not in added_set]
-    for section in STRICT_SECTIONS:
-        if _get(cfg, section) is _ABSENT or not isinstance(
-            cfg_section := OmegaConf.select(cfg, section), DictConfig
-        ):
-            continue
-        accepted = _signature_keys(section)
-        known += [f"{section}.{k}" for k in accepted]
-        for key in cfg_section:
-            if key not in accepted:
-                full = f"{section}.{key}"
-                errors.append(
-                    problem(
-                        full,
-                        _get(cfg, full),
-                        "unknown key: nothing reads it" + _nearest(full, known),
-                    )
-                )
-    known += [f"dataset.{k}" for k in _signature_keys("dataset")]
     strict = tuple(f"{s}." for s in STRICT_SECTIONS)
-    for key in added:
-        if key.startswith(strict) or key in known or any(k.startswith(f"{key}.") for k in known):
-            continue
-        if key.startswith(("backbone.kwargs.", "dataset.source.", "dataset.train_aug.", "hydra.")):
-            continue  # free-form: timm's model arguments, a custom dataset, the recipe's sizes
-        notes.append(
-            f"'+{key}' is not a key m2f-lightning reads: it is ignored{_nearest(key, known)}"
-        )
+    sections = {
+        s: OmegaConf.select(cfg, s)
+        for s in STRICT_SECTIONS
+        if isinstance(OmegaConf.select(cfg, s, default=None), DictConfig)
+    }
+    accepted = {s: _signature_keys(s) for s in sections}
+    known = [k for k in _leaf_keys(cfg) if k not in set(added) and not k.startswith(strict)]
+    known += [f"{s}.{k}" for s, keys in accepted.items() for k in sorted(keys)]
+    known += [f"dataset.{k}" for k in sorted(_signature_keys("dataset"))]
+    errors = [
+        problem(f"{s}.{k}", _get(cfg, f"{s}.{k}"), "unknown key: nothing reads it")
+        + _nearest(f"{s}.{k}", known)
+        for s, node in sections.items()
+        for k in node
+        if k not in accepted[s]
+    ]
+    notes = [
+        f"'+{key}' is not a key m2f-lightning reads: it is ignored{_nearest(key, known)}"
+        for key in added
+        if not key.startswith((*strict, *FREE_FORM))
+        and key not in known
+        and not any(k.startswith(f"{key}.") for k in known)
+    ]
     return errors, notes
 
 

@@ -167,6 +167,7 @@ def _check_same_architecture(
     ]
     if not mismatched:
         return
+
     def plain(value: Any) -> Any:  # tuples as lists
         return json.loads(json.dumps(value, default=str))
 
