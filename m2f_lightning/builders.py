@@ -85,8 +85,6 @@ def check_run_has_work(cfg: DictConfig, dm: SegmentationDataModule, train: bool)
         )
     if not train or cfg.trainer.get("fast_dev_run"):
         return
-    if cfg.trainer.get("max_steps") == 0:
-        raise ConfigError("trainer.max_steps=0 (dataset.max_steps): no training step to make")
     images = len(dm.train_set)
     if images == 0:
         raise DataError(

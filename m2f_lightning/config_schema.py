@@ -452,8 +452,9 @@ def _predict_inputs(cfg: DictConfig, command: str) -> Iterator[str]:
 
 def _checkpoint_given(cfg: DictConfig, command: str) -> Iterator[str]:
     """evaluate, predict and export read `checkpoint=PATH`."""
-    if command not in ("evaluate", "predict", "export") or "checkpoint" not in cfg.keys():
-        return  # (`in cfg` is False for a key that is not set)
+    keys = list(cfg.keys())  # (`in cfg` is False for a key that is not set)
+    if command not in ("evaluate", "predict", "export") or "checkpoint" not in keys:
+        return
     if OmegaConf.is_missing(cfg, "checkpoint"):
         yield "checkpoint is not set: give the weights to use, checkpoint=PATH"
     elif bad := existing_path()(cfg.checkpoint):
