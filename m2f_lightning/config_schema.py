@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from .errors import ConfigError
 from .precision import VALID as PRECISIONS
@@ -119,6 +119,9 @@ def numbers(
     return check
 
 
+_DEVICES_TEXT = r"\s*(-1|[1-9]\d*|\d+(\s*,\s*\d+)*\s*,?)\s*"
+
+
 def devices(value: Any) -> str | None:
     """Lightning's `devices`: a count >= 1, -1 or auto (all), or a list of device indices."""
     if value == "auto" or (_is_int(value) and (value >= 1 or value == -1)):
@@ -129,21 +132,13 @@ def devices(value: Any) -> str | None:
         and all(_is_int(v) and v >= 0 for v in value)
     ):
         return None
-    if isinstance(value, str) and re.fullmatch(r"\s*(-1|[1-9]\d*|\d+(\s*,\s*\d+)+,?)\s*", value):
+    # a count as text ("2"), or indices as text ("0,1" or "0,"): Lightning's own spellings
+    if isinstance(value, str) and value.strip() != "0" and re.fullmatch(_DEVICES_TEXT, value):
         return None
     return (
         "must be a number of devices >= 1, -1 or auto (every visible device), or a list of "
         "device indices such as [0, 1]"
     )
-
-
-def text(null: bool = False) -> Check:
-    def check(value: Any) -> str | None:
-        if (isinstance(value, str) and value.strip()) or (value is None and null):
-            return None
-        return "must be a non-empty text" + (" or null" if null else "")
-
-    return check
 
 
 def existing_path(null: bool = False) -> Check:
@@ -288,6 +283,8 @@ def _get(cfg: DictConfig, key: str) -> Any:
         value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
     except MissingMandatoryValue:
         return _ABSENT
+    except OmegaConfBaseException as err:  # an interpolation that does not resolve
+        raise ConfigError(f"{key} cannot be read: {str(err).splitlines()[0]}") from None
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
@@ -315,9 +312,6 @@ def problem(key: str, value: Any, message: str) -> str:
 
 def _heads(cfg: DictConfig) -> Iterator[str]:
     """Attention widths must split evenly over their heads; GroupNorm widths over their groups."""
-    net = cfg.get("model", {}).get("net") if "model" in cfg else None
-    if net is None:
-        return
     pairs = (
         ("hidden_dim", "decoder_heads", "the transformer decoder's heads"),
         ("pixel_decoder_dim", "encoder_heads", "the pixel decoder's attention heads"),

@@ -158,6 +158,21 @@ def test_several_problems_are_listed_together_one_line_each(tmp_path, monkeypatc
     ]
 
 
+@pytest.mark.parametrize(
+    "value,ok",
+    [(1, True), (-1, True), ("auto", True), ("2", True), ("0,1", True), ([0, 1], True),
+     (0, False), (-2, False), ("0", False), ("two", False), ([], False), (1.5, False)],
+)  # fmt: skip
+def test_devices_takes_lightnings_spellings_only(value, ok: bool) -> None:
+    assert (config_schema.devices(value) is None) == ok
+
+
+def test_an_interpolation_that_does_not_resolve_names_the_key(tmp_path: Path) -> None:
+    cfg = compose("train", ["dataset.batch_size=${nothing.here}"], tmp_path)
+    with pytest.raises(ConfigError, match=r"^dataset\.batch_size cannot be read: "):
+        validate_config(cfg, "train", gpus=0)
+
+
 def test_a_gpu_recipe_on_fewer_gpus_says_how_to_keep_its_batch(tmp_path: Path) -> None:
     cfg = compose("train", ["experiment=coco_panoptic_r50"], tmp_path)
     assert config_problems(cfg, "train", gpus=8, added=[]) == ([], [])
