@@ -180,7 +180,9 @@ def _check_same_architecture(
     raise CheckpointError(
         f"init_weights={path} has another architecture than the model (the same backbone, "
         "queries and widths are needed; only the classes may differ): "
-        + ("; ".join(differ) if differ else "; ".join(mismatched[:5]))
+        + (f"{'; '.join(differ)} (tensors: " if differ else "(")
+        + "; ".join(mismatched[:3])
+        + (", ...)" if len(mismatched) > 3 else ")")
         + ". Set the model.net / backbone sizes to the checkpoint's, or start from other weights"
     )
 
