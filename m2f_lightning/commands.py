@@ -74,11 +74,11 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
         ckpt_path = resume_path(cfg, output_dir)
         if ckpt_path:
             check_resume_fits(ckpt_path, module, cfg)
-        check_writable(output_dir / "checkpoints")
-        if cfg.get("init_weights"):
+        if cfg.get("init_weights"):  # weights of another size stop the run before its folder
             class_map = cfg.get("class_map")  # {new name: checkpoint name}
             class_map = OmegaConf.to_container(class_map, resolve=True) if class_map else {}
             load_init_weights(module, cfg.init_weights, class_map)
+        check_writable(output_dir / "checkpoints")
         maybe_compile(cfg, module.model)
         callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
         trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)

@@ -282,6 +282,26 @@ def test_init_weights_of_another_hidden_size_names_the_sizes(tmp_path: Path) -> 
     assert "hidden_dim=64 in the file, 32 in the model" in str(err.value)
 
 
+def test_train_from_weights_of_another_size_stops_before_its_folder(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from m2f_lightning.checkpoints import save_model
+    from m2f_lightning.data.synthetic import write_dataset
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    write_dataset("demo", tmp_path / "datasets", num=4, num_val=2, seed=0)
+    path = save_model(tiny_model(num_classes=5, hidden_dim=64), tmp_path / "wide.pt")
+    cfg = _train_config([f"init_weights={path}"], tmp_path, path)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(lambda c: train(c, out), cfg)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: init_weights={path} has another architecture"), err
+    assert "hidden_dim=64 in the file, 32 in the model" in err and "this is a bug" not in err
+    assert not out.exists()
+
+
 def test_class_map_naming_no_class_of_the_checkpoint_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"class_map: 'carr' \(for 'car'\) is not a class of"):
         match_classes(["car"], ["auto"], {"car": "carr"})
