@@ -302,6 +302,21 @@ def test_train_from_weights_of_another_size_stops_before_its_folder(
     assert not out.exists()
 
 
+def test_backbone_arguments_the_timm_model_does_not_take_are_a_config_error(tmp_path) -> None:
+    from m2f_lightning.builders import build_model
+
+    cfg = compose(
+        "train",
+        ["backbone=r50", "backbone.weights=null", "++backbone.kwargs.embed_dim=16"],
+        tmp_path,
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^model\.net: backbone 'resnet50' does not take the arguments .*embed_dim",
+    ):
+        build_model(cfg, 5)
+
+
 def test_class_map_naming_no_class_of_the_checkpoint_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"class_map: 'carr' \(for 'car'\) is not a class of"):
         match_classes(["car"], ["auto"], {"car": "carr"})
