@@ -13,25 +13,21 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .data import SegmentationDataModule, check_task
-from .errors import CheckpointError, ConfigError, DataError
+from .config_schema import check_config
+from .data import SegmentationDataModule
+from .errors import CheckpointError, ConfigError, DataError, UserError
 from .inference import InferenceSettings
 from .lightning_module import Mask2FormerModule
 from .losses import SetCriterion
 from .modeling import Mask2Former
 from .modeling.backbone_weights import weights_from_config
-from .precision import resolve_precision, trainer_precision
+from .precision import trainer_precision
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Fail before any work on combinations that cannot run, naming the valid choices."""
-    check_task(cfg.dataset.name, cfg.task.name, _container(cfg.dataset.get("source")))
-    if cfg.logger.name not in ("wandb", "csv", "none"):
-        raise ConfigError(f"logger.name must be wandb, csv or none; got {cfg.logger.name}")
-    try:
-        resolve_precision(cfg.trainer.get("precision", "32"), False, False)
-    except ValueError as err:
-        raise ConfigError(f"trainer.precision: {err}") from None
+def validate_config(cfg: DictConfig, command: str = "train", gpus: int | None = None) -> None:
+    """Fail before any work on a config that cannot run, every problem named at once
+    (`config_schema`: types, ranges, known names, the machine); `gpus`: None for this machine's."""
+    check_config(cfg, command, gpus)
 
 
 def images_per_step(cfg: DictConfig) -> int:
@@ -89,8 +85,6 @@ def check_run_has_work(cfg: DictConfig, dm: SegmentationDataModule, train: bool)
         )
     if not train or cfg.trainer.get("fast_dev_run"):
         return
-    if cfg.trainer.get("max_steps") == 0:
-        raise ConfigError("trainer.max_steps=0 (dataset.max_steps): no training step to make")
     images = len(dm.train_set)
     if images == 0:
         raise DataError(
@@ -169,8 +163,12 @@ def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
     try:
         return instantiate(node, **kwargs, _convert_="all")
     except InstantiationException as err:
-        if isinstance(err.__cause__, (ValueError, FileNotFoundError, KeyError)):
-            raise err.__cause__ from None
+        cause = err.__cause__
+        if isinstance(cause, ValueError) and not isinstance(cause, UserError):
+            # the constructors' checks of their arguments: values of this config
+            raise ConfigError(f"{node._get_full_key(None)}: {cause}") from None
+        if isinstance(cause, (ValueError, FileNotFoundError, KeyError)):
+            raise cause from None
         raise
 
 

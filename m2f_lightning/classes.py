@@ -9,6 +9,8 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 
+from .errors import CheckpointError, ConfigError
+
 
 def normalize_name(name: str) -> str:
     """Lower case, letters and digits only."""
@@ -29,11 +31,11 @@ def match_classes(
     synonyms: dict[str, str] = {}
     for new, old in (class_map or {}).items():
         if normalize_name(new) not in new_by_key:
-            raise ValueError(
+            raise ConfigError(
                 f"class_map: '{new}' is not a class of the dataset ({list(new_names)})"
             )
         if normalize_name(old) not in old_index:
-            raise ValueError(
+            raise ConfigError(
                 f"class_map: '{old}' (for '{new}') is not a class of the checkpoint "
                 f"({list(old_names)})"
             )
@@ -69,7 +71,7 @@ def check_classes_agree(
                 for i in range(len(new))
                 if old[i] != new[i]
             ]
-            raise ValueError(
+            raise CheckpointError(
                 f"{source} has the classes of dataset '{dataset}' in another order "
                 f"({'; '.join(moved[:5])}). Fine-tune with init_weights={source} to remap them."
             )

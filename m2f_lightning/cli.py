@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from .commands import evaluate, predict, train
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # `m2f_lightning/conf` links to the checkout's `conf/`; an installed wheel holds a copy of it
@@ -88,7 +88,10 @@ def print_error(message: str) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    # soft_wrap: one line however long, so that logs and greps see the whole message
+    Console(stderr=True).print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
+    )
 
 
 def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -101,7 +104,8 @@ def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         return command(cfg)
     except (UserError, FileNotFoundError) as err:
-        print_error(str(err))
+        for message in err.problems if isinstance(err, ConfigError) else [str(err)]:
+            print_error(message)  # one `error:` line per problem of the config
         multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         if _show_tracebacks(cfg) or multirun:  # a sweep goes on with its other jobs
             raise

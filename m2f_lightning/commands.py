@@ -74,11 +74,11 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
         ckpt_path = resume_path(cfg, output_dir)
         if ckpt_path:
             check_resume_fits(ckpt_path, module, cfg)
-        check_writable(output_dir / "checkpoints")
-        if cfg.get("init_weights"):
+        if cfg.get("init_weights"):  # weights of another size stop the run before its folder
             class_map = cfg.get("class_map")  # {new name: checkpoint name}
             class_map = OmegaConf.to_container(class_map, resolve=True) if class_map else {}
             load_init_weights(module, cfg.init_weights, class_map)
+        check_writable(output_dir / "checkpoints")
         maybe_compile(cfg, module.model)
         callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
         trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
@@ -153,7 +153,7 @@ def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float
 
 
 def _evaluate(cfg: DictConfig, output_dir: Path | None) -> dict[str, float]:
-    validate_config(cfg)
+    validate_config(cfg, "evaluate")
     dm = build_datamodule(cfg)
     dm.setup("test")  # the annotation files checked before a folder or a W&B run is made
     check_run_has_work(cfg, dm, train=False)
@@ -246,13 +246,9 @@ def predict(cfg: DictConfig, output_dir: Path | None = None) -> list[Path]:
     named at the end (`InputsFailed`, after everything else is written)."""
     from .callbacks import PredictionSaver
 
-    validate_config(cfg)
+    validate_config(cfg, "predict")  # inputs= or split=, not both
     output_dir = Path(output_dir or hydra_output_dir())
     inputs, split = cfg.get("inputs"), cfg.get("split")
-    if bool(inputs) == bool(split):
-        raise ValueError(
-            "predict needs either inputs=[files or folders] or split=train|val|test, not both"
-        )
     if inputs:
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     dm = build_datamodule(cfg, predict_paths=inputs or None, predict_split=split or None)

@@ -176,7 +176,7 @@ def summary_lines(report: SplitReport, meta: DatasetMetadata, task: str) -> list
 def doctor(cfg: DictConfig) -> int:
     """Check every split of `cfg.dataset` for `cfg.task`; print problems, warnings and a summary.
     Returns the exit code: 0 for a clean dataset, 1 when any record has a problem."""
-    validate_config(cfg)
+    validate_config(cfg, "doctor")
     source = cfg.dataset.get("source")
     source = OmegaConf.to_container(source, resolve=True) if source is not None else None
     meta = metadata_for(cfg.dataset.name, cfg.task.name, source, cfg.dataset.get("root"))

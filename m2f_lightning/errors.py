@@ -17,7 +17,12 @@ class UserError(Exception):
 
 
 class ConfigError(UserError, ValueError):
-    """A config key or combination that cannot run (names the key and the valid choices)."""
+    """A config key or combination that cannot run (names the key and the valid choices).
+    `problems` lists every problem when there are several (the CLI prints one line each)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
 
 
 class DataError(UserError, ValueError):

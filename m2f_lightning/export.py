@@ -171,11 +171,12 @@ def check_parity(
 def export(cfg) -> dict[str, Any]:
     """`m2f-export checkpoint=... format=onnx|torch_export out=FILE image_size=[H,W]`: export,
     check parity, and write `<out>.json` with the class names, thing flags and input size."""
+    from .builders import validate_config
     from .checkpoints import load_model
 
+    validate_config(cfg, "export")  # format, image_size, opset among the rest
     fmt = str(cfg.format)
     image_size = tuple(int(s) for s in cfg.image_size)
-    _check(fmt, image_size, int(cfg.opset))
     out = Path(cfg.out) if cfg.get("out") else Path(cfg.checkpoint).with_suffix(SUFFIXES[fmt])
     model = load_model(cfg.checkpoint)
     print(

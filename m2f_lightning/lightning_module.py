@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from .errors import UserError
 from .inference import InferenceSettings, predict_results, predict_tiled
 from .losses import SetCriterion
 from .metrics import SegmentationMetrics
@@ -183,8 +184,9 @@ class Mask2FormerModule(L.LightningModule):
         }
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive training steps had a NaN or infinite loss."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many consecutive training steps had a NaN or infinite loss: the documented stop of a
+    diverged run (its message says what to change), so the CLI prints it as an `error:` line."""
 
 
 class NonFiniteGuard:

@@ -38,7 +38,7 @@ def test_bad_precision_is_refused_naming_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="auto, 32, 32-true, 16-mixed, bf16-mixed"):
         resolve_precision("fp16", True, True)
     cfg = compose("train", ["trainer.precision=fp16"], tmp_path)
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="trainer.precision=fp16: must be one of"):
         validate_config(cfg)
 
 
@@ -56,7 +56,7 @@ def test_trainer_precision_uses_cuda_only_where_the_trainer_may(monkeypatch) -> 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiments_train_in_auto_precision_unless_told(experiment: str, tmp_path: Path) -> None:
     cfg = compose("train", [f"experiment={experiment}"], tmp_path)
-    validate_config(cfg)
+    validate_config(cfg, gpus=8)  # the recipes' machine
     assert cfg.trainer.precision == "auto"
     cfg = compose("train", [f"experiment={experiment}", "precision=16-mixed"], tmp_path)
     assert cfg.trainer.precision == "16-mixed"

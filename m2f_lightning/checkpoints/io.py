@@ -1,5 +1,6 @@
 """Save and load models: our checkpoints, Lightning checkpoints, HF directories, model-zoo .pkl."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,47 @@ def load_model(
 CLASS_HEAD = ("transformer_decoder.class_embed.weight", "transformer_decoder.class_embed.bias")
 
 
+# model-config keys a fine-tuned model may change: its classes, and what is not a tensor
+_FREE_KEYS = ("num_classes", "backbone_weights", "backbone_pretrained")
+
+
+def _check_same_architecture(
+    path: str | Path,
+    config: dict[str, Any],
+    state: dict[str, torch.Tensor],
+    model: Mask2Former,
+    target: dict[str, torch.Tensor],
+) -> None:
+    """Fail naming the sizes that differ when the weights at `path` are of another architecture
+    than `model` (only the classes may differ: the class head's rows, not its width)."""
+    mismatched = [
+        f"{k}: {tuple(v.shape)} in the file, {tuple(target[k].shape)} in the model"
+        for k, v in state.items()
+        if k in target
+        and (v.shape[1:] != target[k].shape[1:] if k in CLASS_HEAD else v.shape != target[k].shape)
+    ]
+    if not mismatched:
+        return
+
+    def plain(value: Any) -> Any:  # tuples as lists
+        return json.loads(json.dumps(value, default=str))
+
+    current = getattr(model, "config", {})
+    differ = [
+        f"{key}={plain(config[key])!r} in the file, {plain(current[key])!r} in the model"
+        for key in sorted(set(config) & set(current))
+        if key not in _FREE_KEYS and plain(config[key]) != plain(current[key])
+    ]
+    raise CheckpointError(
+        f"init_weights={path} has another architecture than the model (the same backbone, "
+        "queries and widths are needed; only the classes may differ): "
+        + (f"{'; '.join(differ)} (tensors: " if differ else "(")
+        + "; ".join(mismatched[:3])
+        + (", ...)" if len(mismatched) > 3 else ")")
+        + ". Set the model.net / backbone sizes to the checkpoint's, or start from other weights"
+    )
+
+
 def init_from_weights(
     model: Mask2Former,
     path: str | Path,
@@ -161,8 +203,9 @@ def init_from_weights(
     and one of another size stays fresh. Returns `{"matched": [...], "fresh": [...]}` (names,
     or indices as strings where the model has no names).
     """
-    _, state, old_names = read_weights(path)
+    config, state, old_names = read_weights(path)
     target = model.state_dict()
+    _check_same_architecture(path, config, state, model, target)
     num_new = target[CLASS_HEAD[0]].shape[0] - 1
     new_names = list(class_names) if class_names is not None else [str(i) for i in range(num_new)]
     head = {k: state.pop(k) for k in CLASS_HEAD if k in state}
@@ -181,16 +224,6 @@ def init_from_weights(
         rows = dict.fromkeys(range(num_new + 1)) if head else {}
     else:
         rows = {}
-    mismatched = [
-        f"{k}: {tuple(v.shape)} in the file, {tuple(target[k].shape)} in the model"
-        for k, v in state.items()
-        if k in target and v.shape != target[k].shape
-    ]
-    if mismatched:
-        raise CheckpointError(
-            f"weights from {path} have another architecture than the model (same backbone, "
-            f"queries and widths needed; only the classes may differ): {mismatched[:10]}"
-        )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in CLASS_HEAD]
     if missing or result.unexpected_keys:

@@ -102,6 +102,11 @@ class TimmBackbone(nn.Module):
             body = timm.create_model(self.name, pretrained=False, features_only=True, **kwargs)
         except RuntimeError as err:
             raise RuntimeError(f"could not build timm backbone '{self.name}': {err}") from err
+        except TypeError as err:  # an argument the timm model does not take: backbone.kwargs
+            raise ValueError(
+                f"backbone '{self.name}' does not take the arguments {kwargs} "
+                f"(backbone.kwargs): {err}"
+            ) from None
         reductions = body.feature_info.reduction()
         wanted = [reductions.index(s) for s in (4, 8, 16, 32) if s in reductions]
         if len(wanted) != 4:

@@ -17,6 +17,7 @@ else missing, unexpected or of another shape fails the load with the tensors nam
 """
 
 import logging
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import Any
 import timm
 import torch
 from torch import nn
+
+from ..errors import RefusedPickleError
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +133,49 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
-    return _unwrap(torch.load(path, map_location="cpu", weights_only=True), str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise ValueError(
+                f"cannot read backbone weights file {path}: it is truncated or not a PyTorch "
+                "file; re-download or re-save it"
+            ) from None
+        raise RefusedPickleError(
+            f"backbone weights file {path} is refused: it holds Python objects other than "
+            "tensors and plain containers, and loading them could run arbitrary code. Save the "
+            "weights as a plain state_dict where you trust the file (torch.save(model."
+            "state_dict(), 'weights.pth'), or safetensors' save_file) and pass that file"
+        ) from None
+    return _unwrap(state, str(path))
+
+
+def _pretrained_cfg(tag: str) -> Any:
+    """timm's record of a weights tag (local, no network), None for an unknown one."""
+    try:
+        return timm.models.get_pretrained_cfg(tag)
+    except RuntimeError:  # a known architecture with an unknown tag
+        return None
+
+
+def _unknown_tag(tag: str) -> str:
+    arch = tag.split(".")[0]
+    return (
+        f"unknown backbone weights '{tag}': give a timm tag (the paper's for {arch}: "
+        f"'{official_weights(arch)}'; timm.list_pretrained('{arch}.*') lists the others) "
+        "or the path of a local weights file"
+    )
+
+
+def weights_tag_problem(name: str, tag: str) -> str | None:
+    """What is wrong with the timm tag `tag` as weights of the timm model `name` (None: nothing),
+    from timm's registry, without a network."""
+    arch = tag.split(".")[0]
+    if arch != name:
+        return f"are for '{arch}', the backbone is '{name}' (its paper weights: '{official_weights(name)}')"
+    if _pretrained_cfg(tag) is None:
+        return _unknown_tag(tag)
+    return None
 
 
 def download_weights(tag: str) -> dict[str, torch.Tensor]:
@@ -138,17 +183,9 @@ def download_weights(tag: str) -> dict[str, torch.Tensor]:
     from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    try:
-        pretrained_cfg = timm.models.get_pretrained_cfg(tag)
-    except RuntimeError:  # a known architecture with an unknown tag
-        pretrained_cfg = None
+    pretrained_cfg = _pretrained_cfg(tag)
     if pretrained_cfg is None:
-        arch = tag.split(".")[0]
-        raise ValueError(
-            f"unknown backbone weights '{tag}': give a timm tag (the paper's for {arch}: "
-            f"'{official_weights(arch)}'; timm.list_pretrained('{arch}.*') lists the others) "
-            "or the path of a local weights file"
-        )
+        raise ValueError(_unknown_tag(tag))
     try:
         if pretrained_cfg.hf_hub_id:
             from timm.models import load_state_dict_from_hf
@@ -238,12 +275,8 @@ def load_backbone_weights(
     if is_weights_file(weights):
         state = read_weights_file(weights)
     else:
-        arch = source.split(".")[0]
-        if arch != name:
-            raise ValueError(
-                f"backbone weights '{source}' are for '{arch}', the backbone is '{name}' "
-                f"(its paper weights: '{official_weights(name)}')"
-            )
+        if problem := weights_tag_problem(name, source):
+            raise ValueError(f"backbone weights '{source}' {problem}")
         state = download_weights(source)
     # the full ImageNet model on the meta device: its key names and shapes, no memory
     with torch.device("meta"):
