@@ -78,6 +78,12 @@ def grey_16_to_8(values: np.ndarray, mode: str, path: Path) -> np.ndarray:
     return (wide >> 8).astype(np.uint8)  # 0..255 after the range check above
 
 
+def image_mode(path: str | Path) -> str:
+    """The PIL mode of the image file at `path`, from its header alone ("RGB", "L", "I;16")."""
+    with Image.open(path) as image:
+        return image.mode
+
+
 def read_label(path: str | Path) -> np.ndarray:
     """A label PNG as stored (uint8/uint16/int32 [H, W], or [H, W, 3] for RGB-encoded ids)."""
     return np.asarray(_open(Path(path)))  # a palette PNG reads as its indices = labels

@@ -11,6 +11,7 @@ from ..io import DataError, check_same_size, read_image, read_label, rgb_to_id
 from ..validation import check_panoptic_annotations, compare_categories, load_json
 from .base import Reader, Sample
 from .instance import annotation_masks, load_coco
+from .semantic import class_ids
 
 
 class PanopticReader(Reader):
@@ -109,5 +110,5 @@ class PanopticReader(Reader):
         if record["semantic"] is not None:
             semantic = read_label(record["semantic"])
             check_same_size(image, semantic, record["image"], record["semantic"])
-            sample.sem_seg = semantic.astype(np.uint8)
+            sample.sem_seg = class_ids(semantic, self.metadata.num_classes, record["semantic"])
         return sample
