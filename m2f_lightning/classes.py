@@ -46,7 +46,28 @@ def match_classes(
         j = old_index.get(synonyms.get(key, key))
         if j is not None:
             matches[i] = j
+    _warn_shared_rows(matches, new_names, old_names)
     return matches
+
+
+def _warn_shared_rows(
+    matches: dict[int, int], new_names: Sequence[str], old_names: Sequence[str]
+) -> None:
+    """A `class_map` entry naming a checkpoint class that another dataset class already matches
+    by name starts both from one row: allowed (a new class may start from a similar one), but
+    said, since a synonym meant as a rename would leave two classes the model cannot tell apart
+    at the start."""
+    takers: dict[int, list[int]] = {}
+    for new, old in matches.items():
+        takers.setdefault(old, []).append(new)
+    shared = [
+        f"dataset classes {' and '.join(f'{i} ({new_names[i]!r})' for i in news)} start from "
+        f"the checkpoint's class {old} ({old_names[old]!r})"
+        for old, news in takers.items()
+        if len(news) > 1
+    ]
+    if shared:
+        warnings.warn("class_map: " + "; ".join(shared), stacklevel=3)
 
 
 def check_classes_agree(

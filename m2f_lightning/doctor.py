@@ -21,6 +21,7 @@ from .builders import validate_config
 from .data import build_reader, metadata_for
 from .data.catalog import DatasetMetadata
 from .data.datasets.base import Reader, Sample
+from .data.io import WIDE_GREY_MODES, image_mode
 from .data.validation import DataWarning, collecting
 from .errors import DataError, UserError
 
@@ -42,6 +43,7 @@ class SplitReport:
     segments: list[int] = field(default_factory=list)
     classes: Counter = field(default_factory=Counter)
     crowd: int = 0
+    modes: Counter = field(default_factory=Counter)  # PIL image modes (16-bit grey: I;16)
 
 
 def record_stats(sample: Sample) -> dict[str, Any]:
@@ -62,14 +64,20 @@ def record_stats(sample: Sample) -> dict[str, Any]:
         "segments": len(classes),
         "classes": classes,
         "crowd": crowd,
+        "mode": image_mode(sample.file_name),
     }
 
 
 def _check(index: int) -> tuple[int, dict[str, Any] | None, str | None]:
-    """Read record `index` as training would; a problem comes back as its message."""
+    """Read record `index` as training would; a problem comes back as its message, the data
+    warnings raised while reading it (a 16-bit image holding 8-bit values) in its stats."""
     assert _READER is not None
     try:
-        return index, record_stats(_READER[index]), None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            stats = record_stats(_READER[index])
+        stats["warnings"] = [str(w.message) for w in caught if w.category is DataWarning]
+        return index, stats, None
     except (UserError, FileNotFoundError) as err:
         return index, None, str(err)
     except Exception as err:  # a format our checks do not know yet: still a record problem
@@ -135,6 +143,8 @@ def examine_split(cfg: DictConfig, split: str, workers: int) -> SplitReport:
         report.segments.append(stats["segments"])
         report.classes.update(stats["classes"])
         report.crowd += stats["crowd"]
+        report.modes[stats["mode"]] += 1
+        report.warnings += stats["warnings"]
     return report
 
 
@@ -153,6 +163,15 @@ def summary_lines(report: SplitReport, meta: DatasetMetadata, task: str) -> list
     lines.append(
         f"  image height min/median/max {_spread(heights)}, width {_spread(widths)}; most "
         "common (h x w): " + ", ".join(f"{h}x{w} ({n})" for (h, w), n in common)
+    )
+    lines.append(
+        "  image modes: "
+        + ", ".join(f"{mode} ({n})" for mode, n in report.modes.most_common())
+        + (
+            "; 16-bit grey images are read as value >> 8 (their high byte)"
+            if any(mode in WIDE_GREY_MODES for mode in report.modes)
+            else ""
+        )
     )
     unit = "classes per image" if task == "semantic" else "segments per image"
     empty = sum(1 for s in report.segments if s == 0)

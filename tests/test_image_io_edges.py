@@ -3,11 +3,13 @@ mutants of `make mutate MODULE=readers`.
 
 References are outside the code under test: PIL writes the 16/32-bit files and reads them back,
 panopticapi's `rgb2id`/`id2rgb` (the COCO panoptic formula id = R + 256·G + 256²·B) and the
-little-endian bytes of the ids give the colours, and the expected 8-bit values are worked out
-by hand.
+little-endian bytes of the ids give the colours, and the expected 8-bit values of 16-bit grey
+images are the 8-bit values widened (v * 257) or what PIL decodes from a 16-bit colour PNG.
 """
 
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +19,22 @@ from PIL import Image
 
 from m2f_lightning.data.datasets.semantic import SemanticReader
 from m2f_lightning.data.io import DataError, check_same_size, id_to_rgb, read_image, rgb_to_id
+from m2f_lightning.data.validation import DataWarning
 
 # --- 16- and 32-bit grey images --------------------------------------------------------------
 
-# a 2x3 grey image with a peak above 255: scaled so that the peak becomes 255
-WIDE = np.array([[0, 1000, 2000], [3000, 4000, 4000]])
-WIDE_8BIT = np.array([[0, 63, 127], [191, 255, 255]])  # floor(v / 4000 * 255)
-# values that already fit in 8 bits are kept as they are
-NARROW = np.array([[0, 1, 17], [128, 254, 255]])
-
+# 8-bit grey values widened to 16 bits the PNG way (v * 257): the issue's example, a dark
+# image (77..190) that per-image normalisation brightened to 106..255
+EIGHT_BIT = np.array([[77, 100, 190], [77, 120, 190]])
 NUMPY_DTYPE = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I": "<i4"}
 # the formats PIL writes each mode to and opens again in that same mode
 SUFFIX = {"I;16": ".png", "I;16L": ".im", "I;16B": ".tif", "I": ".tif"}
 
 
-def _grey_file(tmp_path: Path, mode: str, values: np.ndarray) -> Path:
+def _grey_file(tmp_path: Path, mode: str, values: np.ndarray, name: str = "grey") -> Path:
     height, width = values.shape
     raw = values.astype(NUMPY_DTYPE[mode]).tobytes()
-    path = tmp_path / f"grey{SUFFIX[mode]}"
+    path = tmp_path / f"{name}{SUFFIX[mode]}"
     Image.frombytes(mode, (width, height), raw).save(path)
     with Image.open(path) as stored:  # the file really holds that mode
         assert stored.mode == mode
@@ -42,33 +42,64 @@ def _grey_file(tmp_path: Path, mode: str, values: np.ndarray) -> Path:
     return path
 
 
+def _rgb16_png(path: Path, values: np.ndarray) -> Path:
+    """A 16-bit-per-channel RGB PNG (which PIL cannot write) with `values` in every channel."""
+    rgb = np.repeat(values[..., None], 3, axis=2).astype(">u2")
+    rows = b"".join(b"\0" + row.tobytes() for row in rgb)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", values.shape[1], values.shape[0], 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
 @pytest.mark.parametrize("mode", ["I;16", "I;16L", "I;16B", "I"])
-def test_wide_grey_image_is_scaled_so_its_peak_is_255(tmp_path: Path, mode: str) -> None:
-    out = read_image(_grey_file(tmp_path, mode, WIDE))
+def test_16_bit_grey_keeps_its_8_bit_values_not_stretched_to_its_peak(
+    tmp_path: Path, mode: str
+) -> None:
+    out = read_image(_grey_file(tmp_path, mode, EIGHT_BIT * 257))
     assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
     for channel in range(3):
-        np.testing.assert_array_equal(out[..., channel], WIDE_8BIT)
+        np.testing.assert_array_equal(out[..., channel], EIGHT_BIT)
 
 
-@pytest.mark.parametrize("mode", ["I;16", "I;16L", "I;16B", "I"])
-def test_grey_image_within_8_bits_is_not_rescaled(tmp_path: Path, mode: str) -> None:
-    out = read_image(_grey_file(tmp_path, mode, NARROW))
-    assert out.dtype == np.uint8
-    for channel in range(3):
-        np.testing.assert_array_equal(out[..., channel], NARROW)
+def test_16_bit_grey_reads_as_pil_reads_the_same_16_bit_colour_png(tmp_path: Path) -> None:
+    # values that are not multiples of 257: PIL keeps the high byte of 16-bit colour samples
+    values = np.array([[0, 255, 256, 19789], [40000, 49030, 65280, 65535]])
+    with Image.open(_rgb16_png(tmp_path / "rgb16.png", values)) as colour:
+        assert colour.mode == "RGB"
+        expected = np.asarray(colour)
+    np.testing.assert_array_equal(read_image(_grey_file(tmp_path, "I;16", values)), expected)
 
 
-def test_negative_32_bit_values_become_black(tmp_path: Path) -> None:
-    values = np.array([[-1000, -1, 0], [500, 1000, 1000]])
-    out = read_image(_grey_file(tmp_path, "I", values))
-    expected = np.array([[0, 0, 0], [127, 255, 255]])  # negatives clipped, 500/1000*255 = 127.5
-    for channel in range(3):
-        np.testing.assert_array_equal(out[..., channel], expected)
+def test_a_pixel_value_reads_the_same_whatever_the_peak_of_its_image(tmp_path: Path) -> None:
+    dark = read_image(_grey_file(tmp_path, "I;16", np.array([[77 * 257, 190 * 257]]), "dark"))
+    bright = read_image(_grey_file(tmp_path, "I;16", np.array([[77 * 257, 255 * 257]]), "bright"))
+    assert dark[0, 0, 0] == bright[0, 0, 0] == 77
 
 
-def test_all_black_16_bit_image_stays_black(tmp_path: Path) -> None:
-    out = read_image(_grey_file(tmp_path, "I;16", np.zeros((2, 3))))
-    assert out.dtype == np.uint8 and out.shape == (2, 3, 3) and not out.any()
+@pytest.mark.parametrize("value", [-1, 65536])
+def test_32_bit_grey_outside_16_bits_is_an_error_naming_the_file(
+    tmp_path: Path, value: int
+) -> None:
+    path = _grey_file(tmp_path, "I", np.array([[0, value], [1000, 1000]]))
+    with pytest.raises(DataError, match=re.escape(str(path)) + r".*values -?\d+\.\.\d+"):
+        read_image(path)
+
+
+def test_16_bit_grey_holding_8_bit_values_warns_naming_the_file(tmp_path: Path) -> None:
+    path = _grey_file(tmp_path, "I;16", np.array([[0, 1, 17], [128, 254, 255]]))
+    with pytest.warns(DataWarning, match=re.escape(str(path)) + ".*all below 256"):
+        out = read_image(path)
+    assert not out.any()  # value >> 8: black, as the warning says
 
 
 # --- COCO panoptic colours <-> ids -----------------------------------------------------------

@@ -122,14 +122,14 @@ def test_semantic_size_mismatch_names_both_files(tmp_path: Path) -> None:
 def test_shift_ade20k_maps_0_to_ignore_and_k_to_k_minus_1() -> None:
     raw = np.array([[0, 1, 2], [75, 149, 150]], dtype=np.uint8)
     out = shift_ade20k(raw)
-    assert out.dtype == np.uint8
+    assert out.dtype == np.int64  # not narrowed: SemanticReader checks the range first
     assert out.tolist() == [[255, 0, 1], [74, 148, 149]]
 
 
-def test_remap_ignore_maps_the_file_ignore_value_to_255_and_keeps_uint8() -> None:
+def test_remap_ignore_maps_the_file_ignore_value_to_255_without_narrowing() -> None:
     raw = np.array([[0, 65, 64], [65, 1, 255]], dtype=np.uint8)
     out = remap_ignore(65)(raw)
-    assert out.dtype == np.uint8
+    assert out.dtype == np.int64  # not narrowed: SemanticReader checks the range first
     assert out.tolist() == [[0, 255, 64], [255, 1, 255]]
     assert raw.tolist() == [[0, 65, 64], [65, 1, 255]]  # the input is not changed
 

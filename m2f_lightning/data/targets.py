@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DataError
 from ..types import EvalTarget, InstanceSet
 from .catalog import DatasetMetadata
 
@@ -18,8 +19,17 @@ IGNORE = 255
 VOID_CATEGORY = -1
 
 
-def semantic_from_panoptic(id_map: np.ndarray, segments: list[dict]) -> np.ndarray:
-    """Class per pixel (crowd segments keep their class), 255 where void."""
+def semantic_from_panoptic(
+    id_map: np.ndarray, segments: list[dict], source: str = ""
+) -> np.ndarray:
+    """Class per pixel (crowd segments keep their class), 255 where void. A class id from 255 on
+    cannot be told from void in uint8: an error, checked before it is written."""
+    too_big = sorted({seg["category"] for seg in segments if not 0 <= seg["category"] < IGNORE})
+    if too_big:
+        raise DataError(
+            f"{source}: class ids {too_big} do not fit semantic labels (0..{IGNORE - 1}, {IGNORE} = "
+            f"ignore): a dataset with more than {IGNORE} classes has no semantic task here"
+        )
     sem = np.full(id_map.shape, IGNORE, dtype=np.uint8)
     for seg in segments:
         sem[id_map == seg["id"]] = seg["category"]
@@ -106,7 +116,7 @@ def eval_targets(task: str, metadata: DatasetMetadata, sample: Any) -> EvalTarge
             # annotations_detectron2, as the official evaluator), else derived from the panoptic PNG
             sem = sample.sem_seg if sample.sem_seg is not None and task == "panoptic" else None
             if sem is None:
-                sem = semantic_from_panoptic(id_map, segments)
+                sem = semantic_from_panoptic(id_map, segments, sample.file_name)
             out.sem_seg = torch.from_numpy(sem.astype(np.int64))
         if task == "panoptic":
             pairs = np.full((*id_map.shape, 2), VOID_CATEGORY, dtype=np.int64)

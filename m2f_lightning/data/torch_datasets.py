@@ -84,7 +84,7 @@ class SegmentationDataset(Dataset):
     def _augment(self, sample) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
         if sample.id_map is not None:
             if self.task == "semantic":
-                sem = semantic_from_panoptic(sample.id_map, sample.segments)
+                sem = semantic_from_panoptic(sample.id_map, sample.segments, sample.file_name)
                 out = self.transform(image=sample.image, mask=sem)
                 return out["image"], train_targets(self.task, self.metadata, sem_seg=out["mask"])
             out = self.transform(image=sample.image, mask=sample.id_map)

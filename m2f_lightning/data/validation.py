@@ -10,6 +10,7 @@ listing the differences: the catalog decides.
 """
 
 import json
+import posixpath
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -131,6 +132,7 @@ def check_panoptic_annotations(
     images = _index_images(data["images"], json_file, problems, need_size=False)
     known = set(metadata.dataset_ids)
     seen_images: set[Any] = set()
+    seen_pngs: dict[str, Any] = {}
     pairs = []
     for n, ann in enumerate(data["annotations"]):
         where = f"{json_file}: annotation #{n}"
@@ -147,6 +149,9 @@ def check_panoptic_annotations(
             bad.append(f"unknown image id {ann['image_id']} (not in 'images')")
         elif ann["image_id"] in seen_images:
             bad.append("a second annotation for this image")
+        first = seen_pngs.setdefault(same_file_key(ann["file_name"]), ann["image_id"])
+        if first != ann["image_id"]:
+            bad.append(f"its PNG is also the annotation of image id {first}")
         if not isinstance(ann["segments_info"], list):
             bad.append("segments_info is not a list")
         else:
@@ -182,6 +187,7 @@ def _index_images(
     entries: list[Any], json_file: Path, problems: list[str], need_size: bool
 ) -> dict[Any, dict[str, Any]]:
     images: dict[Any, dict[str, Any]] = {}
+    by_file: dict[str, dict[str, Any]] = {}
     for n, img in enumerate(entries):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             problems.append(f"{json_file}: image entry #{n} needs an 'id' and a 'file_name'")
@@ -190,12 +196,26 @@ def _index_images(
         if img["id"] in images:
             problems.append(f"{where}: image id listed twice")
             continue
+        first = by_file.setdefault(same_file_key(img["file_name"]), img)
+        if first is not img:
+            problems.append(
+                f"{json_file}: image file {img['file_name']!r} is listed twice, as image id "
+                f"{first['id']} ({first['file_name']!r}) and image id {img['id']}: it would be "
+                "read twice, each id with its own share of the annotations; keep one entry"
+            )
+            continue
         sizes = [img.get("height"), img.get("width")]
         if need_size and not all(_is_int(v) and v > 0 for v in sizes):
             problems.append(f"{where}: height and width must be positive integers, got {sizes}")
             continue
         images[img["id"]] = img
     return images
+
+
+def same_file_key(file_name: Any) -> str:
+    """One key for every spelling of a relative file name: `a.jpg`, `./a.jpg`, `x/../a.jpg`,
+    `x//a.jpg` and `x\\a.jpg` name the same file."""
+    return posixpath.normpath(str(file_name).replace("\\", "/"))
 
 
 def check_instance_annotations(

@@ -14,6 +14,7 @@ training split; semantic PNGs take the `classes` list.
 
 import colorsys
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,34 @@ def _json_categories(json_file: str) -> list[dict[str, Any]]:
     return categories
 
 
+def _name_key(name: str) -> str:
+    """Names that differ only in case, spaces or punctuation ("Traffic-Light", "traffic light")
+    are one class to a reader of the report and to fine-tuning's class matching."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def _refuse_duplicates(
+    names: list[str], ids: list[int], where: str, error: type[Exception], what: str
+) -> None:
+    """Two classes of one name would be two indistinguishable rows of every report, and two
+    categories of one id would leave one of them unreachable: both are refused."""
+    problems = []
+    first_id: dict[int, str] = {}
+    first_name: dict[str, tuple[int, str]] = {}
+    for name, i in zip(names, ids, strict=True):
+        if i in first_id:
+            problems.append(f"{what} {i} is listed twice ({first_id[i]!r} and {name!r})")
+        first_id.setdefault(i, name)
+        earlier = first_name.setdefault(_name_key(name), (i, name))
+        if earlier[0] != i:
+            problems.append(
+                f"{what}s {earlier[0]} ({earlier[1]!r}) and {i} ({name!r}) have the same class "
+                "name: rename one of them (or merge them)"
+            )
+    if problems:
+        raise error(f"{where}: " + "; ".join(problems))
+
+
 def custom_metadata(source: dict[str, Any], task: str, root: Path) -> DatasetMetadata:
     """Classes of a custom dataset: the training JSON's categories, or `source.classes`."""
     fmt = _format(source)
@@ -82,6 +111,7 @@ def custom_metadata(source: dict[str, Any], task: str, root: Path) -> DatasetMet
             raise ConfigError("dataset.source.classes must list the class names of semantic_png")
         ids = list(range(len(names)))
         is_thing = [False] * len(names)
+        _refuse_duplicates(names, ids, "dataset.source.classes", ConfigError, "value")
     else:
         json_file = _split_entry(source, "train", "annotations", root)
         categories = _json_categories(str(json_file))
@@ -89,6 +119,7 @@ def custom_metadata(source: dict[str, Any], task: str, root: Path) -> DatasetMet
         ids = [int(c["id"]) for c in categories]
         # COCO instance files hold things only; panoptic ones say which are things
         is_thing = [bool(c.get("isthing", 1)) for c in categories]
+        _refuse_duplicates(names, ids, f"the categories of {json_file}", DataError, "id")
     return DatasetMetadata(
         name="custom",
         class_names=names,

@@ -4,6 +4,7 @@ Cityscapes gtFine (instanceIds PNGs; polygon JSONs for training)."""
 import contextlib
 import io
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,12 @@ from pycocotools.coco import COCO
 from ..catalog import DatasetMetadata
 from ..io import DataError, check_same_size, read_image, read_label
 from ..rle import check_rle_runs
-from ..validation import check_instance_annotations, compare_categories, load_json
+from ..validation import (
+    DataWarning,
+    check_instance_annotations,
+    compare_categories,
+    load_json,
+)
 from .base import Reader, Sample
 from .cityscapes_polygons import OCCLUDER, has_instance, layer_masks, read_layers
 
@@ -42,11 +48,20 @@ class CocoInstanceReader(Reader):
         self.images, self.anns = check_instance_annotations(data, json_file, metadata)
         self.image_ids = sorted(self.images, key=str)
         if filter_empty:
+            listed = len(self.image_ids)
             self.image_ids = [
                 i
                 for i in self.image_ids
                 if any(not a.get("iscrowd", 0) for a in self.anns.get(i, []))
             ]
+            if len(self.image_ids) < listed:
+                warnings.warn(
+                    f"{json_file}: removed {listed - len(self.image_ids)} of {listed} training "
+                    "images with no usable (non-crowd) annotations, as detectron2's "
+                    f"FILTER_EMPTY_ANNOTATIONS does; {len(self.image_ids)} images left",
+                    DataWarning,
+                    stacklevel=2,
+                )
         self.json_file = json_file
         self.image_dir = image_dir
         self.metadata = metadata

@@ -11,6 +11,7 @@ from ..io import DataError, check_same_size, read_image, read_label, rgb_to_id
 from ..validation import check_panoptic_annotations, compare_categories, load_json
 from .base import Reader, Sample
 from .instance import annotation_masks, json_areas, load_coco
+from .semantic import class_ids
 
 
 class PanopticReader(Reader):
@@ -119,5 +120,5 @@ class PanopticReader(Reader):
             check_same_size(image, semantic, record["image"], record["semantic"])
             if self.semantic_transform is not None:
                 semantic = self.semantic_transform(semantic)
-            sample.sem_seg = semantic.astype(np.uint8)
+            sample.sem_seg = class_ids(semantic, self.metadata.num_classes, record["semantic"])
         return sample
