@@ -49,7 +49,7 @@ def check_resume_fits(ckpt_path: str, module: Mask2FormerModule, cfg: DictConfig
     """Fail before training when the checkpoint `fit` would resume from was saved by another
     model config (another size, backbone or class count): Lightning would answer with dozens of
     "size mismatch" lines and no word about the old checkpoint it found."""
-    from .checkpoints.reading import load_torch_file
+    from .checkpoints.reading import load_torch_file, warn_if_newer_lightning
 
     try:
         ckpt = load_torch_file(ckpt_path, mmap=True)
@@ -58,6 +58,7 @@ def check_resume_fits(ckpt_path: str, module: Mask2FormerModule, cfg: DictConfig
             f"{err}\n(resume={cfg.resume} picked it; start afresh with resume=null, or choose "
             "another output folder: hydra.run.dir=...)"
         ) from None
+    warn_if_newer_lightning(ckpt, ckpt_path)
     stored = (
         (ckpt.get("hyper_parameters") or {}).get("model_config") if isinstance(ckpt, dict) else None
     )
