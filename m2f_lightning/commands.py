@@ -32,7 +32,7 @@ from .resume import (
     set_aside_earlier_checkpoints,
 )
 from .run_lock import RunLock
-from .wandb_run import build_logger, finish_wandb
+from .wandb_run import build_logger, check_wandb_folder, finish_wandb
 
 
 def hydra_output_dir() -> Path:
@@ -78,6 +78,7 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
         ckpt_path = resume_path(cfg, output_dir)
         if ckpt_path:
             check_resume_fits(ckpt_path, module, cfg)
+        check_wandb_folder(cfg, output_dir)
         check_writable(output_dir / "checkpoints")
         lock.acquire()
         set_aside_earlier_checkpoints(cfg, output_dir)
