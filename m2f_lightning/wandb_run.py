@@ -34,7 +34,7 @@ def wandb_run_id(output_dir: Path) -> str:
 def check_wandb_folder(cfg: DictConfig, output_dir: Path) -> None:
     """With logger=wandb: stop with one error line when W&B could not write its run folder
     (`<output_dir>/wandb`), before anything else is made (W&B's own answer is a traceback)."""
-    if cfg.logger.name == "wandb":
+    if cfg.logger.name == "wandb" and os.environ.get("WANDB_MODE") != "disabled":
         from .run_dir import check_writable_folder
 
         check_writable_folder(output_dir / "wandb", "W&B's files (logger=wandb)")

@@ -19,7 +19,6 @@ from m2f_lightning import commands
 from m2f_lightning.commands import train
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.errors import CheckpointError
-from m2f_lightning.run_lock import LOCK_NAME, RunFolderLocked, RunLock
 from tests.helpers import compose, synthetic_panoptic
 
 
@@ -211,6 +210,9 @@ def live_pid():
     proc.wait()
 
 
+LOCK_NAME = "run.lock"
+
+
 def _lock_of(folder: Path, **holder: object) -> Path:
     import json
 
@@ -223,12 +225,14 @@ def test_a_second_run_in_a_busy_folder_stops_naming_the_first(
     datasets: Path, tmp_path: Path, live_pid: int, capsys: pytest.CaptureFixture
 ) -> None:
     """It used to resume from the first run's live checkpoint and train beside it."""
+    from m2f_lightning.errors import UserError
+
     train(compose("train", overrides(datasets, "dataset.max_steps=1"), tmp_path), tmp_path)
     assert not (tmp_path / LOCK_NAME).exists()  # released at the end
     host = socket.gethostname()
     lock = _lock_of(tmp_path, host=host, pid=live_pid, started="today")
     capsys.readouterr()
-    with pytest.raises(RunFolderLocked) as err:
+    with pytest.raises(UserError) as err:
         train(compose("train", overrides(datasets, "dataset.max_steps=2"), tmp_path), tmp_path)
     assert f"PID {live_pid} on host {host}" in str(err.value) and str(lock) in str(err.value)
     assert "resuming" not in capsys.readouterr().out
@@ -237,6 +241,8 @@ def test_a_second_run_in_a_busy_folder_stops_naming_the_first(
 
 
 def test_a_lock_left_by_a_process_that_ended_is_taken_over(tmp_path: Path) -> None:
+    from m2f_lightning.run_lock import RunLock
+
     proc = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         text=True,
@@ -255,6 +261,8 @@ def test_a_lock_left_by_a_process_that_ended_is_taken_over(tmp_path: Path) -> No
 
 
 def test_a_lock_from_another_host_is_refused_with_how_to_remove_it(tmp_path: Path) -> None:
+    from m2f_lightning.run_lock import RunFolderLocked, RunLock
+
     path = _lock_of(tmp_path, host="node-17", pid=4242, slurm_job="991", started="08:00")
     for step in (RunLock(tmp_path).check, RunLock(tmp_path).acquire):
         with pytest.raises(RunFolderLocked) as err:
@@ -269,6 +277,8 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, live_pid: int
 ) -> None:
     """SLURM requeues a job under the same id, on this node or another; the old instance is gone."""
+    from m2f_lightning.run_lock import RunFolderLocked, RunLock
+
     monkeypatch.setenv("SLURM_JOB_ID", "991")
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
     _lock_of(tmp_path, host="node-17", pid=4242, slurm_job="991")
@@ -278,3 +288,70 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(
     _lock_of(tmp_path, host=socket.gethostname(), pid=live_pid, slurm_job="991")
     with pytest.raises(RunFolderLocked, match=f"PID {live_pid}"):
         RunLock(tmp_path).acquire()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_folder_that_cannot_be_written_is_named_and_nothing_is_made(tmp_path: Path) -> None:
+    from m2f_lightning.errors import OutputFolderError
+    from m2f_lightning.run_dir import check_writable_folder
+
+    check_writable_folder(tmp_path / "new" / "run", "outputs")
+    assert list(tmp_path.iterdir()) == []  # checked, not made
+    (tmp_path / "file").write_text("a file where a folder should be")
+    with pytest.raises(OutputFolderError) as err:
+        check_writable_folder(tmp_path / "file" / "run", "the run's outputs")
+    text = str(err.value)
+    assert f"cannot write the run's outputs to {tmp_path / 'file' / 'run'}" in text
+    assert f"cannot be made in {tmp_path / 'file'}" in text and "hydra.run.dir" in text
+
+
+def test_a_wandb_folder_that_cannot_be_written_stops_before_anything(
+    datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B used to fail inside wandb.init with an OSError traceback, called a bug."""
+    from m2f_lightning.errors import OutputFolderError
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    (tmp_path / "wandb").write_text("a file where W&B's folder should be")
+    cfg = compose("train", [*overrides(datasets, "dataset.max_steps=1"), "logger=wandb"], tmp_path)
+    with pytest.raises(OutputFolderError, match=r"W&B's files \(logger=wandb\) to .*wandb"):
+        train(cfg, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wandb"]  # no checkpoints, no lock
+
+
+def _cli(entry: str, args: list[str], cwd: Path, env_extra: dict) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(WANDB_MODE="disabled", PYTHONPATH=str(ROOT), **env_extra)
+    code = f"from m2f_lightning.cli import {entry}; {entry}()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_cli_run_folder_that_cannot_be_made_is_one_error_line(tmp_path: Path) -> None:
+    """Hydra used to fail making the folder, with its traceback."""
+    (tmp_path / "file").write_text("")
+    done = _cli("train_main", ["task=panoptic", f"hydra.run.dir={tmp_path}/file/run"], tmp_path, {})
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: cannot write the run's outputs to ")
+    assert "Traceback" not in done.stderr and "HYDRA_FULL_ERROR" not in done.stderr
+
+
+@pytest.mark.slow
+def test_doctor_makes_no_folder_and_no_file(datasets: Path, tmp_path: Path) -> None:
+    """It used to make outputs/<date>/<time>/doctor.log (common.yaml's run folder won)."""
+    project, cwd = tmp_path / "project", tmp_path / "cwd"
+    project.mkdir(), cwd.mkdir()
+    args = ["task=panoptic", "dataset=synthetic", f"paths.datasets_dir={datasets}"]
+    done = _cli("doctor_main", args, cwd, {"M2F_PROJECT_ROOT": str(project)})
+    assert done.returncode == 0, done.stderr
+    assert "no problems found" in done.stdout
+    assert list(project.iterdir()) == [] and list(cwd.iterdir()) == []
