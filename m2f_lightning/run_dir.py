@@ -9,7 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .errors import OutputFolderError
+from .errors import OutputFolderError, UserError
 
 
 def check_writable_folder(folder: Path, what: str) -> None:
@@ -37,15 +37,20 @@ def check_writable_folder(folder: Path, what: str) -> None:
 
 class CheckRunDir(Callback):
     """A Hydra callback: before Hydra makes the run's folder (and fails there with its own
-    traceback), check it can be written. Commands whose Hydra files are off (`m2f-doctor`,
-    `hydra.output_subdir: null`) write no folder and are not checked."""
+    traceback) or writes its files there (over those of a run still training in it), check the
+    folder can be written and is not held by a live run (`run_lock`). Commands whose Hydra files
+    are off (`m2f-doctor`, `hydra.output_subdir: null`) write no folder and are not checked."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.hydra.get("output_subdir") is None:
             return
+        from .run_lock import RunLock
+
+        run_dir = Path(str(config.hydra.run.dir))
         try:
-            check_writable_folder(Path(str(config.hydra.run.dir)), "the run's outputs")
-        except OutputFolderError as err:
+            check_writable_folder(run_dir, "the run's outputs")
+            RunLock(run_dir).check()
+        except UserError as err:
             from .cli import print_error
 
             print_error(str(err))

@@ -341,7 +341,7 @@ def test_cli_run_folder_that_cannot_be_made_is_one_error_line(tmp_path: Path) ->
     (tmp_path / "file").write_text("")
     done = _cli("train_main", ["task=panoptic", f"hydra.run.dir={tmp_path}/file/run"], tmp_path, {})
     assert done.returncode == 1, done.stderr
-    assert done.stderr.startswith("error: cannot write the run's outputs to ")
+    assert " ".join(done.stderr.split()).startswith("error: cannot write the run's outputs to ")
     assert "Traceback" not in done.stderr and "HYDRA_FULL_ERROR" not in done.stderr
 
 
@@ -355,3 +355,18 @@ def test_doctor_makes_no_folder_and_no_file(datasets: Path, tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     assert "no problems found" in done.stdout
     assert list(project.iterdir()) == [] and list(cwd.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_cli_in_a_busy_folder_stops_before_hydra_writes_there(
+    tmp_path: Path, live_pid: int
+) -> None:
+    """Hydra used to write its .hydra/ files over those of the run training there."""
+    run = tmp_path / "run"
+    _lock_of(run, host=socket.gethostname(), pid=live_pid)
+    done = _cli("train_main", ["task=panoptic", f"hydra.run.dir={run}"], tmp_path, {})
+    assert done.returncode == 1, done.stderr
+    text = " ".join(done.stderr.split())  # the console wraps long lines
+    assert text.startswith("error: another run is training in ")
+    assert f"PID {live_pid}" in text and "Traceback" not in text
+    assert sorted(p.name for p in run.iterdir()) == [LOCK_NAME]
