@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
-from .errors import CheckpointError, MissingCheckpointError
+from .errors import CheckpointError, MissingCheckpointError, RefusedPickleError
 from .lightning_module import Mask2FormerModule
 from .preemption import PREEMPTED_CHECKPOINT
 
@@ -56,8 +56,11 @@ def _newest_readable(candidates: list[Path]) -> str | None:
     for path in candidates:
         try:
             ckpt = load_torch_file(path, mmap=True)
-        except CheckpointError as err:
-            unreadable.append(f"{path} ({str(err).split(': ', 1)[-1]})")
+        except RefusedPickleError:
+            unreadable.append(f"{path} (holds Python objects: refused)")
+            continue
+        except CheckpointError:
+            unreadable.append(f"{path} (truncated, or not a PyTorch checkpoint)")
             continue
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
             unreadable.append(f"{path} (not a training checkpoint)")
