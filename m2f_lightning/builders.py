@@ -278,7 +278,9 @@ def build_trainer(
         kwargs["limit_val_batches"] = kwargs.get("limit_val_batches", 0)
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    plugins = []
+    from .callbacks.checkpointing import AtomicCheckpointIO
+
+    plugins: list[Any] = [AtomicCheckpointIO()]  # whole checkpoints or none, never truncated
     if SLURMEnvironment.detect():
         # ranks and addresses from SLURM; pre-emption is handled by SlurmPreemption (train), which
         # saves at a step boundary, not by Lightning's auto-requeue, which saves mid-step
@@ -302,6 +304,6 @@ def build_trainer(
         default_root_dir=str(output_dir),
         logger=logger,
         callbacks=callbacks,
-        plugins=plugins or None,
+        plugins=plugins,
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
     )

@@ -29,8 +29,10 @@ from .resume import (
     load_init_weights,
     resume_path,
     retire_preemption_checkpoint,
+    set_aside_earlier_checkpoints,
 )
-from .wandb_run import build_logger, finish_wandb
+from .run_lock import RunLock
+from .wandb_run import build_logger, check_wandb_folder, finish_wandb
 
 
 def hydra_output_dir() -> Path:
@@ -61,6 +63,7 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
     output_dir = Path(output_dir or hydra_output_dir())
     preemption = SlurmPreemption(output_dir)
     preemption.install()  # early: SLURM may signal while the job is still starting
+    lock = RunLock(output_dir)
     try:
         # everything a user can get wrong is checked before a folder, a W&B run or a process
         # is made: the config, every annotation file, the run's size, the checkpoint to resume
@@ -71,6 +74,7 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
         check_run_has_work(cfg, dm, train=True)
         L.seed_everything(cfg.seed, workers=True)
         module = build_module(cfg, dm)
+        lock.check()  # another run in this folder: stop before reading its live checkpoints
         ckpt_path = resume_path(cfg, output_dir)
         if ckpt_path:
             check_resume_fits(ckpt_path, module, cfg)
@@ -78,7 +82,10 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
             class_map = cfg.get("class_map")  # {new name: checkpoint name}
             class_map = OmegaConf.to_container(class_map, resolve=True) if class_map else {}
             load_init_weights(module, cfg.init_weights, class_map)
+        check_wandb_folder(cfg, output_dir)
         check_writable(output_dir / "checkpoints")
+        lock.acquire()
+        set_aside_earlier_checkpoints(cfg, output_dir)
         maybe_compile(cfg, module.model)
         callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
         trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
@@ -100,6 +107,7 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
             summary["test"] = scalars(logged, "test/")
     finally:  # a pre-emption leaves through here as `Preempted`, after its checkpoint
         preemption.uninstall()
+        lock.release()
     checkpoint_cb = trainer.checkpoint_callback
     if checkpoint_cb is not None and Path(checkpoint_cb.last_model_path or "").is_file():
         summary["last_checkpoint"] = checkpoint_cb.last_model_path

@@ -65,3 +65,7 @@ def summarise(problems: list[str], header: str, limit: int = 10) -> str:
     if len(problems) > limit:
         lines.append(f"  ... and {len(problems) - limit} more (m2f-doctor lists them all)")
     return "\n".join(lines)
+
+
+class OutputFolderError(UserError, OSError):
+    """An output folder (the run's, its checkpoints', W&B's) that cannot be written."""

@@ -31,6 +31,15 @@ def wandb_run_id(output_dir: Path) -> str:
     return run_id
 
 
+def check_wandb_folder(cfg: DictConfig, output_dir: Path) -> None:
+    """With logger=wandb: stop with one error line when W&B could not write its run folder
+    (`<output_dir>/wandb`), before anything else is made (W&B's own answer is a traceback)."""
+    if cfg.logger.name == "wandb" and os.environ.get("WANDB_MODE") != "disabled":
+        from .run_dir import check_writable_folder
+
+        check_writable_folder(output_dir / "wandb", "W&B's files (logger=wandb)")
+
+
 def build_logger(cfg: DictConfig, output_dir: Path) -> Any:
     """The Lightning logger of `logger.name`: wandb, csv, or none (False)."""
     name = cfg.logger.name
@@ -42,6 +51,7 @@ def build_logger(cfg: DictConfig, output_dir: Path) -> Any:
         return CSVLogger(save_dir=str(output_dir), name="csv")
     from lightning.pytorch.loggers import WandbLogger
 
+    check_wandb_folder(cfg, output_dir)
     offline = cfg.logger.get("offline")
     if offline is None:
         offline = not wandb_has_credentials()

@@ -68,10 +68,11 @@ def test_a_checkpoint_lightning_did_not_write_stops_the_run(
     datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Lightning 2.6's atomic save swallows PermissionError (#21800): the run used to end with
-    exit 0 and a metrics.json naming a last.ckpt that did not exist."""
-    import lightning.fabric.plugins.io.torch_io as torch_io
+    exit 0 and a metrics.json naming a last.ckpt that did not exist. A checkpoint writer that
+    fails silently is still caught."""
+    from m2f_lightning.callbacks import checkpointing
 
-    monkeypatch.setattr(torch_io, "_atomic_save", lambda checkpoint, path: None)
+    monkeypatch.setattr(checkpointing, "write_atomically", lambda path, write: None)
     cfg = compose("train", overrides(datasets, "dataset.max_steps=1"), tmp_path)
     with pytest.raises(CheckpointError, match=r"checkpoint .*\.ckpt was not written"):
         train(cfg, tmp_path)

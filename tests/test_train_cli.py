@@ -440,10 +440,10 @@ def test_resume_path_picks_the_newer_checkpoint_and_rejects_a_missing_one(tmp_pa
     assert resume_path(cfg, tmp_path) is None
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
-    last.write_bytes(b"")
+    torch.save({"state_dict": {}, "global_step": 1}, last)
     assert resume_path(cfg, tmp_path) == str(last)
     preempted = tmp_path / "preempted.ckpt"  # written on SIGUSR1, after last.ckpt
-    preempted.write_bytes(b"")
+    torch.save({"state_dict": {}, "global_step": 1}, preempted)
     os.utime(last, ns=(1_000_000_000, 1_000_000_000))
     assert resume_path(cfg, tmp_path) == str(preempted)
     os.utime(preempted, ns=(500_000_000, 500_000_000))  # a periodic save after the signal's

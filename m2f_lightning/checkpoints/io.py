@@ -12,7 +12,7 @@ from ..modeling import Mask2Former
 from ..modeling.d2_format import read_d2_pickle
 from .d2 import convert_d2_state_dict
 from .hf import convert_hf_state_dict, read_hf_checkpoint
-from .reading import load_torch_file
+from .reading import load_torch_file, warn_if_newer_lightning
 
 FORMAT_VERSION = 1
 
@@ -47,6 +47,7 @@ def save_model(
 
 def load_state_strict(model: Mask2Former, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load every parameter and buffer of `model`; list missing/unexpected keys in the error."""
+    check_float_weights(model, state_dict, source)
     result = model.load_state_dict(state_dict, strict=False)
     problems = []
     if result.missing_keys:
@@ -58,6 +59,28 @@ def load_state_strict(model: Mask2Former, state_dict: dict[str, torch.Tensor], s
     if problems:
         raise CheckpointMismatchError(
             f"weights from {source} do not fit the model: " + "; ".join(problems)
+        )
+
+
+def check_float_weights(
+    model: Mask2Former, state_dict: dict[str, torch.Tensor], source: str
+) -> None:
+    """Refuse integer (or bool) tensors for the model's floating-point weights: loading would
+    cast them silently (a quantised or corrupted file evaluating as a wrong model)."""
+    target = model.state_dict()
+    wrong = [
+        f"{k} ({v.dtype})"
+        for k, v in state_dict.items()
+        if k in target
+        and target[k].is_floating_point()
+        and isinstance(v, torch.Tensor)
+        and not (v.is_floating_point() or v.is_complex())
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"weights from {source} are not floating point: {len(wrong)} tensor(s) of an integer "
+            f"type where the model has float weights, e.g. {', '.join(wrong[:5])}. Integer or "
+            "quantised weights are not supported: use the float checkpoint they came from"
         )
 
 
@@ -106,9 +129,17 @@ def read_weights_and_classes(
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a checkpoint dict")
     if ckpt.get("format") == "m2f_lightning":
+        version = ckpt.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} has checkpoint format_version {version!r}, newer than this "
+                f"m2f-lightning reads (format_version {FORMAT_VERSION}): upgrade m2f-lightning "
+                "to load it"
+            )
         names, is_thing = ckpt.get("class_names"), ckpt.get("is_thing")
         return dict(ckpt["model_config"]), ckpt["state_dict"], names, is_thing
     if "state_dict" in ckpt and "pytorch-lightning_version" in ckpt:
+        warn_if_newer_lightning(ckpt, path)
         config, state = _lightning_model_state(ckpt)
         hparams = ckpt.get("hyper_parameters") or {}
         return config, state, hparams.get("class_names"), _is_thing_from_hparams(hparams)
@@ -224,6 +255,7 @@ def init_from_weights(
         rows = dict.fromkeys(range(num_new + 1)) if head else {}
     else:
         rows = {}
+    check_float_weights(model, state, str(path))
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k not in CLASS_HEAD]
     if missing or result.unexpected_keys:

@@ -53,3 +53,28 @@ def load_torch_file(path: str | Path, mmap: bool = False) -> Any:
             f"cannot read checkpoint {path}: the file is truncated or not a PyTorch checkpoint "
             f"({_reason(err)}); re-download or re-save it"
         ) from None
+
+
+def warn_if_newer_lightning(ckpt: Any, path: str | Path) -> None:
+    """Warn when `path` was written by a newer Lightning than the one installed: Lightning
+    migrates older checkpoints forward, but cannot know what a newer one changed."""
+    if not isinstance(ckpt, dict) or "pytorch-lightning_version" not in ckpt:
+        return
+    import warnings
+
+    import lightning
+    from packaging.version import InvalidVersion, Version
+
+    written = str(ckpt["pytorch-lightning_version"])
+    try:
+        newer = Version(written) > Version(lightning.__version__)
+    except InvalidVersion:
+        newer = True  # a version we cannot read: say so rather than trust it
+    if newer:
+        warnings.warn(
+            f"{path} was written by Lightning {written}, newer than the installed "
+            f"{lightning.__version__}: it may hold state this version misreads; upgrade "
+            "Lightning (pip install -U lightning) if resuming or loading it fails or looks wrong",
+            UserWarning,
+            stacklevel=2,
+        )
