@@ -278,7 +278,9 @@ class PredictionWriter:
             lists["panoptic"] = self.out_dir / name
         cityscapes = self.benchmark and self.dataset == "cityscapes"
         if self.task == "instance" and not cityscapes or self.benchmark and self.task == "panoptic":
-            name = f"{self.prefix['detections']}.json" if self.benchmark else "instances_results.json"
+            name = (
+                f"{self.prefix['detections']}.json" if self.benchmark else "instances_results.json"
+            )
             lists["detections"] = self.out_dir / name
         return lists
 

@@ -86,7 +86,9 @@ class _SignalStop(L.Callback):
 
     def _agreed(self, trainer: L.Trainer) -> bool:
         """Whether any rank got the signal; every rank takes part, so all stop at one batch."""
-        return bool(trainer.strategy.reduce_boolean_decision(self._signalled is not None, all=False))
+        return bool(
+            trainer.strategy.reduce_boolean_decision(self._signalled is not None, all=False)
+        )
 
     @property
     def _signal_name(self) -> str:
@@ -95,7 +97,9 @@ class _SignalStop(L.Callback):
     def _requeue_if_asked(self, trainer: L.Trainer) -> None:
         """SIGUSR1 (or another rank's signal) requeues the SLURM job, from rank 0; SIGTERM does not
         (`scancel`, or SLURM's own pre-emption, which requeues by itself)."""
-        if trainer.is_global_zero and (self._signalled in self.REQUEUE_ON or self._signalled is None):
+        if trainer.is_global_zero and (
+            self._signalled in self.REQUEUE_ON or self._signalled is None
+        ):
             self._requeue()
 
     @staticmethod
@@ -136,7 +140,9 @@ class StopAtNextBatch(_SignalStop):
             return
         loop = trainer.predict_loop if trainer.predicting else trainer.test_loop
         done, total = loop.batch_progress.current.processed, int(sum(num_batches))
-        message = f"{self.command} interrupted ({self._signal_name}) after {done} of {total} batches"
+        message = (
+            f"{self.command} interrupted ({self._signal_name}) after {done} of {total} batches"
+        )
         if trainer.is_global_zero:
             print(message, file=sys.stderr, flush=True)
         self._requeue_if_asked(trainer)

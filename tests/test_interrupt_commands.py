@@ -97,11 +97,20 @@ def _signalled_run(
 
 
 def _listed(predictions: Path) -> set[str]:
-    return {a["image_id"] for a in json.loads((predictions / "panoptic.json").read_text())["annotations"]}
+    return {
+        a["image_id"]
+        for a in json.loads((predictions / "panoptic.json").read_text())["annotations"]
+    }
 
 
 def _plain(log: str) -> None:
     assert "\x1b" not in log and "\r" not in log  # no terminal codes, no rewritten lines
+
+
+def _row(text: str, key: str) -> str:
+    """The summary table's row of `key`, its cells stripped."""
+    (row,) = [line for line in text.splitlines() if line.startswith(f"│ {key} ")]
+    return " | ".join(cell.strip() for cell in row.strip("│").split("│"))
 
 
 @pytest.mark.slow
@@ -117,7 +126,7 @@ def test_predict_stops_at_the_next_image_and_the_rerun_does_only_the_rest(
     )
     assert stopped.returncode == EXIT_INTERRUPTED, stopped.stdout + stopped.stderr
     assert "predict interrupted (SIGTERM) after 1 of 4 batches" in stopped.stderr
-    assert f"predict stopped: 1 of 4 images done" in stopped.stderr
+    assert "predict stopped: 1 of 4 images done" in stopped.stderr
     assert f"hydra.run.dir={run}" in stopped.stderr
     assert "Traceback" not in stopped.stderr
     # a consistent record of what was done: the one image's files, listed in the JSON
@@ -226,10 +235,12 @@ def test_each_command_log_holds_its_console(
     for line in ("step 1/2  loss", "step 2/2  loss", "test batch 4/4"):
         assert line in log and line in done.stdout
     # the summary whole: its longest row is not cut at 80 columns, in the console or the log
-    metrics_row = f"metrics file    │ {train_run / 'metrics.json'}"
-    assert metrics_row in done.stdout and metrics_row in log
+    metrics_row = f"metrics file | {train_run / 'metrics.json'}"
+    assert _row(done.stdout, "metrics file") == _row(log, "metrics file") == metrics_row
     assert "Trainable params" in log  # Lightning's model summary (Rich, on stdout)
     assert "`Trainer.fit` stopped: `max_steps=2` reached." in log  # Lightning's log handler
+    # every line the console showed (warnings, Lightning's messages, the tables) is in the log
+    assert [line for line in (done.stdout + done.stderr).splitlines() if line not in log] == []
 
     eval_run = tmp_path / "eval"
     args = [*ARGS, f"paths.datasets_dir={datasets}", f"hydra.run.dir={eval_run}"]
@@ -237,7 +248,9 @@ def test_each_command_log_holds_its_console(
     assert done.returncode == 0, done.stdout + done.stderr
     log = (eval_run / "evaluate.log").read_text()
     _plain(log)
-    assert "test batch 4/4" in log and f"metrics file    │ {eval_run / 'eval_metrics.json'}" in log
+    assert "test batch 4/4" in log
+    assert [line for line in (done.stdout + done.stderr).splitlines() if line not in log] == []
+    assert _row(log, "metrics file") == f"metrics file | {eval_run / 'eval_metrics.json'}"
 
     cwd = tmp_path / "doctor_here"
     cwd.mkdir()
