@@ -91,10 +91,9 @@ class _Tee(io.TextIOBase):
         self.log = log
 
     def write(self, text: str) -> int:
-        written = self.stream.write(text)
         if os.getpid() == _state.get("pid"):  # not a forked data loader worker
-            self.log.feed(text)
-        return written
+            self.log.feed(text)  # first: a console gone away (a closed terminal) loses no line
+        return self.stream.write(text)
 
     def flush(self) -> None:
         self.stream.flush()
@@ -141,16 +140,32 @@ def console_log(path: Path | None) -> Iterator[None]:
     """Tee the console into `path` (appended: a requeued or rerun job adds to the record) while
     the block runs. None, or a rank other than 0: the console only. Where stdout is not a
     terminal, Rich is made wide enough that no line is cut."""
-    if not sys.stdout.isatty():
-        import rich
+    import rich
 
-        rich.reconfigure(width=PLAIN_WIDTH)
+    global_console = rich.get_console()
+    saved_console = dict(global_console.__dict__)
+    if not sys.stdout.isatty():
+        rich.reconfigure(width=PLAIN_WIDTH)  # Lightning's model summary prints through it
+    try:
+        with _tee_into(path):
+            yield
+    finally:
+        global_console.__dict__ = saved_console
+
+
+@contextmanager
+def _tee_into(path: Path | None) -> Iterator[None]:
     if path is None or _state or not is_rank_zero():
         yield
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    file = path.open("a", encoding="utf-8", errors="replace")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = path.open("a", encoding="utf-8", errors="replace")
+    except OSError as err:
+        print(f"warning: no log file ({err}): the console only", file=sys.stderr, flush=True)
+        yield
+        return
     log = _PlainLines(file)
     saved = sys.stdout, sys.stderr
     handlers = [
