@@ -23,7 +23,8 @@ from typing import Any, TextIO
 
 # a CSI sequence (colours, cursor moves, erase), an OSC one (title, hyperlink), a lone escape
 _ESCAPE = re.compile(r"\x1b\[([0-9;?]*)([@-~])|\x1b\][^\x07\x1b]*(\x07|\x1b\\)|\x1b[@-Z\\-_]")
-# Rich's console width where the output is not a terminal: nothing is cut at 80 columns
+# the width of our tables and messages where the output is not a terminal: Rich's default there
+# (80 columns) cuts long paths; our tables are as wide as their cells, not this
 PLAIN_WIDTH = 1000
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
 
@@ -138,29 +139,15 @@ def is_logging() -> bool:
 @contextmanager
 def console_log(path: Path | None) -> Iterator[None]:
     """Tee the console into `path` (appended: a requeued or rerun job adds to the record) while
-    the block runs. None, or a rank other than 0: the console only. Where stdout is not a
-    terminal, Rich is made wide enough that no line is cut."""
-    import rich
-
-    global_console = rich.get_console()
-    saved_console = dict(global_console.__dict__)
-    if not sys.stdout.isatty():
-        rich.reconfigure(width=PLAIN_WIDTH)  # Lightning's model summary prints through it
-    try:
-        with _tee_into(path):
-            yield
-    finally:
-        global_console.__dict__ = saved_console
-
-
-@contextmanager
-def _tee_into(path: Path | None) -> Iterator[None]:
+    the block runs. None, or a rank other than 0: the console only."""
     if path is None or _state or not is_rank_zero():
         yield
         return
     path = Path(path)
+    if not path.parent.is_dir():  # a command that makes no output folder (Hydra's is made first)
+        yield
+        return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         file = path.open("a", encoding="utf-8", errors="replace")
     except OSError as err:
         print(f"warning: no log file ({err}): the console only", file=sys.stderr, flush=True)
