@@ -55,7 +55,7 @@ def test_console_log_tees_stdout_stderr_and_lightning_logs(tmp_path: Path, capsy
     lightning_log = logging.getLogger("lightning.pytorch")
     handler = logging.StreamHandler(sys.stderr)  # as Lightning binds it at import
     lightning_log.addHandler(handler)
-    path = tmp_path / "run" / "evaluate.log"
+    path = tmp_path / "evaluate.log"
     try:
         with console_log(path):
             print("a printed line")
@@ -80,3 +80,9 @@ def test_other_ranks_write_no_log(tmp_path: Path, monkeypatch) -> None:
     with console_log(tmp_path / "train.log"):
         print("rank 1")
     assert not (tmp_path / "train.log").exists()
+
+
+def test_no_log_where_the_command_makes_no_folder(tmp_path: Path) -> None:
+    with console_log(tmp_path / "not_made" / "doctor.log"):
+        print("console only")
+    assert not (tmp_path / "not_made").exists()
