@@ -76,6 +76,11 @@ class _PlainLines:
             self.file.write("".join(f"{line.rstrip()}\n" for line in lines))
             self.file.flush()
 
+    def add_lines(self, text: str) -> None:
+        """Lines of our own, written whole: not mixed into a line the console is drawing."""
+        with self.lock:
+            self._commit(text.splitlines())
+
     def close(self) -> None:
         with self.lock:
             rest = [*self.held, *([self.line] if self.line.strip() else [])]
@@ -128,7 +133,7 @@ def log_only(text: str) -> None:
     """Write `text` (whole lines) to the open command log only, not to the console."""
     log = _state.get("log")
     if log is not None and os.getpid() == _state.get("pid"):
-        log.feed(text if text.endswith("\n") else text + "\n")
+        log.add_lines(text)
 
 
 def is_logging() -> bool:

@@ -86,3 +86,20 @@ def test_no_log_where_the_command_makes_no_folder(tmp_path: Path) -> None:
     with console_log(tmp_path / "not_made" / "doctor.log"):
         print("console only")
     assert not (tmp_path / "not_made").exists()
+
+
+def test_lines_for_the_log_only_are_not_mixed_into_a_bar_being_drawn(tmp_path: Path) -> None:
+    path = tmp_path / "train.log"
+    with console_log(path):
+        sys.stdout.write("\r\x1b[2Kstep 1/3 ━━━━━ 1/3")  # a live bar's frame, no newline yet
+        log_only("step 1/3  loss 1.000")
+        sys.stdout.write("\r\x1b[2Kstep 2/3 ━━━━━ 2/3")
+        log_only("step 2/3  loss 0.900")
+        sys.stdout.write("\r\x1b[2Kstep 3/3 ━━━━━ 3/3\n")
+        print("done")
+    assert path.read_text().splitlines() == [
+        "step 1/3  loss 1.000",
+        "step 2/3  loss 0.900",
+        "step 3/3 ━━━━━ 3/3",
+        "done",
+    ]
