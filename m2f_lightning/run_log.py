@@ -40,14 +40,18 @@ class _PlainLines:
         self.file = file
         self.line = ""
         self.held: list[str] = []
+        self.line_live = False  # the line in progress is a live display's
         self.lock = threading.Lock()
 
     def feed(self, text: str) -> None:
         with self.lock:
             live = any(m.group(2) not in (None, "m") for m in _ESCAPE.finditer(text))
-            if not live and self.held:
-                self._commit(self.held)
+            if not live and (self.held or self.line_live):
+                # the live display's last frame stayed on screen; a plain write starts below it
+                self._commit([*self.held, *([self.line] if self.line_live else [])])
                 self.held = []
+                self.line = "" if self.line_live else self.line
+                self.line_live = False
             done: list[str] = []
             pos = 0
             for match in _ESCAPE.finditer(text):
@@ -62,6 +66,7 @@ class _PlainLines:
                     self.line = ""
             self._text(text[pos:], done, live)
             self._commit(done)
+            self.line_live = live and bool(self.line)
 
     def _text(self, text: str, done: list[str], live: bool) -> None:
         *complete, self.line = (self.line + text).split("\n")

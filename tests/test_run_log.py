@@ -103,3 +103,12 @@ def test_lines_for_the_log_only_are_not_mixed_into_a_bar_being_drawn(tmp_path: P
         "step 3/3 ━━━━━ 3/3",
         "done",
     ]
+
+
+def test_a_message_written_under_a_live_bar_gets_its_own_line() -> None:
+    file = io.StringIO()
+    log = _PlainLines(file)
+    log.feed("\r\x1b[2Kstep 3/3 ━━━━━ 3/3")  # the bar's last frame, the cursor after it
+    log.feed("`Trainer.fit` stopped\n")  # a log handler's line, not through the live display
+    log.close()
+    assert file.getvalue().splitlines() == ["step 3/3 ━━━━━ 3/3", "`Trainer.fit` stopped"]
