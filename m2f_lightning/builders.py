@@ -232,10 +232,11 @@ def build_callbacks(
         RichModelSummary(max_depth=2),
         RandomState(),  # every RNG state travels in the checkpoint (exact resume)
     ]
-    if sys.stdout.isatty():
-        callbacks.append(StepProgressBar())
+    every = cfg.get("progress_every_n_steps", 50)
+    if sys.stdout.isatty():  # live bars; the plain lines go to the log file (run_log)
+        callbacks += [StepProgressBar(), TextProgress(every, console=False)]
     else:  # a log file (SLURM, CI, a pipe): plain lines instead of a live bar
-        callbacks.append(TextProgress(cfg.get("progress_every_n_steps", 50)))
+        callbacks.append(TextProgress(every))
     if cfg.logger.name != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cfg.logger.name == "wandb":
@@ -289,14 +290,17 @@ def build_trainer(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.callbacks.progress import ProgressBar
 
+    from .callbacks import StepProgressBar, TextProgress
+
+    if not any(isinstance(c, TextProgress) for c in callbacks):  # evaluate, predict
+        every = cfg.get("progress_every_n_steps", 50)
+        callbacks.append(TextProgress(every, console=not sys.stdout.isatty()))
     if kwargs.get("enable_progress_bar", True) and not any(
         isinstance(c, ProgressBar) for c in callbacks
     ):
         if sys.stdout.isatty():
-            from .callbacks import StepProgressBar
-
             callbacks.append(StepProgressBar())
-        else:  # a log file: no live bar (TextProgress prints training's plain lines)
+        else:  # a log file: no live bar (TextProgress prints plain lines)
             kwargs["enable_progress_bar"] = False
     return L.Trainer(
         **kwargs,

@@ -7,6 +7,7 @@ share common.yaml), runs one function of `commands` and prints a user's mistake 
 import os
 import shutil
 import sys
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -85,21 +86,42 @@ def _remove_unused_run_dir() -> None:
 
 
 def print_error(message: str) -> None:
-    from rich.console import Console
     from rich.markup import escape
 
+    from .run_log import plain_console
+
     # soft_wrap: one line however long, so that logs and greps see the whole message
-    Console(stderr=True).print(
+    plain_console(stderr=True).print(
         f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
     )
 
 
+def command_log_path() -> Path | None:
+    """`<output dir>/<job name>.log`, the file Hydra's job logging opens (train.log, ...)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
+
+
 def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run a command. A user's mistake (`errors.UserError`, or a file that is not there) ends the
-    process with one `error:` message and exit code 1, no traceback unless asked for
-    (`HYDRA_FULL_ERROR=1` or `verbose=true`); anything else is a bug and keeps its traceback."""
+    """Run a command, its console copied into its log file (`run_log`). A user's mistake
+    (`errors.UserError`, or a file that is not there) ends the process with one `error:` message
+    and exit code 1, no traceback unless asked for (`HYDRA_FULL_ERROR=1` or `verbose=true`);
+    anything else is a bug and keeps its traceback (in the log file too)."""
+    from .run_log import console_log
+
+    with console_log(command_log_path()):
+        return _run_command(command, cfg)
+
+
+def _run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    from .run_log import log_only
 
     try:
         return command(cfg)
@@ -116,6 +138,7 @@ def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             f"unexpected {type(err).__name__}: {err}\n(this is a bug, not a mistake of yours: "
             "the traceback follows; please report it)"
         )
+        log_only(traceback.format_exc())  # Hydra prints it to the console once we are out
         raise
 
 

@@ -1,7 +1,9 @@
 """The three commands, each a composed config in and a result out: train (fit, then test),
 evaluate (test given weights) and predict (write result files for images)."""
 
+import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from .classes import check_classes_agree
 from .data import SegmentationDataModule
 from .errors import CheckpointError, UserError
 from .modeling import Mask2Former
-from .preemption import SlurmPreemption
+from .preemption import Interrupted, SlurmPreemption, StopAtNextBatch
 from .resume import (
     check_resume_fits,
     load_init_weights,
@@ -153,14 +155,27 @@ def load_weights_for(cfg: DictConfig, dm: SegmentationDataModule, path: str) -> 
 
 
 def evaluate(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, float]:
-    """Metrics of given weights on the validation split; printed as a table and written as JSON."""
+    """Metrics of given weights on the validation split; printed as a table and written as JSON.
+    SIGUSR1/SIGTERM stop it at the next batch with no metrics written (`Interrupted`, exit 75;
+    SIGUSR1 requeues a SLURM job)."""
+    stop = StopAtNextBatch("evaluate")
+    stop.install()  # early: SLURM may signal while the job is still starting
     try:
-        return _evaluate(cfg, output_dir)
+        return _evaluate(cfg, output_dir, stop)
+    except Interrupted:
+        print(
+            "no metrics written: they would be those of part of the split; run the same command "
+            "again to evaluate (a requeued SLURM job does)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
     finally:
+        stop.uninstall()
         finish_wandb()
 
 
-def _evaluate(cfg: DictConfig, output_dir: Path | None) -> dict[str, float]:
+def _evaluate(cfg: DictConfig, output_dir: Path | None, stop: L.Callback) -> dict[str, float]:
     validate_config(cfg, "evaluate")
     dm = build_datamodule(cfg)
     dm.setup("test")  # the annotation files checked before a folder or a W&B run is made
@@ -178,6 +193,7 @@ def _evaluate(cfg: DictConfig, output_dir: Path | None) -> dict[str, float]:
         )
     if cfg.get("report"):
         callbacks.append(report_writer(cfg, dm, output_dir))
+    callbacks.append(stop)  # after the writers: a stopped batch's files are written first
     trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
     (logged,) = trainer.test(module, datamodule=dm, verbose=False)
     results = scalars(logged, "test/")
@@ -231,9 +247,14 @@ class InputsFailed(UserError, RuntimeError):
 
 
 def prediction_writer(
-    cfg: DictConfig, dm: SegmentationDataModule, out_dir: Path, split: str | None
+    cfg: DictConfig,
+    dm: SegmentationDataModule,
+    out_dir: Path,
+    split: str | None,
+    settings: str | None = None,
 ):
-    """The writer of predict (`split` None: folder inputs) or of evaluate's save_predictions."""
+    """The writer of predict (`split` None: folder inputs) or of evaluate's save_predictions;
+    `settings` (predict): the fingerprint that lets a rerun resume the folder."""
     from .prediction_writer import PredictionWriter
 
     return PredictionWriter(
@@ -245,14 +266,45 @@ def prediction_writer(
         method=str(cfg.get("method", "m2f")),
         overlays=bool(cfg.get("overlays", True)),
         score_threshold=cfg.get("instance_score_threshold", 0.5),
+        settings=settings,
     )
+
+
+# keys that do not change what predict writes for an image
+_NOT_SETTINGS = ("inputs", "verbose", "progress_every_n_steps", "logger")
+
+
+def prediction_settings(cfg: DictConfig) -> str:
+    """A fingerprint of what makes predict's files: the config (but the inputs) and the
+    checkpoint file (path, size, time). A rerun resumes a folder only under the same one."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    for key in _NOT_SETTINGS:
+        config.pop(key, None)
+    checkpoint = Path(str(cfg.checkpoint))
+    if checkpoint.exists():
+        stat = checkpoint.stat()
+        config["checkpoint file"] = [str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns]
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def predict(cfg: DictConfig, output_dir: Path | None = None) -> list[Path]:
     """Run on plain images (`inputs=`) or on a dataset split (`split=`); write overlays and the
     task's result files, each image's as soon as it is done. Inputs that cannot be read are
-    named at the end (`InputsFailed`, after everything else is written)."""
+    named at the end (`InputsFailed`, after everything else is written). SIGUSR1/SIGTERM stop it
+    at the next batch with the lists of what was done (`Interrupted`, exit 75; SIGUSR1 requeues
+    a SLURM job); a rerun in the same folder skips the images that are done."""
+    stop = StopAtNextBatch("predict")
+    stop.install()  # early: SLURM may signal while the job is still starting
+    try:
+        return _predict(cfg, output_dir, stop)
+    finally:
+        stop.uninstall()
+
+
+def _predict(cfg: DictConfig, output_dir: Path | None, stop: L.Callback) -> list[Path]:
     from .callbacks import PredictionSaver
+    from .prediction_writer import PROGRESS_FILE
 
     validate_config(cfg, "predict")  # inputs= or split=, not both
     output_dir = Path(output_dir or hydra_output_dir())
@@ -266,13 +318,32 @@ def predict(cfg: DictConfig, output_dir: Path | None = None) -> list[Path]:
     for name, reason in dm.predict_set.skipped:
         print(f"skipped {name}: {reason}", flush=True)
     out_dir = output_dir / "predictions"
-    saver = PredictionSaver(prediction_writer(cfg, dm, out_dir, split or None))
+    writer = prediction_writer(cfg, dm, out_dir, split or None, prediction_settings(cfg))
+    saver = PredictionSaver(writer)
+    total = len(dm.predict_set)
+    done = dm.predict_set.skip(writer.resume())
+    if done:
+        print(f"{done} of {total} images already predicted in {out_dir}: skipped", flush=True)
     # one process: a DDP predict would return each rank's share only (and write partial files)
     single = cfg.copy()
     with open_dict(single):
         single.trainer.update(devices=1, num_nodes=1, strategy="auto", sync_batchnorm=False)
-    trainer = build_trainer(single, output_dir, False, [saver])
-    trainer.predict(module, datamodule=dm, return_predictions=False)
+    trainer = build_trainer(single, output_dir, False, [saver, stop])
+    try:
+        if len(dm.predict_set):
+            trainer.predict(module, datamodule=dm, return_predictions=False)
+        else:
+            saver.files = writer.finish()
+    except Interrupted:
+        print(
+            f"predict stopped: {len(writer.images)} of {total} images done, their files and the "
+            f"lists of them under {out_dir} ({PROGRESS_FILE}); run the same command with "
+            f"hydra.run.dir={output_dir} to predict the other {total - len(writer.images)} (a "
+            "requeued SLURM job does)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
     written = saver.files
     print(f"wrote {len(written)} files under {out_dir}", flush=True)
     if saver.unreadable:
@@ -281,8 +352,9 @@ def predict(cfg: DictConfig, output_dir: Path | None = None) -> list[Path]:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from .run_log import plain_console
 
     table = Table(title="m2f-lightning", show_header=False)
     table.add_row("outputs", summary["output_dir"])
@@ -297,4 +369,4 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_row("metrics file", str(Path(summary["output_dir"]) / metrics_file))
     if "report" in summary:
         table.add_row("report", summary["report"])
-    Console().print(table)
+    plain_console().print(table)

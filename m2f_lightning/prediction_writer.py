@@ -22,9 +22,16 @@ Two layouts:
 
 Per-image files are written as each result arrives; the JSON lists at `finish()` (after
 `merge()` of every rank's `state()` under DDP).
+
+`m2f-predict` also writes `predicted.json` (`PROGRESS_FILE`) with the JSON lists: the settings it
+ran with (a fingerprint of the config and the checkpoint), each image's files, and whether every
+input was done. A rerun in the same folder with the same settings (after an interruption) skips
+the images listed there whose files are all on disk and keeps their JSON entries (`resume`); other
+settings predict every image again.
 """
 
 import json
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +46,7 @@ from .types import SegmentationResult
 from .visualize import class_map, overlay_panel, segment_map
 
 COCO_SPLITS = {"train": "train2017", "val": "val2017", "test": "test-dev2017"}
+PROGRESS_FILE = "predicted.json"
 
 
 def split_name(dataset: str, split: str) -> str:
@@ -63,6 +71,21 @@ def _json_id(image_id: Any) -> int | str:
     return str(image_id)
 
 
+def write_json(path: Path, data: Any) -> None:
+    """`path` replaced whole or not at all (a temporary file beside it, then a rename): an
+    interrupted write never leaves a truncated list under the final name."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data))
+    os.replace(partial, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _rle(mask: np.ndarray) -> dict:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode()
@@ -80,6 +103,8 @@ class PredictionWriter:
         method: the method name in benchmark file names.
         overlays: also write overlay panels.
         score_threshold: instances drawn in overlays (every top-k instance goes to the files).
+        settings: a fingerprint of what makes the predictions (config, checkpoint): given, the
+            writer keeps `PROGRESS_FILE` and can `resume` a folder written with the same one.
     """
 
     def __init__(
@@ -92,6 +117,7 @@ class PredictionWriter:
         method: str = "m2f",
         overlays: bool = True,
         score_threshold: float = 0.5,
+        settings: str | None = None,
     ) -> None:
         self.task = task
         self.metadata = metadata
@@ -103,6 +129,8 @@ class PredictionWriter:
         self.panoptic: list[dict] = []
         self.detections: list[dict] = []
         self.written: list[Path] = []
+        self.settings = settings
+        self.images: dict[str, dict[str, Any]] = {}  # stem → its image id and files
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.benchmark:
             name = split_name(dataset, split)
@@ -130,6 +158,8 @@ class PredictionWriter:
         if self.overlays:
             new.append(self._overlay(result, stem))
         self.written += new
+        files = [p.relative_to(self.out_dir).as_posix() for p in new]
+        self.images[stem] = {"image_id": image_id, "files": files}
         return new
 
     def _panoptic(self, result: SegmentationResult, stem: str, image_id: int | str) -> Path:
@@ -225,16 +255,71 @@ class PredictionWriter:
     # -- the lists -----------------------------------------------------------------------
     def state(self) -> dict[str, list]:
         """This process's JSON entries (what `merge` takes from the other ranks)."""
-        return {"panoptic": self.panoptic, "detections": self.detections, "written": self.written}
+        return {
+            "panoptic": self.panoptic,
+            "detections": self.detections,
+            "written": self.written,
+            "images": self.images,
+        }
 
     def merge(self, states: list[dict[str, list]]) -> None:
         """Take every rank's entries (this one's included, in `states`)."""
         self.panoptic = [a for s in states for a in s["panoptic"]]
         self.detections = [d for s in states for d in s["detections"]]
         self.written = [p for s in states for p in s["written"]]
+        self.images = {k: v for s in states for k, v in s["images"].items()}
 
-    def finish(self) -> list[Path]:
-        """Write the JSON lists (and the servers' zips); returns every file written."""
+    # -- an interrupted run, done again ---------------------------------------------------
+    def _json_lists(self) -> dict[str, Path]:
+        """The JSON lists this writer's `finish` writes: "panoptic" and/or "detections"."""
+        lists = {}
+        if self.task == "panoptic":
+            name = f"{self.prefix['panoptic']}.json" if self.benchmark else "panoptic.json"
+            lists["panoptic"] = self.out_dir / name
+        cityscapes = self.benchmark and self.dataset == "cityscapes"
+        if self.task == "instance" and not cityscapes or self.benchmark and self.task == "panoptic":
+            name = (
+                f"{self.prefix['detections']}.json" if self.benchmark else "instances_results.json"
+            )
+            lists["detections"] = self.out_dir / name
+        return lists
+
+    def resume(self) -> set[str]:
+        """The stems of the images an earlier run in this folder finished with the same
+        `settings` (listed in `PROGRESS_FILE`, every file on disk, in the JSON lists): their
+        entries are kept for `finish`, and the caller skips them. Anything else is done again."""
+        record = _read_json(self.out_dir / PROGRESS_FILE) if self.settings else None
+        if not isinstance(record, dict):
+            return set()
+        if record.get("settings") != self.settings:
+            print(
+                f"{self.out_dir} holds predictions made with other settings (config or "
+                "checkpoint): every image is predicted again",
+                flush=True,
+            )
+            return set()
+        entries: dict[str, list] = {}
+        for kind, path in self._json_lists().items():
+            data = _read_json(path)
+            if data is None:
+                return set()  # the run stopped before its lists: nothing is known to be done
+            entries[kind] = data["annotations"] if kind == "panoptic" else data
+        listed = {repr(a["image_id"]) for a in entries.get("panoptic", [])}
+        done = {
+            stem: image
+            for stem, image in record.get("images", {}).items()
+            if all((self.out_dir / f).is_file() for f in image["files"])
+            and ("panoptic" not in entries or repr(image["image_id"]) in listed)
+        }
+        ids = {repr(image["image_id"]) for image in done.values()}
+        self.panoptic = [a for a in entries.get("panoptic", []) if repr(a["image_id"]) in ids]
+        self.detections = [d for d in entries.get("detections", []) if repr(d["image_id"]) in ids]
+        self.images = dict(done)
+        return set(done)
+
+    def finish(self, complete: bool = True) -> list[Path]:
+        """Write the JSON lists (and the servers' zips), then `PROGRESS_FILE` (`complete`: every
+        input was done); returns every file written."""
         key = lambda entry: (str(type(entry["image_id"])), entry["image_id"])  # noqa: E731
         self.panoptic.sort(key=key)
         if self.task == "panoptic":
@@ -247,12 +332,16 @@ class PredictionWriter:
             if self.benchmark:
                 name = self.prefix["detections"]
                 out = self.out_dir / f"{name}.json"
-                out.write_text(json.dumps(self.detections))
+                write_json(out, self.detections)
                 self.written += [out, self._zip(name, [out])]
             else:
                 out = self.out_dir / "instances_results.json"
-                out.write_text(json.dumps(self.detections))
+                write_json(out, self.detections)
                 self.written.append(out)
+        if self.settings is not None:
+            progress = {"settings": self.settings, "complete": complete, "images": self.images}
+            write_json(self.out_dir / PROGRESS_FILE, progress)
+            self.written.append(self.out_dir / PROGRESS_FILE)
         return self.written
 
     def _finish_panoptic(self) -> None:
@@ -268,12 +357,12 @@ class PredictionWriter:
         data = {"annotations": self.panoptic, "categories": categories}
         if not self.benchmark:
             out = self.out_dir / "panoptic.json"
-            out.write_text(json.dumps(data))
+            write_json(out, data)
             self.written.append(out)
             return
         name = self.prefix["panoptic"]
         out = self.out_dir / f"{name}.json"
-        out.write_text(json.dumps(data))
+        write_json(out, data)
         pngs = sorted((self.out_dir / name).glob("*.png"))
         self.written += [out, self._zip(name, [out, *pngs])]
 

@@ -9,6 +9,9 @@ handler; at the next step boundary the ranks agree (one all-reduce of a flag per
 `<output_dir>/preempted.ckpt` together, rank 0 runs `scontrol requeue`, and the process exits
 (`Preempted`). The requeued job resumes from that file (`resume: auto`). Outside SLURM the same
 signal (`kill -USR1 <pid>`) saves and stops a run without requeueing it.
+
+Evaluate and predict take the same signals (`StopAtNextBatch`): they stop after the batch in
+progress, say what they wrote, requeue on SIGUSR1 and exit with code 75 (`EXIT_INTERRUPTED`).
 """
 
 import os
@@ -38,24 +41,30 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-class SlurmPreemption(L.Callback):
-    """Save `<output_dir>/preempted.ckpt` and requeue the job when SLURM sends SIGUSR1; save and
-    stop (no requeue) on SIGTERM.
+EXIT_INTERRUPTED = 75  # sysexits.h EX_TEMPFAIL: stopped before the end, run it again
 
-    The signal is acted on at the next batch boundary of training, validation or the test that
-    follows training, so no phase of a run dies on the signal's default action. SIGUSR1 is the
-    pre-emption warning (`--signal=USR1@120`): the job is requeued. SIGTERM is what `scancel` and
-    SLURM's own pre-emption send (SLURM requeues a pre-empted job itself; a cancelled one must not
-    come back), so it only saves and stops. Call `install()` as early as possible (SLURM may
-    signal while the job is still starting) and `uninstall()` when the command is done.
-    """
+
+class Interrupted(SystemExit):
+    """Raised by `StopAtNextBatch` when evaluate or predict is stopped by a signal: the process
+    exits with `EXIT_INTERRUPTED` (75) after the command has said what it did and left undone."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_INTERRUPTED)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _SignalStop(L.Callback):
+    """Records SIGUSR1/SIGTERM in a handler (a flag only: data loader workers inherit the handler
+    and a handler may run anywhere) so that a callback hook acts on it at a batch boundary. Call
+    `install()` as early as possible (SLURM may signal while the job is still starting) and
+    `uninstall()` when the command is done."""
 
     REQUEUE_ON = (signal.SIGUSR1,)
 
-    def __init__(
-        self, output_dir: Path, signums: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)
-    ) -> None:
-        self.path = Path(output_dir) / PREEMPTED_CHECKPOINT
+    def __init__(self, signums: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)) -> None:
         self.signums = tuple(signums)
         self._signalled: int | None = None
         self._previous: dict[int, Any] = {}
@@ -72,42 +81,26 @@ class SlurmPreemption(L.Callback):
             self._pid = None
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
-        # only a flag: data loader workers inherit the handler and a handler may run anywhere
         if os.getpid() == self._pid and self._signalled is None:
             self._signalled = signum
 
-    def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
-        self._stop_if_signalled(trainer, "training")
-
-    def on_validation_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
-        self._stop_if_signalled(trainer, "validation")
-
-    def on_test_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
-        self._stop_if_signalled(trainer, "the test after training")
-
-    def _stop_if_signalled(self, trainer: L.Trainer, phase: str) -> None:
-        # every rank takes part, so all save at the same step even when only some got the signal
-        if not trainer.strategy.reduce_boolean_decision(self._signalled is not None, all=False):
-            return
-        requeue = self._signalled in self.REQUEUE_ON or self._signalled is None  # another rank's
-        partial = self.path.with_name(self.path.name + ".partial")
-        trainer.save_checkpoint(partial)  # collective; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(partial, self.path)  # never a truncated file under the resumed name
-            name = signal.Signals(self._signalled).name if self._signalled else "a signal"
-            print(
-                f"pre-empted ({name} during {phase}): saved {self.path} at step "
-                f"{trainer.global_step}",
-                flush=True,
-            )
-            if requeue:
-                self._requeue()
-        trainer.strategy.barrier("slurm_preemption")
-        # leave now: `should_stop` would still run a validation first, minutes on COCO
-        raise Preempted(
-            f"pre-empted at step {trainer.global_step} during {phase}: {self.path} (the requeued "
-            f"job, or a rerun with the same output dir and resume=auto, continues from it)"
+    def _agreed(self, trainer: L.Trainer) -> bool:
+        """Whether any rank got the signal; every rank takes part, so all stop at one batch."""
+        return bool(
+            trainer.strategy.reduce_boolean_decision(self._signalled is not None, all=False)
         )
+
+    @property
+    def _signal_name(self) -> str:
+        return signal.Signals(self._signalled).name if self._signalled else "a signal"
+
+    def _requeue_if_asked(self, trainer: L.Trainer) -> None:
+        """SIGUSR1 (or another rank's signal) requeues the SLURM job, from rank 0; SIGTERM does not
+        (`scancel`, or SLURM's own pre-emption, which requeues by itself)."""
+        if trainer.is_global_zero and (
+            self._signalled in self.REQUEUE_ON or self._signalled is None
+        ):
+            self._requeue()
 
     @staticmethod
     def _requeue() -> None:
@@ -125,3 +118,128 @@ class SlurmPreemption(L.Callback):
                 file=sys.stderr,
                 flush=True,
             )
+
+
+class StopAtNextBatch(_SignalStop):
+    """Evaluate and predict: on SIGUSR1/SIGTERM stop after the batch in progress (its results are
+    written first: this callback comes after the writers), requeue the SLURM job on SIGUSR1, and
+    leave with `Interrupted` (exit code 75). The command catches it to say what was written."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self.command = command
+
+    def on_test_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        self._stop_if_signalled(trainer, trainer.num_test_batches)
+
+    def on_predict_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        self._stop_if_signalled(trainer, trainer.num_predict_batches)
+
+    def _stop_if_signalled(self, trainer: L.Trainer, num_batches: list[int | float]) -> None:
+        if not self._agreed(trainer):
+            return
+        loop = trainer.predict_loop if trainer.predicting else trainer.test_loop
+        done, total = loop.batch_progress.current.processed, int(sum(num_batches))
+        message = (
+            f"{self.command} interrupted ({self._signal_name}) after {done} of {total} batches"
+        )
+        if trainer.is_global_zero:
+            print(message, file=sys.stderr, flush=True)
+        self._requeue_if_asked(trainer)
+        trainer.strategy.barrier("stop_at_next_batch")
+        raise Interrupted(message)
+
+
+class SlurmPreemption(_SignalStop):
+    """Save `<output_dir>/preempted.ckpt` and requeue the job when SLURM sends SIGUSR1; save and
+    stop (no requeue) on SIGTERM.
+
+    The signal is acted on at the next batch boundary of training, validation or the test that
+    follows training, so no phase of a run dies on the signal's default action. SIGUSR1 is the
+    pre-emption warning (`--signal=USR1@120`): the job is requeued. SIGTERM is what `scancel` and
+    SLURM's own pre-emption send (SLURM requeues a pre-empted job itself; a cancelled one must not
+    come back), so it only saves and stops. The last training step's logged metrics are handed to
+    the loggers before the exit (Lightning logs them only after the hook that stops the run), and a
+    checkpoint taken during validation resumes into that validation from its start (Lightning
+    would skip it: its metrics were never logged).
+    """
+
+    def __init__(
+        self, output_dir: Path, signums: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)
+    ) -> None:
+        super().__init__(signums)
+        self.path = Path(output_dir) / PREEMPTED_CHECKPOINT
+        self._saving_in: str | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        self._stop_if_signalled(trainer, "training")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        self._stop_if_signalled(trainer, "validation")
+
+    def on_test_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        self._stop_if_signalled(trainer, "the test after training")
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self._saving_in == "validation" and not trainer.sanity_checking:
+            redo_validation_on_resume(checkpoint)
+
+    def _stop_if_signalled(self, trainer: L.Trainer, phase: str) -> None:
+        if not self._agreed(trainer):
+            return
+        if phase == "training":
+            log_last_step(trainer)
+        partial = self.path.with_name(self.path.name + ".partial")
+        self._saving_in = phase
+        try:
+            trainer.save_checkpoint(partial)  # collective; rank 0 writes
+        finally:
+            self._saving_in = None
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)  # never a truncated file under the resumed name
+            print(
+                f"pre-empted ({self._signal_name} during {phase}): saved {self.path} at step "
+                f"{trainer.global_step}",
+                flush=True,
+            )
+        self._requeue_if_asked(trainer)
+        trainer.strategy.barrier("slurm_preemption")
+        # leave now: `should_stop` would still run a validation first, minutes on COCO
+        raise Preempted(
+            f"pre-empted at step {trainer.global_step} during {phase}: {self.path} (the requeued "
+            f"job, or a rerun with the same output dir and resume=auto, continues from it)"
+        )
+
+
+def log_last_step(trainer: L.Trainer) -> None:
+    """Hand this step's logged metrics to the loggers now: Lightning does it after
+    `on_train_batch_end` (and only every `log_every_n_steps`), which a pre-emption never reaches;
+    the loggers are flushed by Lightning's `finalize` on the way out."""
+    connector = trainer._logger_connector
+    if trainer.fit_loop._should_accumulate() or not trainer.loggers:
+        return
+    connector.log_metrics(connector.metrics["log"])
+
+
+# Lightning's fit-loop state of the validation loop inside the training epoch
+_VAL_PROGRESS = "epoch_loop.val_loop.batch_progress"
+
+
+def redo_validation_on_resume(checkpoint: dict[str, Any]) -> None:
+    """Make a checkpoint saved at a validation batch read as "the validation loop started its first
+    batch and did not finish it": Lightning resumes such a checkpoint into that validation and runs
+    it from the start. As saved (batches completed), Lightning fast-forwards past the validation
+    and its metrics are never computed nor logged."""
+    progress = checkpoint["loops"]["fit_loop"][_VAL_PROGRESS]
+    current, total = progress["current"], progress["total"]
+    before = total["completed"] - current["completed"]  # batches of earlier validations
+    progress["current"] = {**current, "ready": 1, "started": 1, "processed": 0, "completed": 0}
+    progress["total"] = {
+        **total,
+        "ready": before + 1,
+        "started": before + 1,
+        "processed": before,
+        "completed": before,
+    }

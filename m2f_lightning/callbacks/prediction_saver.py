@@ -1,5 +1,6 @@
 """Writes each result of `predict` or `test` as soon as its batch is done (`PredictionWriter`),
-each image exactly once across ranks, and the merged JSON lists on rank 0 at the end."""
+each image exactly once across ranks, and the merged JSON lists on rank 0 at the end (or, for a
+predict stopped by a signal, `Interrupted`, the lists of what was done)."""
 
 from typing import Any
 
@@ -7,6 +8,7 @@ import lightning as L
 import torch.distributed as dist
 
 from ..prediction_writer import PredictionWriter
+from ..preemption import Interrupted
 from ..types import Batch, SegmentationResult
 
 
@@ -36,7 +38,7 @@ class PredictionSaver(L.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self._take(outputs, batch)
 
-    def _finish(self, trainer: L.Trainer) -> None:
+    def _finish(self, trainer: L.Trainer, complete: bool = True) -> None:
         state = {**self.writer.state(), "unreadable": self.unreadable}
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             states: list = [None] * dist.get_world_size()
@@ -46,10 +48,15 @@ class PredictionSaver(L.Callback):
         self.unreadable = [u for s in states for u in s["unreadable"]]
         if trainer.is_global_zero:
             self.writer.merge(states)
-            self.files = self.writer.finish()
+            self.files = self.writer.finish(complete)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self._finish(trainer)
 
     def on_test_end(self, trainer, pl_module) -> None:
         self._finish(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # a resumable predict (`PredictionWriter.settings`) lists what it did before it stops
+        if isinstance(exception, Interrupted) and self.writer.settings is not None:
+            self._finish(trainer, complete=False)

@@ -182,6 +182,13 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def skip(self, stems: set[str]) -> int:
+        """Leave out the images whose outputs (named by the file stem) an earlier run of predict
+        finished; returns how many were left out."""
+        before = len(self.files)
+        self.files = [path for path in self.files if path.stem not in stems]
+        return before - len(self.files)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.files[index]
         if not path.exists():
@@ -202,11 +209,31 @@ class ReaderImagesDataset(Dataset):
         self.transform = transform
         self.name = name
         self.skipped: list[tuple[str, str]] = []
+        self.indices = list(range(len(reader)))
 
     def __len__(self) -> int:
-        return len(self.reader)
+        return len(self.indices)
+
+    def skip(self, stems: set[str]) -> int:
+        """Leave out the images whose outputs (named by the image file's stem) an earlier run of
+        predict finished; returns how many were left out. An image list names its files; other
+        readers' samples are read (not predicted) to learn theirs."""
+        records = getattr(self.reader, "records", None)
+
+        def stem(index: int) -> str | None:
+            if records is not None:
+                return Path(records[index][0]).stem
+            try:
+                return Path(self.reader[index].file_name).stem
+            except Exception:  # unreadable: predicted (and reported) again
+                return None
+
+        before = len(self.indices)
+        self.indices = [i for i in self.indices if stem(i) not in stems]
+        return before - len(self.indices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        index = self.indices[index]
         try:
             sample = self.reader[index]
         except Exception as err:
