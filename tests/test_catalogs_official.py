@@ -25,7 +25,9 @@ def test_catalog_equals_the_official_list(name: str) -> None:
     ours, theirs = _ours(name), list(official.OFFICIAL[name])
     assert len(ours) == len(theirs)
     differ = [
-        f"{i}: ours {a}, official {b}" for i, (a, b) in enumerate(zip(ours, theirs)) if a != b
+        f"{i}: ours {a}, official {b}"
+        for i, (a, b) in enumerate(zip(ours, theirs, strict=True))
+        if a != b
     ]
     assert not differ, "\n".join(differ)
 
