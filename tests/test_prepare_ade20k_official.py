@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from m2f_lightning.data import build_reader
+from m2f_lightning.data.catalog import get_metadata
 from m2f_lightning.data.synthetic import write_dataset
 from tests import official_catalogs as official
 
@@ -42,14 +43,16 @@ def official_mapping_file() -> str:
 
 
 def paint_fence_and_poster(sem_png: Path, inst_png: Path) -> None:
-    """A poster band (semantic only), two fence instances, and fence pixels in the semantic map
-    that no instance covers; one fence instance lies over the poster band."""
+    """A poster band (semantic only), two fence instances, fence pixels in the semantic map that
+    no instance covers, and fence-class pixels with instance id 0 (no instance) over the poster
+    band; one fence instance lies over the poster band."""
     sem = np.array(Image.open(sem_png))
     inst = np.array(Image.open(inst_png))
     h, w = sem.shape
     used = int(inst[..., 1].max())
     sem[: h // 4, :] = POSTER + 1
     inst[: h // 4, :] = 0
+    inst[: h // 4, w - 12 :] = (ADE_TO_INSTANCE[FENCE], 0, 0)  # G = 0: stays poster
     sem[h - h // 4 :, : w // 2] = FENCE + 1  # no instance: void
     inst[h - h // 4 :, : w // 2] = 0
     fence = ADE_TO_INSTANCE[FENCE]
@@ -113,6 +116,35 @@ def _raw(root: Path, split: str, file_name: str) -> tuple[Path, Path]:
         ade / "annotations" / folder / f"{stem}.png",
         ade / "annotations_instance" / folder / f"{stem}.png",
     )
+
+
+def _script() -> dict:
+    return runpy.run_path(str(ROOT / "scripts" / "prepare_ade20k.py"))
+
+
+def test_a_mapping_onto_a_stuff_class_is_an_error(tmp_path: Path) -> None:
+    """The official scripts make the mapped classes things; a mapping file that maps onto a
+    class our catalog (= the official list) has as stuff would give other things: refused."""
+    path = tmp_path / "mapping.txt"
+    path.write_text(
+        f"Instacne100\tSceneParse150\tFullADE20K\n1\t{FENCE + 1}\t0\n2\t{POSTER + 1}\t0\n"
+    )
+    script = _script()
+    with pytest.raises(script["DataError"], match=rf"{path}: .*ids \[{POSTER}\]"):
+        script["read_instance_mapping"](path, get_metadata("ade20k"))
+    path.write_text(official_mapping_file())
+    assert script["read_instance_mapping"](path, get_metadata("ade20k")) == INSTANCE_TO_ADE
+
+
+def test_an_instance_class_missing_from_the_mapping_is_an_error(tmp_path: Path) -> None:
+    sem, inst = tmp_path / "sem.png", tmp_path / "inst.png"
+    Image.fromarray(np.full((4, 6), FENCE + 1, np.uint8)).save(sem)
+    raw = np.zeros((4, 6, 3), np.uint8)
+    raw[:2] = (101, 1, 0)
+    Image.fromarray(raw).save(inst)
+    script = _script()
+    with pytest.raises(script["DataError"], match=rf"{inst}: instance class 101 "):
+        script["panoptic_of"](sem, inst, {FENCE}, INSTANCE_TO_ADE)
 
 
 @pytest.mark.parametrize("split", list(SPLITS))
