@@ -2,11 +2,14 @@
 of the class head whose names match) and checking that they agree (evaluate / predict).
 
 Names compare case and punctuation insensitive ("Traffic-Light" = "traffic light" =
-"traffic_light"); `class_map` maps a new name to an old one for synonyms ({"auto": "car"}).
+"traffic_light"); a name listing comma-separated synonyms, as the official ADE20K names do
+("road, route"), also matches each of them ("road"); `class_map` maps a new name to an old one for
+other synonyms ({"auto": "car"}).
 """
 
 import re
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from .errors import CheckpointError, ConfigError
@@ -17,6 +20,48 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", str(name).lower())
 
 
+def name_keys(name: str) -> list[str]:
+    """The normalised name, then its comma-separated synonyms: "road, route" → ["roadroute",
+    "road", "route"]."""
+    keys = [normalize_name(name)]
+    parts = str(name).split(",")
+    for part in parts if len(parts) > 1 else []:
+        key = normalize_name(part)
+        if key and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def same_class(a: str, b: str) -> bool:
+    """Whether two names name the same class (equal, or sharing a comma-separated synonym)."""
+    return bool(set(name_keys(a)) & set(name_keys(b)))
+
+
+def _pairs(new_names: Sequence[str], old_names: Sequence[str]) -> dict[int, int]:
+    """`{new index: old index}` by whole name first, else by a synonym that exactly one new and
+    one old name list (so "blind, screen" does not take "screen")."""
+    new_keys = [name_keys(n) for n in new_names]
+    old_keys = [name_keys(n) for n in old_names]
+    whole: dict[str, int] = {}
+    by_key: dict[str, int] = {}
+    for j, keys in enumerate(old_keys):
+        whole.setdefault(keys[0], j)
+        for key in keys:
+            by_key.setdefault(key, j)
+    new_count = Counter(k for keys in new_keys for k in set(keys))
+    old_count = Counter(k for keys in old_keys for k in set(keys))
+    pairs = {}
+    for i, keys in enumerate(new_keys):
+        if keys[0] in whole:
+            pairs[i] = whole[keys[0]]
+            continue
+        for key in keys:
+            if new_count[key] == 1 and old_count[key] == 1:
+                pairs[i] = by_key[key]
+                break
+    return pairs
+
+
 def match_classes(
     new_names: Sequence[str],
     old_names: Sequence[str],
@@ -24,28 +69,21 @@ def match_classes(
 ) -> dict[int, int]:
     """`{new index: old index}` of the new classes found among the old ones by (normalised)
     name, `class_map[new] = old` first. A `class_map` entry naming an unknown class fails."""
-    old_index: dict[str, int] = {}
-    for i, name in enumerate(old_names):
-        old_index.setdefault(normalize_name(name), i)
-    new_by_key = {normalize_name(n): n for n in new_names}
-    synonyms: dict[str, str] = {}
+    synonyms: dict[int, int] = {}
     for new, old in (class_map or {}).items():
-        if normalize_name(new) not in new_by_key:
+        i = _pairs([new], new_names).get(0)
+        if i is None:
             raise ConfigError(
                 f"class_map: '{new}' is not a class of the dataset ({list(new_names)})"
             )
-        if normalize_name(old) not in old_index:
+        j = _pairs([old], old_names).get(0)
+        if j is None:
             raise ConfigError(
                 f"class_map: '{old}' (for '{new}') is not a class of the checkpoint "
                 f"({list(old_names)})"
             )
-        synonyms[normalize_name(new)] = normalize_name(old)
-    matches = {}
-    for i, name in enumerate(new_names):
-        key = normalize_name(name)
-        j = old_index.get(synonyms.get(key, key))
-        if j is not None:
-            matches[i] = j
+        synonyms[i] = j
+    matches = _pairs(new_names, old_names) | synonyms
     _warn_shared_rows(matches, new_names, old_names)
     return matches
 
@@ -85,7 +123,10 @@ def check_classes_agree(
         return
     old = [normalize_name(n) for n in checkpoint_names]
     new = [normalize_name(n) for n in dataset_names]
-    if old != new:
+    agree = len(old) == len(new) and all(
+        same_class(a, b) for a, b in zip(checkpoint_names, dataset_names, strict=True)
+    )
+    if not agree:
         if sorted(old) == sorted(new):
             moved = [
                 f"{i}: '{dataset_names[i]}' in the dataset, '{checkpoint_names[i]}' in the checkpoint"
@@ -99,7 +140,7 @@ def check_classes_agree(
         differ = [
             f"{i}: '{dataset_names[i]}' vs '{checkpoint_names[i]}'"
             for i in range(min(len(new), len(old)))
-            if old[i] != new[i]
+            if not same_class(checkpoint_names[i], dataset_names[i])
         ]
         warnings.warn(
             f"{source} was trained on other classes than dataset '{dataset}': "

@@ -2,10 +2,16 @@
 
 - `annotations_detectron2/{training,validation}/*.png`: semantic labels shifted (0 → 255, k → k−1);
 - `ade20k_panoptic_{train,val}/*.png` + `ade20k_panoptic_{train,val}.json`: stuff from the semantic
-  map, things from `annotations_instance/` (R = instance class, G = instance id), thing classes
-  mapped to the 150 classes with `ade20k_instance_catid_mapping.txt` (ships with the instance
-  annotations, ChallengeData2017);
-- `ade20k_instance_{train,val}.json`: COCO-format instances (RLE).
+  map, things from `annotations_instance/` (R = instance class, G = instance id, 0 = none) pasted
+  over it, thing classes mapped to the 150 classes with `ade20k_instance_catid_mapping.txt`
+  (Mask2Former's datasets/ folder; ships with the instance annotations, ChallengeData2017);
+- `ade20k_instance_{train,val}.json`: COCO-format instances (RLE), categories as the official
+  instance registration (ids = SceneParse150 id − 1, the `ade20k_instance` catalog).
+
+As the official prepare_ade20k_{sem,pan,ins}_seg.py: a class is a thing exactly when the mapping
+file maps an instance class to it (the `ade20k` catalog's things; a mapping to a stuff class is an
+error), thing pixels without an instance are void, and an instance class missing from the mapping
+is an error (the official scripts stop there too).
 
     python scripts/prepare_ade20k.py --root datasets --workers 8
 """
@@ -23,8 +29,9 @@ from pycocotools import mask as mask_utils
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _prepare_common import run_jobs, save_png, write_text  # noqa: E402
 
-from m2f_lightning.data.catalog import get_metadata  # noqa: E402
+from m2f_lightning.data.catalog import DatasetMetadata, get_metadata  # noqa: E402
 from m2f_lightning.data.io import id_to_rgb, read_label, rgb_to_id  # noqa: E402
+from m2f_lightning.errors import DataError, UserError  # noqa: E402
 
 SPLITS = {"train": "training", "val": "validation"}
 
@@ -34,13 +41,21 @@ def shift_semantic(job: tuple) -> None:
     save_png((read_label(src).astype(np.int32) - 1).astype(np.uint8), out)
 
 
-def read_instance_mapping(path: Path) -> dict[int, int]:
-    """Instance class (1-based) → ADE150 class (0-based) from the mapping file."""
+def read_instance_mapping(path: Path, meta: DatasetMetadata) -> dict[int, int]:
+    """Instance class (1-based) → ADE150 class (0-based) from the mapping file; every target
+    must be a thing of the catalog (the official scripts make exactly those classes things)."""
     mapping = {}
     for line in path.read_text().splitlines()[1:]:
         parts = line.split()
         if len(parts) >= 2:
             mapping[int(parts[0])] = int(parts[1]) - 1
+    things = {meta.dataset_ids[i] for i in meta.thing_ids}
+    stuff = sorted(v for v in set(mapping.values()) if v not in things)
+    if stuff:
+        raise DataError(
+            f"{path}: maps instance classes to ADE20K ids {stuff}, which are not thing classes of "
+            f"the '{meta.name}' catalog"
+        )
     return mapping
 
 
@@ -58,11 +73,15 @@ def panoptic_of(
             {"id": len(segments) + 1, "category_id": int(cls), "iscrowd": 0, "isthing": 0}
         )
     inst = read_label(instance)
-    for r, g in {
-        (int(a), int(b)) for a, b in zip(inst[..., 0].ravel(), inst[..., 1].ravel(), strict=True)
-    }:
-        if r == 0 or r not in mapping:
+    pairs = np.unique(inst[..., 0].astype(np.int32) * 256 + inst[..., 1])
+    for r, g in zip((pairs // 256).tolist(), (pairs % 256).tolist(), strict=True):
+        if g == 0:  # instance id 0: no instance (the pixel keeps its semantic class or is void)
             continue
+        if r not in mapping:
+            raise DataError(
+                f"{instance}: instance class {r} (R channel, instance {g}) is not in the "
+                "instance mapping file"
+            )
         mask = (inst[..., 0] == r) & (inst[..., 1] == g)
         ids[mask] = len(segments) + 1
         segments.append(
@@ -98,7 +117,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     ade = Path(args.root) / "ADEChallengeData2016"
-    meta = get_metadata("ade20k")
+    meta, instance_meta = get_metadata("ade20k"), get_metadata("ade20k_instance")
     things = set(meta.thing_ids)
     for split, folder in SPLITS.items():
         sem_dir = ade / "annotations" / folder
@@ -111,7 +130,7 @@ def main() -> None:
     if not mapping_file.is_file() or not (ade / "annotations_instance").is_dir():
         print(f"skipping panoptic/instance: need {ade / 'annotations_instance'} and {mapping_file}")
         return
-    mapping = read_instance_mapping(mapping_file)
+    mapping = read_instance_mapping(mapping_file, meta)
     for split, folder in SPLITS.items():
         tmp = ade / f".ade20k_panoptic_{split}_segments"
         jobs = [
@@ -171,7 +190,12 @@ def main() -> None:
                 {
                     "images": images,
                     "annotations": instances,
-                    "categories": [c for c in categories if c["isthing"]],
+                    "categories": [
+                        {"id": d, "name": n}
+                        for d, n in zip(
+                            instance_meta.dataset_ids, instance_meta.class_names, strict=True
+                        )
+                    ],
                 }
             )
         )
@@ -181,4 +205,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None

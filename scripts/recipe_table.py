@@ -155,6 +155,7 @@ ON_PURPOSE: dict[str, str] = {
 
 KEYS = [
     ("num_classes", "classes (head)"),
+    ("things", "things / stuff"),
     ("crop", "crop (h, w)"),
     ("scales", "scale jitter"),
     ("test", "test size (short, max)"),
@@ -215,8 +216,10 @@ def composed_values(cfg: Any) -> dict[str, Any]:
         norm = "FrozenBN"
     else:
         norm = "SyncBN" if cfg.trainer.get("sync_batchnorm") else "BN"
+    meta = metadata_for(cfg.dataset.name, cfg.task.name)
     return {
-        "num_classes": metadata_for(cfg.dataset.name, cfg.task.name).num_classes,
+        "num_classes": meta.num_classes,
+        "things": thing_ids(meta),
         "crop": crop,
         "scales": scales,
         "test": (cfg.dataset.test_min_size, cfg.dataset.test_max_size),
@@ -238,9 +241,46 @@ def composed_values(cfg: Any) -> dict[str, Any]:
     }
 
 
+def thing_ids(meta: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(thing, stuff) classes of a catalog by dataset id: what PQ, AP and the panoptic
+    inference treat as things."""
+    ids = meta.dataset_ids
+    return tuple(ids[i] for i in meta.thing_ids), tuple(ids[i] for i in meta.stuff_ids)
+
+
+def _class_lists(catalogs: dict[str, list[str]]) -> list[str]:
+    """Per catalog used by the experiments (catalog → experiments): its thing and stuff
+    classes, `name (dataset id)`."""
+    from m2f_lightning.data.catalog import get_metadata
+
+    lines = ["## Thing and stuff classes", ""]
+    lines += [
+        "Per class catalog (`m2f_lightning/data/catalog/`): `name (dataset id)`, separated by",
+        "`;`. The same ids, names and flags as the official registrations",
+        "(`tests/test_catalogs_official.py`, `tests/test_recipes.py`). Semantic experiments",
+        "predict every class alike.",
+        "",
+    ]
+    for catalog, experiments in catalogs.items():
+        meta = get_metadata(catalog)
+        things, stuff = thing_ids(meta)
+        show = {d: f"{n} ({d})" for d, n in zip(meta.dataset_ids, meta.class_names, strict=True)}
+        lines += [
+            f"### `{catalog}` ({', '.join(f'`{e}`' for e in experiments)})",
+            "",
+            f"- {len(things)} things: " + "; ".join(show[d] for d in things),
+        ]
+        if stuff:
+            lines.append(f"- {len(stuff)} stuff: " + "; ".join(show[d] for d in stuff))
+        lines.append("")
+    return lines
+
+
 def _show(key: str, value: Any) -> str:
     if value is None:
         return "–"
+    if key == "things":
+        return f"{len(value[0])} / {len(value[1])}"
     if key == "crop":
         return f"{value[0]}×{value[1]}"
     if key == "scales":
@@ -268,7 +308,9 @@ def render() -> str:
         "(`train.py experiment=<name>`); `tests/test_recipes.py` fails when an experiment differs",
         "from the official value or when this page is out of date. Official values: the resolved",
         "configs of facebookresearch/Mask2Former (with detectron2's defaults); results: MODEL_ZOO.md.",
-        "A cell reads `ours` when both agree, `ours (official: …)` where they differ.",
+        "A cell reads `ours` when both agree, `ours (official: …)` where they differ. The",
+        "thing/stuff split (listed per dataset at the end) is checked against the official class",
+        "lists by the tests (`tests/official_catalogs.py`).",
         "",
         "Every experiment also has the official model (9 decoder layers + the learned-query",
         "prediction, hidden 256, 6 deformable encoder layers), matcher and loss weights (class 2,",
@@ -276,8 +318,13 @@ def render() -> str:
         "the evaluation the official evaluators run (docs/architecture.md, metrics/).",
         "",
     ]
+    from m2f_lightning.data import metadata_for
+
+    catalogs: dict[str, list[str]] = {}
     for name, official in OFFICIAL.items():
-        ours = composed_values(compose_experiment(name))
+        cfg = compose_experiment(name)
+        ours = composed_values(cfg)
+        catalogs.setdefault(metadata_for(cfg.dataset.name, cfg.task.name).name, []).append(name)
         lines += [
             f"## `experiment={name}`",
             "",
@@ -287,12 +334,16 @@ def render() -> str:
             "|---|---|",
         ]
         for key, label in KEYS:
+            if key not in official:  # checked against the official lists by the tests
+                lines.append(f"| {label} | {_show(key, ours[key])} |")
+                continue
             mine, theirs = _show(key, ours[key]), _show(key, official[key])
             cell = mine if ours[key] == official[key] else f"{mine} (official: {theirs})"
             if ours[key] != official[key] and key in ON_PURPOSE:
                 cell += " †"
             lines.append(f"| {label} | {cell} |")
         lines.append("")
+    lines += _class_lists(catalogs)
     lines += ["## Where we differ on purpose", ""]
     lines += [f"- † {key}: {why}" for key, why in ON_PURPOSE.items()]
     lines += [

@@ -1,6 +1,7 @@
 """Every reader reads back exactly what the synthetic generator wrote, in each real format."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,9 +52,12 @@ def root(tmp_path_factory) -> Path:
 
 
 def run_prepare_script(name: str, root: Path, *args: str) -> None:
-    """Run scripts/<name> on the datasets root, as a user would."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / name
-    subprocess.run([sys.executable, str(script), "--root", str(root), *args], check=True)
+    """Run scripts/<name> on the datasets root, as a user would (with this checkout's package,
+    not whichever one is installed)."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    script = repo / "scripts" / name
+    subprocess.run([sys.executable, str(script), "--root", str(root), *args], check=True, env=env)
 
 
 def pixel_counts(classes: np.ndarray) -> dict[str, int]:

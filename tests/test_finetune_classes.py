@@ -4,6 +4,7 @@ checkpoints carry their class names and thing flags, and evaluate refuses a reor
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,21 @@ def test_names_match_case_and_punctuation_insensitive_with_synonyms() -> None:
         match_classes(["hexagon"], OLD, {"hexagon": "pentagon"})
     with pytest.raises(ValueError, match="'blob' is not a class of the dataset"):
         match_classes(["hexagon"], OLD, {"blob": "circle"})
+
+
+def test_comma_separated_synonyms_match_one_of_them_unambiguously() -> None:
+    """The official ADE20K names list synonyms ("road, route"); checkpoints (HF, ours before the
+    official names) name the class by one of them ("road"). A synonym shared by several names
+    ("screen") matches only a whole name."""
+    new = ["road, route", "screen door, screen", "screen", "blind, screen", "window "]
+    old = ["road", "screen", "screen door", "windowpane"]
+    assert match_classes(new, old) == {0: 0, 1: 2, 2: 1}
+    assert match_classes(old, new) == {0: 0, 1: 2, 2: 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_classes_agree(["road", "bed"], ["road, route", "bed"], "ckpt", "ade20k")
+    with pytest.warns(UserWarning, match="1 of 2 names differ"):
+        check_classes_agree(["road", "windowpane"], ["road, route", "window "], "ckpt", "ade20k")
 
 
 def test_init_from_weights_copies_matched_rows_and_the_no_object_row(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """The experiments are the official recipes, value for value, and docs/recipes.md says so.
 
 The official values below are data transcribed from shared/reference/official_recipes.md (the
-resolved Mask2Former configs), independently of scripts/recipe_table.py, which must agree."""
+resolved Mask2Former configs), independently of scripts/recipe_table.py, which must agree; the
+thing/stuff split of each experiment's classes comes from the official class lists
+(tests/official_catalogs.py)."""
 
 import importlib.util
 from pathlib import Path
@@ -9,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from m2f_lightning.cli import CONFIG_DIR
+from m2f_lightning.data import metadata_for
+from tests import official_catalogs
 
 ROOT = Path(__file__).resolve().parents[1]
 R50, SWIN_L = "resnet50.tv_in1k", "swin_large_patch4_window12_384.ms_in22k"
@@ -45,6 +49,27 @@ OFFICIAL = {
     "mapillary_panoptic_swin_l": (65, MAP, 300000, POLY, 200, 0.0, SWIN),
     "mapillary_semantic_r50": (65, MAP, 300000, POLY, 100, 0.0, R50_FROZEN),
 }
+# the official class list each experiment's dataset registration uses (official_catalogs.py)
+OFFICIAL_CLASSES = {
+    "coco_panoptic": official_catalogs.COCO_PANOPTIC,
+    "coco_instance": official_catalogs.COCO_INSTANCE,
+    "ade20k_semantic": official_catalogs.ADE20K,
+    "ade20k_panoptic": official_catalogs.ADE20K,
+    "ade20k_instance": official_catalogs.OFFICIAL["ade20k_instance"],
+    "cityscapes_semantic": official_catalogs.CITYSCAPES,
+    "cityscapes_panoptic": official_catalogs.CITYSCAPES,
+    "cityscapes_instance": official_catalogs.CITYSCAPES_INSTANCE,
+    "mapillary_panoptic": official_catalogs.MAPILLARY_VISTAS,
+    "mapillary_semantic": official_catalogs.MAPILLARY_VISTAS,
+}
+
+
+def _official_things(name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(thing ids, stuff ids) of an experiment's official class list."""
+    rows = OFFICIAL_CLASSES[name.rsplit("_", 1)[0].removesuffix("_swin")]
+    return tuple(r[0] for r in rows if r[2]), tuple(r[0] for r in rows if not r[2])
+
+
 # shared by every official config (official_recipes.md N1, N3)
 COMMON = {
     "batch": 16,
@@ -67,6 +92,7 @@ def _official(name: str) -> dict:
     return {
         **COMMON,
         "num_classes": classes,
+        "things": _official_things(name),
         "crop": crop,
         "scales": scales,
         "test": test,
@@ -101,8 +127,32 @@ def test_the_composed_experiment_is_the_official_recipe(name: str) -> None:
     differ = {k: (ours[k], official[k]) for k in official if ours[k] != official[k]}
     assert set(differ) <= ON_PURPOSE, differ
     assert set(table.ON_PURPOSE) >= ON_PURPOSE  # the table says why
-    # the table's official column is this data too
-    assert {k: table.OFFICIAL[name][k] for k in official} == official
+    # the table's official column is this data too (the thing/stuff split is ours there,
+    # checked here against the official class lists)
+    assert {k: table.OFFICIAL[name][k] for k in official if k != "things"} == {
+        k: v for k, v in official.items() if k != "things"
+    }
+    assert "things" not in table.OFFICIAL[name]
+
+
+@pytest.mark.parametrize("prefix", sorted(OFFICIAL_CLASSES))
+def test_the_table_shows_the_official_thing_stuff_split(prefix: str) -> None:
+    """The `things / stuff` row and the class lists of docs/recipes.md show the official split
+    (thing and stuff classes by name and dataset id)."""
+    table = _script()
+    name = min(n for n in OFFICIAL if n.startswith(prefix + "_"))
+    things, stuff = _official_things(name)
+    cfg = table.compose_experiment(name)
+    shown = table._show("things", table.composed_values(cfg)["things"])
+    assert shown == f"{len(things)} / {len(stuff)}"
+    names = {row[0]: row[1] for row in OFFICIAL_CLASSES[prefix]}
+    catalog = metadata_for(cfg.dataset.name, cfg.task.name).name
+    page = table._class_lists({catalog: [name]})
+    assert f"- {len(things)} things: " + "; ".join(f"{names[d]} ({d})" for d in things) in page
+    if stuff:
+        assert f"- {len(stuff)} stuff: " + "; ".join(f"{names[d]} ({d})" for d in stuff) in page
+    else:
+        assert not any(line.startswith("- ") and "stuff:" in line for line in page)
 
 
 @pytest.mark.slow

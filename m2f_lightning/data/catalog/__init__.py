@@ -1,13 +1,17 @@
 """Category catalogs: names, dataset ids, thing/stuff and colours per dataset, as JSON data files.
 
 Contiguous class ids (what the model predicts) are the positions in a catalog's category list.
-COCO ids/names follow the COCO 2017 panoptic categories; Cityscapes comes from cityscapesscripts'
-label table; ADE20K thing/stuff follows the 100 instance classes of the scene-parsing benchmark and
-Mapillary Vistas v1.2 its 37 instance classes. The instance tasks of ADE20K and Cityscapes use their
-thing classes only (`ade20k_instance`: 100, `cityscapes_instance`: 8), as the official instance
-configs (SEM_SEG_HEAD.NUM_CLASSES 100 and 8). The colours are a fixed generated palette (used for
-overlays only). Where a dataset's own annotation JSON lists categories, readers check them against
-the catalog and fail on unknown ids.
+Ids, names and thing/stuff flags are the official ones (tests/test_catalogs_official.py checks
+every catalog against them): COCO from detectron2's COCO_CATEGORIES (2017 panoptic categories);
+Cityscapes from cityscapesscripts' label table (train ids and colours too); ADE20K from Mask2Former's
+register_ade20k_panoptic.py (things = the 100 classes of ade20k_instance_catid_mapping.txt) and
+register_ade20k_instance.py (the instance task: its 100 classes, ids = SceneParse150 id − 1, in
+Instance100 order); Mapillary Vistas v1.2 from register_mapillary_vistas_panoptic.py (37 things).
+The instance tasks of ADE20K and Cityscapes use their thing classes only (`ade20k_instance`: 100,
+`cityscapes_instance`: 8), as the official instance configs (SEM_SEG_HEAD.NUM_CLASSES 100 and 8).
+Except for Cityscapes, the colours are a fixed generated palette (used for overlays only). Where a
+dataset's own annotation JSON lists categories, readers check them against the catalog and fail on
+unknown ids.
 """
 
 import json

@@ -158,6 +158,8 @@ def _write_ade20k(out: Path, split: str, scenes: list[Scene]) -> dict:
     root = out / "ADEChallengeData2016"
     folder = {"train": "training", "val": "validation"}[split]
     ids, contiguous = _category_ids("ade20k")
+    # the instance classes (Instance100 ids) are the positions in the instance catalog + 1
+    instance_ids = get_metadata("ade20k_instance").dataset_ids
     names = [f"ADE_{split}_{i + 1:08d}.jpg" for i in range(len(scenes))]
     pngs = [n.replace(".jpg", ".png") for n in names]
     for scene, name, png in zip(scenes, names, pngs, strict=True):
@@ -171,19 +173,24 @@ def _write_ade20k(out: Path, split: str, scenes: list[Scene]) -> dict:
         instance = np.zeros((*scene.segment_map.shape, 3), dtype=np.uint8)
         for k, s in enumerate(scene.segments):
             if s["role"] >= 2:
-                instance[scene.segment_map == s["id"]] = (s["role"] - 1, k + 1, 0)
+                r = instance_ids.index(ids[s["role"]]) + 1
+                instance[scene.segment_map == s["id"]] = (r, k + 1, 0)
         _save_png(root / "annotations_instance" / folder / png, instance)
-    # instance class (1..3 for our thing roles) → ADE150 id (1-based), as the real mapping file
+    # Instance100 id → SceneParse150 id (1-based), as the official mapping file (its third
+    # column, the full-ADE20K id, is not used)
     (root / "ade20k_instance_catid_mapping.txt").write_text(
-        "Instacne100\tSceneParsing150\tFullADE20K\n"
-        + "".join(f"{role - 1}\t{ids[role] + 1}\t0\n" for role in (2, 3, 4))
+        "Instacne100\tSceneParse150\tFullADE20K\n"
+        + "".join(f"{k + 1}\t{d + 1}\t0\n" for k, d in enumerate(instance_ids))
     )
     categories = _coco_categories("ade20k")
+    instance_categories = [
+        {"id": c["id"], "name": c["name"]} for c in _coco_categories("ade20k_instance")
+    ]
     (root / f"ade20k_panoptic_{split}.json").write_text(
         json.dumps(_panoptic_json(scenes, names, ids, categories, pngs))
     )
     (root / f"ade20k_instance_{split}.json").write_text(
-        json.dumps(_instances_json(scenes, names, ids, [c for c in categories if c["isthing"]]))
+        json.dumps(_instances_json(scenes, names, ids, instance_categories))
     )
     return {
         n: _manifest_entry(s, contiguous, "panoptic") for n, s in zip(names, scenes, strict=True)
