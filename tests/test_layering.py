@@ -25,6 +25,8 @@ UPPER_LAYERS = (
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     "m2f_lightning.types": ((*FRAMEWORKS,), ()),
     "m2f_lightning.errors": ((*FRAMEWORKS, "torch"), ()),
+    # detectron2's resizing rules, shared by the data pipeline and the official TTA
+    "m2f_lightning.resizing": ((*FRAMEWORKS,), ()),
     "m2f_lightning.modeling": (
         (*FRAMEWORKS, "m2f_lightning.data", *UPPER_LAYERS),
         ("m2f_lightning.modeling", "m2f_lightning.types", "m2f_lightning.errors"),
@@ -35,10 +37,18 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
     ),
     "m2f_lightning.data": (
         ("hydra", "omegaconf", "m2f_lightning.modeling", "m2f_lightning.losses"),
-        ("m2f_lightning.data", "m2f_lightning.types", "m2f_lightning.errors"),
+        (
+            "m2f_lightning.data",
+            "m2f_lightning.types",
+            "m2f_lightning.errors",
+            "m2f_lightning.resizing",
+        ),
     ),
     "m2f_lightning.metrics": ((*FRAMEWORKS,), ("m2f_lightning.metrics", "m2f_lightning.types")),
-    "m2f_lightning.inference": ((*FRAMEWORKS,), ("m2f_lightning.inference", "m2f_lightning.types")),
+    "m2f_lightning.inference": (
+        (*FRAMEWORKS,),
+        ("m2f_lightning.inference", "m2f_lightning.types", "m2f_lightning.resizing"),
+    ),
     # the evaluation report: framework-free (callbacks.ReportWriter drives it during a test)
     "m2f_lightning.report": (
         (*FRAMEWORKS, "m2f_lightning.data", *UPPER_LAYERS),

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..data.transforms.resize import resize_image
+from ..resizing import resize_image
 from ..types import ModelOutput
 from .full_resolution import ResizedScores, SemanticScores, _semantic_padded_then_resized
 

@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..data.transforms.resize import shortest_edge_size
+from ..resizing import shortest_edge_size
 
 MODES = ("whole", "sliding")
 

@@ -26,6 +26,15 @@ Modules: `resize` (PIL-equivalent resizing), `geometric` (resize/crop/flip/pad t
 `color` (SSD colour jitter), `recipes` (the pipelines).
 """
 
+from ...resizing import (
+    LABEL_RULES,
+    Box,
+    LabelRule,
+    nearest_indices,
+    resize_image,
+    resize_labels,
+    shortest_edge_size,
+)
 from .color import ColorAugSSD
 from .geometric import (
     LargeScaleJitter,
@@ -41,15 +50,6 @@ from .recipes import (
     lsj,
     semantic_jitter,
     short_edge_sizes,
-)
-from .resize import (
-    LABEL_RULES,
-    Box,
-    LabelRule,
-    nearest_indices,
-    resize_image,
-    resize_labels,
-    shortest_edge_size,
 )
 
 __all__ = [

@@ -8,7 +8,7 @@ from typing import Any
 import albumentations as A
 import numpy as np
 
-from .resize import (
+from ...resizing import (
     LABEL_RULES,
     Box,
     LabelRule,

@@ -7,9 +7,9 @@ from typing import Any
 
 import albumentations as A
 
+from ...resizing import LabelRule
 from .color import ColorAugSSD
 from .geometric import LargeScaleJitter, PadBottomRight, ResizeShortestEdge, ShortEdgeResizeCrop
-from .resize import LabelRule
 
 
 def lsj(
