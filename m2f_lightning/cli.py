@@ -97,13 +97,18 @@ def print_error(message: str) -> None:
 
 
 def command_log_path() -> Path | None:
-    """`<output dir>/<job name>.log`, the file Hydra's job logging opens (train.log, ...)."""
+    """`<output dir>/<job name>.log`, the file Hydra's job logging opens (train.log, ...); None
+    outside Hydra, or where the output folder is the current one (m2f-doctor writes no files
+    unless given `hydra.run.dir=`)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()
-    return Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    if output_dir.resolve() == Path.cwd().resolve():
+        return None  # a command run in place (m2f-doctor's run.dir=.) leaves no file behind
+    return output_dir / f"{hydra_cfg.job.name}.log"
 
 
 def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
