@@ -94,7 +94,7 @@ TWO_RANKS = ["trainer.devices=2", "trainer.strategy=ddp_spawn"]
 def test_evaluate_on_two_processes_equals_one_device(
     datasets: Path, tmp_path: Path, oracle: None
 ) -> None:
-    common = _overrides(datasets, "checkpoint=unused")
+    common = _overrides(datasets, f"checkpoint={__file__}")
     one = evaluate(compose("evaluate", common, tmp_path / "one"), tmp_path / "one")
     two = evaluate(compose("evaluate", [*common, *TWO_RANKS], tmp_path / "two"), tmp_path / "two")
     assert 5 < one["PQ"] < 95 and 5 < one["AP"] < 95 and 5 < one["mIoU"] < 95, one

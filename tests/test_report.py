@@ -278,7 +278,7 @@ def report_run(datasets: Path, tmp_path_factory) -> tuple[Path, dict[str, float]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(builders, "Mask2FormerModule", NamedOracle)
         mp.setattr(commands, "load_weights_for", lambda cfg, dm, path: None)
-        common = _overrides(datasets, "checkpoint=unused", "report=true", "report_worst_k=3")
+        common = _overrides(datasets, f"checkpoint={__file__}", "report=true", "report_worst_k=3")
         results = evaluate(compose("evaluate", common, out), out)
     return out, results
 
@@ -329,7 +329,7 @@ def test_report_on_two_processes_equals_one_device(
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(builders, "Mask2FormerModule", NamedOracle)
         mp.setattr(commands, "load_weights_for", lambda cfg, dm, path: None)
-        common = _overrides(datasets, "checkpoint=unused", "report=true", "report_worst_k=3")
+        common = _overrides(datasets, f"checkpoint={__file__}", "report=true", "report_worst_k=3")
         evaluate(compose("evaluate", [*common, *TWO_RANKS], two), two)
 
     def by_id(folder: Path) -> dict[str, dict[str, str]]:

@@ -43,7 +43,7 @@ def test_save_predictions_on_two_processes_equals_one_device(
     tmp_path: Path,
     oracle: None,
 ) -> None:
-    common = _overrides(datasets, "checkpoint=unused", "save_predictions=true")
+    common = _overrides(datasets, f"checkpoint={__file__}", "save_predictions=true")
     evaluate(compose("evaluate", common, tmp_path / "one"), tmp_path / "one")
     evaluate(compose("evaluate", [*common, *TWO_RANKS], tmp_path / "two"), tmp_path / "two")
     one = _files(tmp_path / "one" / "predictions")

@@ -290,12 +290,18 @@ def test_eval_targets_use_the_instance_json_for_panoptic_ap_only() -> None:
     panoptic task's AP; an instance run scores the segments of the id map."""
     masks = np.stack([box(slice(0, 4), slice(3, 5)), box(slice(1, 3), slice(0, 1))])
     sample = panoptic_sample(
-        eval_instances=(masks, np.array([1, 0], dtype=np.int64), np.array([False, True]))
+        eval_instances=(
+            masks,
+            np.array([1, 0], dtype=np.int64),
+            np.array([False, True]),
+            np.array([7.0, 2.5]),  # the JSON's areas, not the masks' pixel counts
+        )
     )
     pan = eval_targets("panoptic", META, sample).instances
     assert_tensor(pan.masks, masks.astype(bool), torch.bool)
     assert_tensor(pan.labels, [1, 0], torch.int64)
     assert_tensor(pan.iscrowd, [False, True], torch.bool)
+    assert pan.areas.tolist() == [7.0, 2.5]
     ins = eval_targets("instance", META, sample).instances
     assert_tensor(ins.masks, [region(1), region(2), region(4)], torch.bool)
     assert_tensor(ins.labels, [0, 0, 1], torch.int64)

@@ -218,11 +218,16 @@ class ReaderImagesDataset(Dataset):
         """Leave out the images whose outputs (named by the image file's stem) an earlier run of
         predict finished; returns how many were left out. An image list names its files; other
         readers' samples are read (not predicted) to learn theirs."""
+        if not stems:
+            return 0
         records = getattr(self.reader, "records", None)
 
         def stem(index: int) -> str | None:
-            if records is not None:
-                return Path(records[index][0]).stem
+            record = records[index] if isinstance(records, list) else None
+            if isinstance(record, tuple):  # image lists: (path, image id)
+                return Path(record[0]).stem
+            if isinstance(record, dict) and "image" in record:  # panoptic readers
+                return Path(record["image"]).stem
             try:
                 return Path(self.reader[index].file_name).stem
             except Exception:  # unreadable: predicted (and reported) again
