@@ -34,6 +34,7 @@ from .resume import (
     set_aside_earlier_checkpoints,
 )
 from .run_lock import RunLock
+from .run_record import RunRecord
 from .wandb_run import build_logger, check_wandb_folder, finish_wandb
 
 
@@ -54,15 +55,22 @@ def scalars(metrics: dict[str, Any], prefix: str, strip: bool = True) -> dict[st
 
 def train(cfg: DictConfig, output_dir: Path | None = None) -> dict[str, Any]:
     """Fit (resuming if asked), then test on the validation split. Returns metrics and paths.
-    The W&B run is closed however this ends, so the next job of a sweep starts its own."""
+    The W&B run is closed however this ends, so the next job of a sweep starts its own; the
+    run's state is kept in `<output_dir>/summary.json` (`run_record`) however it ends."""
+    output_dir = Path(output_dir or hydra_output_dir())
+    record = RunRecord(output_dir)
     try:
-        return _train(cfg, output_dir)
+        summary = _train(cfg, output_dir, record)
+    except BaseException as err:
+        record.stopped(err)  # nothing unless the run got as far as holding its folder
+        raise
     finally:
         finish_wandb()
+    record.finished(summary)
+    return summary
 
 
-def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
-    output_dir = Path(output_dir or hydra_output_dir())
+def _train(cfg: DictConfig, output_dir: Path, record: RunRecord) -> dict[str, Any]:
     preemption = SlurmPreemption(output_dir)
     preemption.install()  # early: SLURM may signal while the job is still starting
     lock = RunLock(output_dir)
@@ -87,10 +95,12 @@ def _train(cfg: DictConfig, output_dir: Path | None) -> dict[str, Any]:
         check_wandb_folder(cfg, output_dir)
         check_writable(output_dir / "checkpoints")
         lock.acquire()
+        record.start(str(cfg.task.name), resumed=ckpt_path is not None)
         set_aside_earlier_checkpoints(cfg, output_dir)
         maybe_compile(cfg, module.model)
         callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
         trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
+        record.trainer = trainer
         if ckpt_path and trainer.is_global_zero:
             print(f"resuming from {ckpt_path}", flush=True)
         start = time.perf_counter()
