@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .errors import UserError
-from .run_record import FAILED, FINISHED, PREEMPTED, RUNNING, read_summary
+from .run_record import FAILED, FINISHED, RUNNING, read_summary
 
 # the final metrics shown per task (panoptic: the paper's PQ with its thing / stuff split)
 TASK_METRICS = {"panoptic": ("PQ", "PQ_th", "PQ_st"), "instance": ("AP",), "semantic": ("mIoU",)}
@@ -178,7 +178,9 @@ def read_sweep(folder: Path) -> Sweep:
     """Every job of the sweep in `folder`: those with a folder, and those planned without one."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder} is not a folder: give the sweep's folder (multirun/<date>/<time>)")
+        raise UserError(
+            f"{folder} is not a folder: give the sweep's folder (multirun/<date>/<time>)"
+        )
     swept, planned = _planned_jobs(folder)
     jobs: dict[int, Job] = {}
     for overrides_file in sorted(folder.glob("*/.hydra/overrides.yaml")):
@@ -252,7 +254,8 @@ def seed_table(sweep: Sweep) -> tuple[list[str], list[list[Any]]]:
         row: list[Any] = [*setting, " ".join(j.values.get(SEED_KEY, "?") for j in jobs)]
         row += [len(jobs), sum(j.state in (FAILED, LOST) for j in jobs)]
         for m in metrics:
-            row += _stats([float(j.metrics[m]) for j in finished if m in j.metrics])
+            values = [float(j.metrics[m]) for j in finished if m in j.metrics]
+            row += _stats([v for v in values if math.isfinite(v)])  # NaN: undefined, left out
         steps = [j.steps for j in finished if j.steps is not None]
         walls = [j.wall_seconds for j in finished if j.wall_seconds is not None]
         row += [_whole(statistics.median(steps)) if steps else None]
@@ -339,7 +342,10 @@ class SweepSummary(Callback):
 
 def main(argv: list[str] | None = None) -> None:
     """`m2f-sweep-summary <sweep dir>`: print and write the table of a sweep, done or not."""
-    parser = argparse.ArgumentParser(prog="m2f-sweep-summary", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="m2f-sweep-summary",
+        description="print and write the table of a sweep folder (summary.csv, summary.md)",
+    )
     parser.add_argument("folder", type=Path, help="the sweep's folder (multirun/<date>/<time>)")
     args = parser.parse_args(argv)
     try:

@@ -220,12 +220,19 @@ def test_preemption_signal_saves_at_the_step_and_the_rerun_finishes_the_schedule
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 2
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handler removed again
+    state = json.loads((tmp_path / "summary.json").read_text())  # the sweep table's record
+    assert (state["state"], state["steps"]) == ("preempted", 3)
+    assert state["error"].startswith("pre-empted at step 3")
     shutil.copy(tmp_path / "preempted.ckpt", tmp_path / "preempted.ckpt.kept")  # retired below
 
     record = _recording(monkeypatch)
     summary = train(compose("train", common, tmp_path), tmp_path)
     _assert_starts_from(record, tmp_path / "preempted.ckpt.kept", 3)
     assert summary["global_step"] == 6
+    final_state = json.loads((tmp_path / "summary.json").read_text())
+    assert (final_state["state"], final_state["steps"]) == ("finished", 6)
+    assert final_state["metrics"] == summary["test"]
+    assert final_state["wall_seconds"] > state["wall_seconds"]  # the first attempt's time added
     assert not (tmp_path / "preempted.ckpt").exists()  # replaced by the final last.ckpt
     final = torch.load(
         tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
