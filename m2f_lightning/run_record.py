@@ -9,6 +9,7 @@ data) writes none: its `error:` line is in `<output_dir>/train.log`.
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,15 @@ SUMMARY_NAME = "summary.json"
 RUNNING, FINISHED, PREEMPTED, FAILED = "running", "finished", "preempted", "failed"
 
 
-def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`: a reader sees
+    the old file or the whole new one."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temp, path)
+    try:
+        temp.write_text(text)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def read_summary(output_dir: Path) -> dict[str, Any] | None:
@@ -77,7 +82,7 @@ class RunRecord:
             "host": socket.gethostname(),
             "pid": os.getpid(),
         }
-        write_json_atomically(self.path, self._data)
+        self._write(self._data)
 
     def _end(self, state: str, **fields: Any) -> None:
         if self._data is None:
@@ -85,8 +90,16 @@ class RunRecord:
         data = dict(self._data, state=state, **fields)
         data["wall_seconds"] = round(self._earlier_seconds + time.time() - self._start, 1)
         data["ended"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        write_json_atomically(self.path, data)
         self._data = None
+        self._write(data)
+
+    def _write(self, data: dict[str, Any]) -> None:
+        """A record that cannot be written is a warning: the run itself goes on (or its own
+        error is the one reported)."""
+        try:
+            write_text_atomically(self.path, json.dumps(data, indent=2) + "\n")
+        except OSError as err:
+            print(f"warning: could not write {self.path}: {err}", file=sys.stderr, flush=True)
 
     def finished(self, summary: dict[str, Any]) -> None:
         """The run ended normally: its steps and final metrics (the test after training's, else

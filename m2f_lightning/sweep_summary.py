@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from .errors import UserError
-from .run_record import FAILED, FINISHED, RUNNING, read_summary
+from .run_record import FAILED, FINISHED, RUNNING, read_summary, write_text_atomically
 
 # the final metrics shown per task (panoptic: the paper's PQ with its thing / stuff split)
 TASK_METRICS = {"panoptic": ("PQ", "PQ_th", "PQ_st"), "instance": ("AP",), "semantic": ("mIoU",)}
@@ -298,16 +298,10 @@ def write_summary(folder: Path) -> str:
         text = f"{title}{_md_table(*main)}\n## Jobs\n\n{_md_table(*jobs)}"
     else:
         text = title + _md_table(*main)
-    _write(sweep.folder / "summary.csv", _csv_text(*main))
-    _write(sweep.folder / "jobs.csv", _csv_text(*jobs))
-    _write(sweep.folder / "summary.md", text)
+    write_text_atomically(sweep.folder / "summary.csv", _csv_text(*main))
+    write_text_atomically(sweep.folder / "jobs.csv", _csv_text(*jobs))
+    write_text_atomically(sweep.folder / "summary.md", text)
     return text
-
-
-def _write(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text)
-    temp.replace(path)
 
 
 def print_summary(folder: Path) -> None:
