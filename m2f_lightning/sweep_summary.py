@@ -14,10 +14,12 @@ jobs that differ only in their seed make one row: median, min, max and sample st
 import argparse
 import atexit
 import csv
+import functools
 import io
 import math
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,10 +66,15 @@ class Sweep:
         return names
 
 
-def _parse(overrides: list[str]) -> list[Any]:
+@functools.cache
+def _parser() -> Any:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    return OverridesParser.create().parse_overrides(overrides)
+    return OverridesParser.create()
+
+
+def _parse(overrides: list[str]) -> list[Any]:
+    return _parser().parse_overrides(overrides)
 
 
 def _key(override: Any) -> str:
@@ -75,7 +82,17 @@ def _key(override: Any) -> str:
 
 
 def _job_values(overrides: list[str]) -> dict[str, str]:
-    return {_key(o): o.get_value_element_as_str() for o in _parse(overrides)}
+    """{key: value} of a job's overrides, spelled as Hydra's parser writes them (as the sweep's
+    planned jobs are); an override it cannot parse is split at its first `=`."""
+    values = {}
+    for text in overrides:
+        try:
+            (override,) = _parse([text])
+            values[_key(override)] = override.get_value_element_as_str()
+        except Exception:
+            key, _, value = text.partition("=")
+            values[key.lstrip("+~")] = value
+    return values
 
 
 def _load_yaml(path: Path) -> Any:
@@ -163,8 +180,6 @@ def _read_job(folder: Path, num: int, values: dict[str, str]) -> Job:
     job.wall_seconds = summary.get("wall_seconds")
     job.metrics = dict(summary.get("metrics") or {})
     if job.state == RUNNING:
-        import time
-
         started = summary.get("started_unix")
         if isinstance(started, int | float):
             job.wall_seconds = round(summary.get("earlier_seconds", 0) + time.time() - started, 1)
