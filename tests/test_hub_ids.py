@@ -264,3 +264,28 @@ def test_init_weights_a_hub_id_starts_training_from_it(
     assert re.search(
         rf"init_weights: loaded {re.escape(REPO)}; class head: 5 classes kept by name, 0 fresh", out
     ), out[-2000:]
+
+
+def test_predict_resumes_only_under_the_same_hub_commit(hub_cache: Path, tmp_path: Path) -> None:
+    """A rerun of predict skips images done before only when the checkpoint is the same: for a
+    hub id, the same cached commit (`main` moved: another model)."""
+    from omegaconf import OmegaConf
+
+    from m2f_lightning.commands import prediction_settings
+
+    hf_with_names(NAMES).save_pretrained(tmp_path / "hf")
+    snapshot = put_in_cache(hub_cache, REPO, tmp_path / "hf")
+    cfg = OmegaConf.create({"checkpoint": REPO, "inputs": ["a.jpg"]})
+    before = prediction_settings(cfg)
+    assert prediction_settings(cfg) == before
+    newer = "f" * 40
+    shutil.copytree(snapshot, snapshot.parent / newer)
+    (snapshot.parents[1] / "refs" / "main").write_text(newer)
+    assert prediction_settings(cfg) != before
+
+
+def test_export_names_its_file_after_the_hub_model(tmp_path: Path) -> None:
+    from m2f_lightning.export import default_output
+
+    assert default_output(REPO, "onnx") == Path("mask2former-tiny-synthetic.onnx")
+    assert default_output("runs/last.ckpt", "onnx") == Path("runs/last.onnx")
