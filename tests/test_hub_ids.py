@@ -289,3 +289,28 @@ def test_export_names_its_file_after_the_hub_model(tmp_path: Path) -> None:
 
     assert default_output(REPO, "onnx") == Path("mask2former-tiny-synthetic.onnx")
     assert default_output("runs/last.ckpt", "onnx") == Path("runs/last.onnx")
+
+
+def test_without_network_the_cache_answers(
+    hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HF_HUB_OFFLINE unset and the hub unreachable (its first request fails as without a
+    network): a cached id loads, an id not in the cache is the one clear error."""
+    import huggingface_hub
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    asked = []
+
+    def unreachable(self, repo_id, **kwargs):
+        asked.append(repo_id)
+        raise OfflineModeIsEnabled("no network (test)")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", unreachable)
+    hf_with_names(NAMES).save_pretrained(tmp_path / "hf")
+    put_in_cache(hub_cache, REPO, tmp_path / "hf")
+    assert load_model(REPO).class_names == NAMES
+    with pytest.raises(MissingCheckpointError, match="not in the local HF cache .* the hub cannot"):
+        load_model("someone/not-cached")
+    assert asked == [REPO, "someone/not-cached"]

@@ -53,8 +53,9 @@ def _not_cached(spec: str, repo: str, why: str) -> MissingCheckpointError:
     return MissingCheckpointError(
         f"checkpoint {spec}: no such local file or folder, and as a Hugging Face hub id it is not "
         f"in the local HF cache ({cache}) and {why}. Offline: run `hf download {repo}` on a "
-        f"machine with network and copy its {cache}/models--{repo.replace('/', '--')} here (or "
-        "point HF_HUB_CACHE at a shared cache), or pass a downloaded folder's path instead"
+        f"machine with network and copy the models--{repo.replace('/', '--')} folder of its HF "
+        f"cache into {cache} (or point HF_HUB_CACHE at a shared cache), or pass a downloaded "
+        "folder's path instead"
     )
 
 
