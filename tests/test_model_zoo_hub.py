@@ -2,7 +2,8 @@
 paper result, and the config of ours that evaluates it with the official test settings.
 
 The data below is written from the official sources, not from our code: the hub ids are those
-the reference notes confirm from hub pages (/work/shared/reference/hf_port.md §7), the results
+confirmed from hub pages (the project's reference notes on the HF port, §7, and stored hub pages
+for the Swin-L Cityscapes semantic and Swin-S Cityscapes instance models), the results
 are MODEL_ZOO.md of facebookresearch/Mask2Former, and the test settings (MIN/MAX_SIZE_TEST,
 OBJECT_MASK_THRESHOLD, NUM_OBJECT_QUERIES) are those of the config each checkpoint was trained
 with, resolved through its `_BASE_` chain in the official repository.
