@@ -286,11 +286,17 @@ _NOT_SETTINGS = ("inputs", "verbose", "progress_every_n_steps", "logger")
 
 def prediction_settings(cfg: DictConfig) -> str:
     """A fingerprint of what makes predict's files: the config (but the inputs) and the
-    checkpoint file (path, size, time). A rerun resumes a folder only under the same one."""
+    checkpoint file (path, size, time; for a hub id its cached snapshot, i.e. its commit). A rerun
+    resumes a folder only under the same one."""
     config = OmegaConf.to_container(cfg, resolve=False)
     for key in _NOT_SETTINGS:
         config.pop(key, None)
-    checkpoint = Path(str(cfg.checkpoint))
+    from .checkpoints.hub import resolve_weights
+
+    try:  # a hub id: its snapshot folder in the HF cache, named by the commit
+        checkpoint = resolve_weights(str(cfg.checkpoint), local_only=True)
+    except CheckpointError:
+        checkpoint = Path(str(cfg.checkpoint))
     if checkpoint.exists():
         stat = checkpoint.stat()
         config["checkpoint file"] = [str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns]

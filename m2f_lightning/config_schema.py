@@ -152,6 +152,23 @@ def existing_path(null: bool = False) -> Check:
     return check
 
 
+def weights_source(null: bool = False) -> Check:
+    """An existing file or folder, or a Hugging Face hub id (`owner/name[@revision]`), which is
+    fetched (or found in the HF cache) when the weights are read."""
+
+    def check(value: Any) -> str | None:
+        from .checkpoints.hub import is_hub_id
+
+        if existing_path(null)(value) is None or (isinstance(value, str) and is_hub_id(value)):
+            return None
+        return (
+            "must be the path of an existing file or folder, or a Hugging Face hub id such as "
+            "facebook/mask2former-swin-tiny-coco-panoptic" + (" or null" if null else "")
+        )
+
+    return check
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -243,7 +260,7 @@ RULES: tuple[Rule, ...] = (
     Rule("seed", integer()),
     Rule("compile", boolean()),
     Rule("recipe_batch_size", integer(1, null=True)),
-    Rule("init_weights", existing_path(null=True), "weights to fine-tune from"),
+    Rule("init_weights", weights_source(null=True), "weights to fine-tune from"),
     Rule("max_nonfinite_steps", integer(0), "0: never stop"),
     Rule("test_after_training", boolean()),
     Rule("checkpoint.every_n_train_steps", integer(1)),
@@ -445,13 +462,16 @@ def _predict_inputs(cfg: DictConfig, command: str) -> Iterator[str]:
 
 
 def _checkpoint_given(cfg: DictConfig, command: str) -> Iterator[str]:
-    """evaluate, predict and export read `checkpoint=PATH`."""
+    """evaluate, predict and export read `checkpoint=PATH` (or a hub id)."""
     keys = list(cfg.keys())  # (`in cfg` is False for a key that is not set)
     if command not in ("evaluate", "predict", "export") or "checkpoint" not in keys:
         return
     if OmegaConf.is_missing(cfg, "checkpoint"):
-        yield "checkpoint is not set: give the weights to use, checkpoint=PATH"
-    elif bad := existing_path()(cfg.checkpoint):
+        yield (
+            "checkpoint is not set: give the weights to use, checkpoint=PATH (or a Hugging Face "
+            "hub id, checkpoint=facebook/mask2former-swin-tiny-coco-panoptic)"
+        )
+    elif bad := weights_source()(cfg.checkpoint):
         yield problem("checkpoint", cfg.checkpoint, bad)
 
 

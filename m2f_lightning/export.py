@@ -168,6 +168,17 @@ def check_parity(
     return worst
 
 
+def default_output(checkpoint: str, fmt: str) -> Path:
+    """Beside the checkpoint file, with the format's suffix; for a hub id (`owner/name`), the
+    model's name in the working directory."""
+    from .checkpoints.hub import parse_hub_id
+
+    hub = parse_hub_id(checkpoint)
+    if hub is not None:
+        return Path(hub[0].split("/")[-1] + SUFFIXES[fmt])
+    return Path(checkpoint).with_suffix(SUFFIXES[fmt])
+
+
 def export(cfg) -> dict[str, Any]:
     """`m2f-export checkpoint=... format=onnx|torch_export out=FILE image_size=[H,W]`: export,
     check parity, and write `<out>.json` with the class names, thing flags and input size."""
@@ -177,7 +188,7 @@ def export(cfg) -> dict[str, Any]:
     validate_config(cfg, "export")  # format, image_size, opset among the rest
     fmt = str(cfg.format)
     image_size = tuple(int(s) for s in cfg.image_size)
-    out = Path(cfg.out) if cfg.get("out") else Path(cfg.checkpoint).with_suffix(SUFFIXES[fmt])
+    out = Path(cfg.out) if cfg.get("out") else default_output(str(cfg.checkpoint), fmt)
     model = load_model(cfg.checkpoint)
     print(
         f"exporting {cfg.checkpoint} to {out} ({fmt}, input [1, 3, {image_size[0]}, "

@@ -16,10 +16,11 @@ def convert_hf(src: str | Path, dst: str | Path) -> Path:
 def convert_hf_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Convert a Hugging Face Mask2FormerForUniversalSegmentation checkpoint "
-        "directory (config.json + model.safetensors or pytorch_model.bin) into an m2f-lightning "
-        "checkpoint file."
+        "directory (config.json + model.safetensors or pytorch_model.bin), or a hub id such as "
+        "facebook/mask2former-swin-tiny-coco-panoptic (fetched once into the HF cache), into an "
+        "m2f-lightning checkpoint file."
     )
-    parser.add_argument("src", help="HF checkpoint directory")
+    parser.add_argument("src", help="HF checkpoint directory or hub id (owner/name[@revision])")
     parser.add_argument("dst", help="output file (e.g. weights/m2f_swin_t_coco_panoptic.pt)")
     args = parser.parse_args(argv)
     try:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..errors import CheckpointError
 from .hf_keys import FUSED, IGNORED, RENAMES, downsample_key, modernise_key
 from .reading import load_torch_file
 
@@ -118,6 +119,16 @@ def hf_config_to_ours(hf_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_mask2former_config(hf_config: Any, source: str) -> None:
+    """Refuse a config.json of another kind of model (a hand-written one may omit model_type)."""
+    model_type = hf_config.get("model_type", "mask2former") if isinstance(hf_config, dict) else None
+    if model_type != "mask2former":
+        raise CheckpointError(
+            f"{source} describes a {model_type!r} model, not a Mask2Former (config.json "
+            "model_type 'mask2former', transformers' Mask2FormerForUniversalSegmentation)"
+        )
+
+
 def read_hf_checkpoint(
     directory: str | Path,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str] | None]:
@@ -130,6 +141,7 @@ def read_hf_checkpoint(
     if not config_file.is_file():
         raise FileNotFoundError(f"not an HF checkpoint directory (no config.json): {directory}")
     hf_config = json.loads(config_file.read_text())
+    check_mask2former_config(hf_config, str(config_file))
     safetensors_file = directory / "model.safetensors"
     bin_file = directory / "pytorch_model.bin"
     if safetensors_file.is_file():

@@ -12,6 +12,7 @@ from ..modeling import Mask2Former
 from ..modeling.d2_format import read_d2_pickle
 from .d2 import convert_d2_state_dict
 from .hf import convert_hf_state_dict, read_hf_checkpoint
+from .hub import resolve_weights
 from .reading import load_torch_file, warn_if_newer_lightning
 
 FORMAT_VERSION = 1
@@ -117,7 +118,7 @@ def read_weights_and_classes(
     path: str | Path,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], list[str] | None, list[bool] | None]:
     """`read_weights` plus the thing flag of each class, where the source stores it."""
-    path = Path(path)
+    path = resolve_weights(path)  # a Hugging Face hub id: its folder in the HF cache
     if not path.exists():
         raise MissingCheckpointError(f"no checkpoint at {path}")
     if path.is_dir():
@@ -152,7 +153,9 @@ def load_model(
     """A ready `Mask2Former` in eval mode from any supported weights source.
 
     - our checkpoint file (from `save_model`) or a Lightning `.ckpt` of this project;
-    - a Hugging Face `Mask2FormerForUniversalSegmentation` directory (config.json + weights);
+    - a Hugging Face `Mask2FormerForUniversalSegmentation` directory (config.json + weights),
+      or its hub id (`facebook/mask2former-swin-tiny-coco-panoptic`, `owner/name@revision`):
+      fetched once into the HF cache (`checkpoints/hub.py`);
     - an original detectron2 model-zoo `.pkl` (give `num_classes`, `backbone`, ... as overrides,
       since the file does not carry the architecture).
     `overrides` replace entries of the stored model config.
