@@ -208,13 +208,14 @@ def build_module(
 def build_callbacks(
     cfg: DictConfig, output_dir: Path, dm: SegmentationDataModule
 ) -> list[L.Callback]:
-    """Checkpoints, progress reporting, learning-rate logging and W&B media for training."""
+    """Checkpoints, progress reporting, learning-rate logging and the logger's media (W&B,
+    TensorBoard) for training."""
     from lightning.pytorch.callbacks import (
         LearningRateMonitor,
         RichModelSummary,
     )
 
-    from .callbacks import StepProgressBar, TextProgress, WandbMedia
+    from .callbacks import StepProgressBar, TextProgress, ValidationMedia
     from .callbacks.checkpointing import CheckedModelCheckpoint
     from .resume_state import RandomState
 
@@ -239,10 +240,10 @@ def build_callbacks(
         callbacks.append(TextProgress(every))
     if cfg.logger.name != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if cfg.logger.name == "wandb":
+    if cfg.logger.name in ("wandb", "tensorboard"):  # loggers that show images
         meta = dm.metadata
         colors = [list(c) for c in meta.colors]
-        callbacks.append(WandbMedia(meta.class_names, colors, cfg.get("num_vis_images", 0)))
+        callbacks.append(ValidationMedia(meta.class_names, colors, cfg.get("num_vis_images", 0)))
     return callbacks
 
 
