@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from .commands import evaluate, predict, train
 from .errors import ConfigError, UserError
+from .help_text import register_help_resolver
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # `m2f_lightning/conf` links to the checkout's `conf/`; an installed wheel holds a copy of it
@@ -28,6 +29,7 @@ PROJECT_ROOT = (
     PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").is_file() else Path.cwd()
 )
 os.environ.setdefault("M2F_PROJECT_ROOT", str(PROJECT_ROOT))
+register_help_resolver(CONFIG_DIR)  # `--help` lists the experiments (conf/hydra/default.yaml)
 
 # the metric a sweep optimises, per task
 OBJECTIVES = {"panoptic": "PQ", "instance": "AP", "semantic": "mIoU"}
