@@ -210,13 +210,11 @@ def build_callbacks(
 ) -> list[L.Callback]:
     """Checkpoints, progress reporting, learning-rate logging and the logger's media (W&B,
     TensorBoard) for training."""
-    from lightning.pytorch.callbacks import (
-        LearningRateMonitor,
-        RichModelSummary,
-    )
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
     from .callbacks import StepProgressBar, TextProgress, ValidationMedia
     from .callbacks.checkpointing import CheckedModelCheckpoint
+    from .callbacks.run_summary import RunSummary, run_details
     from .resume_state import RandomState
 
     callbacks: list[L.Callback] = [
@@ -230,9 +228,10 @@ def build_callbacks(
             monitor=cfg.checkpoint.get("monitor"),
             mode="max",
         ),
-        RichModelSummary(max_depth=2),
         RandomState(),  # every RNG state travels in the checkpoint (exact resume)
     ]
+    if cfg.trainer.get("enable_model_summary", True):  # the run's start lines
+        callbacks.append(RunSummary(output_dir, run_details(cfg)))
     every = cfg.get("progress_every_n_steps", 50)
     if sys.stdout.isatty():  # live bars; the plain lines go to the log file (run_log)
         callbacks += [StepProgressBar(), TextProgress(every, console=False)]
@@ -260,7 +259,10 @@ class _DropRecords:
 def quiet_lightning() -> None:
     """Silence Lightning's hints that do not apply here: "`srun` is available but not used"
     (SLURM jobs are launched by submitit or scripts/, which use srun; a login-node run is meant
-    to be local) and the litlogger advertisement."""
+    to be local) and the litlogger advertisement; other third-party noise: `console_noise`."""
+    from .console_noise import quiet_third_party
+
+    quiet_third_party()
     warnings.filterwarnings("ignore", message=r"The `srun` command is available")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
@@ -303,6 +305,9 @@ def build_trainer(
             callbacks.append(StepProgressBar())
         else:  # a log file: no live bar (TextProgress prints plain lines)
             kwargs["enable_progress_bar"] = False
+    # the model summary is ours (`RunSummary`, train only): no Lightning table, and no message
+    # that it is skipped because another summary callback is there
+    kwargs["enable_model_summary"] = False
     return L.Trainer(
         **kwargs,
         # per job: never shared between the jobs of a sweep
