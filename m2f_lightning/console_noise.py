@@ -23,7 +23,7 @@ RECORDS = {
     "onnxscript.optimizer._constant_folding": ("Skipping constant folding",),
 }
 # loggers whose INFO lines are one per weight: only their warnings and errors are kept
-CHATTY_INFO = ("onnxscript.optimizer", "onnx_ir.passes")
+CHATTY_INFO = ("onnxscript.optimizer", "onnxscript.rewriter", "onnx_ir.passes")
 
 
 class DropMessages(logging.Filter):
