@@ -2,10 +2,8 @@
 LightningModule, callbacks and Trainer. Nothing here trains; `commands` does."""
 
 import inspect
-import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -246,28 +244,13 @@ def build_callbacks(
     return callbacks
 
 
-class _DropRecords:
-    """A logging filter dropping the records whose message contains one of `needles`."""
-
-    def __init__(self, *needles: str) -> None:
-        self.needles = needles
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(n in str(record.msg) for n in self.needles)
-
-
 def quiet_lightning() -> None:
-    """Silence Lightning's hints that do not apply here: "`srun` is available but not used"
-    (SLURM jobs are launched by submitit or scripts/, which use srun; a login-node run is meant
-    to be local) and the litlogger advertisement; other third-party noise: `console_noise`."""
+    """Silence third-party lines that do not apply here (`console_noise`), among them
+    Lightning's "`srun` is available but not used" (SLURM jobs are launched by submitit or
+    scripts/, which use srun; a login-node run is meant to be local) and the litlogger tip."""
     from .console_noise import quiet_third_party
 
     quiet_third_party()
-    warnings.filterwarnings("ignore", message=r"The `srun` command is available")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropRecords) for f in logger.filters):
-            logger.addFilter(_DropRecords("litlogger"))
 
 
 def build_trainer(

@@ -3,6 +3,8 @@ source by its message (a warning filter, a filter on one logger's records), neve
 or every warning: a warning of ours, or a third party's real one, still shows.
 
 - torch's deprecation of `LeafSpec`, raised by Lightning's own `_pytree` helper at every fit;
+- Lightning's "`srun` is available but not used" (SLURM jobs are launched by submitit or
+  scripts/, which use srun; a login-node run is meant to be local) and its litlogger tip;
 - Lightning's DataLoader worker-count advice (`dataset.num_workers` sets the workers);
 - Lightning's "GPU available / TPU available" lines (the run's summary names the device);
 - the ONNX exporter's INFO lines per node and weight it folds or removes, and its warning per
@@ -16,10 +18,17 @@ import warnings
 WARNINGS = [
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\."),
     (r"The '\w+' does not have many workers which may be a bottleneck", Warning, ""),
+    (r"The `srun` command is available", Warning, ""),
 ]
-# logger name: the starts of its records' messages that are dropped
+# logger name: text that drops a record of its whose message contains it
 RECORDS = {
-    "lightning.pytorch.utilities.rank_zero": ("GPU available:", "TPU available:", "HPU available:"),
+    "lightning.pytorch.utilities.rank_zero": (
+        "GPU available:",
+        "TPU available:",
+        "HPU available:",
+        "litlogger",
+    ),
+    "lightning.fabric.utilities.rank_zero": ("litlogger",),
     "onnxscript.optimizer._constant_folding": ("Skipping constant folding",),
 }
 # loggers whose INFO lines are one per weight: only their warnings and errors are kept
@@ -27,24 +36,24 @@ CHATTY_INFO = ("onnxscript.optimizer", "onnxscript.rewriter", "onnx_ir.passes")
 
 
 class DropMessages(logging.Filter):
-    """Drops the records whose message starts with one of `starts`."""
+    """Drops the records whose message contains one of `needles`."""
 
-    def __init__(self, *starts: str) -> None:
+    def __init__(self, *needles: str) -> None:
         super().__init__()
-        self.starts = starts
+        self.needles = needles
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.starts)
+        return not any(needle in str(record.msg) for needle in self.needles)
 
 
 def quiet_third_party() -> None:
     """Install the filters above (once: a second call adds nothing)."""
     for message, category, module in WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
-    for name, starts in RECORDS.items():
+    for name, needles in RECORDS.items():
         logger = logging.getLogger(name)
-        if not any(isinstance(f, DropMessages) and f.starts == starts for f in logger.filters):
-            logger.addFilter(DropMessages(*starts))
+        if not any(isinstance(f, DropMessages) and f.needles == needles for f in logger.filters):
+            logger.addFilter(DropMessages(*needles))
     for name in CHATTY_INFO:
         logger = logging.getLogger(name)
         if logger.level < logging.WARNING:
