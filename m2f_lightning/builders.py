@@ -2,10 +2,8 @@
 LightningModule, callbacks and Trainer. Nothing here trains; `commands` does."""
 
 import inspect
-import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -208,14 +206,13 @@ def build_module(
 def build_callbacks(
     cfg: DictConfig, output_dir: Path, dm: SegmentationDataModule
 ) -> list[L.Callback]:
-    """Checkpoints, progress reporting, learning-rate logging and W&B media for training."""
-    from lightning.pytorch.callbacks import (
-        LearningRateMonitor,
-        RichModelSummary,
-    )
+    """Checkpoints, progress reporting, learning-rate logging and the logger's media (W&B,
+    TensorBoard) for training."""
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from .callbacks import StepProgressBar, TextProgress, WandbMedia
+    from .callbacks import StepProgressBar, TextProgress, ValidationMedia
     from .callbacks.checkpointing import CheckedModelCheckpoint
+    from .callbacks.run_summary import RunSummary, run_details
     from .resume_state import RandomState
 
     callbacks: list[L.Callback] = [
@@ -229,9 +226,10 @@ def build_callbacks(
             monitor=cfg.checkpoint.get("monitor"),
             mode="max",
         ),
-        RichModelSummary(max_depth=2),
         RandomState(),  # every RNG state travels in the checkpoint (exact resume)
     ]
+    if cfg.trainer.get("enable_model_summary", True):  # the run's start lines
+        callbacks.append(RunSummary(output_dir, run_details(cfg)))
     every = cfg.get("progress_every_n_steps", 50)
     if sys.stdout.isatty():  # live bars; the plain lines go to the log file (run_log)
         callbacks += [StepProgressBar(), TextProgress(every, console=False)]
@@ -239,32 +237,20 @@ def build_callbacks(
         callbacks.append(TextProgress(every))
     if cfg.logger.name != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if cfg.logger.name == "wandb":
+    if cfg.logger.name in ("wandb", "tensorboard"):  # loggers that show images
         meta = dm.metadata
         colors = [list(c) for c in meta.colors]
-        callbacks.append(WandbMedia(meta.class_names, colors, cfg.get("num_vis_images", 0)))
+        callbacks.append(ValidationMedia(meta.class_names, colors, cfg.get("num_vis_images", 0)))
     return callbacks
 
 
-class _DropRecords:
-    """A logging filter dropping the records whose message contains one of `needles`."""
-
-    def __init__(self, *needles: str) -> None:
-        self.needles = needles
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(n in str(record.msg) for n in self.needles)
-
-
 def quiet_lightning() -> None:
-    """Silence Lightning's hints that do not apply here: "`srun` is available but not used"
-    (SLURM jobs are launched by submitit or scripts/, which use srun; a login-node run is meant
-    to be local) and the litlogger advertisement."""
-    warnings.filterwarnings("ignore", message=r"The `srun` command is available")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropRecords) for f in logger.filters):
-            logger.addFilter(_DropRecords("litlogger"))
+    """Silence third-party lines that do not apply here (`console_noise`), among them
+    Lightning's "`srun` is available but not used" (SLURM jobs are launched by submitit or
+    scripts/, which use srun; a login-node run is meant to be local) and the litlogger tip."""
+    from .console_noise import quiet_third_party
+
+    quiet_third_party()
 
 
 def build_trainer(
@@ -302,6 +288,9 @@ def build_trainer(
             callbacks.append(StepProgressBar())
         else:  # a log file: no live bar (TextProgress prints plain lines)
             kwargs["enable_progress_bar"] = False
+    # the model summary is ours (`RunSummary`, train only): no Lightning table, and no message
+    # that it is skipped because another summary callback is there
+    kwargs["enable_model_summary"] = False
     return L.Trainer(
         **kwargs,
         # per job: never shared between the jobs of a sweep

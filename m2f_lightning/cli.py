@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from .commands import evaluate, predict, train
 from .errors import ConfigError, UserError
+from .help_text import register_help_resolver
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # `m2f_lightning/conf` links to the checkout's `conf/`; an installed wheel holds a copy of it
@@ -28,6 +29,7 @@ PROJECT_ROOT = (
     PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").is_file() else Path.cwd()
 )
 os.environ.setdefault("M2F_PROJECT_ROOT", str(PROJECT_ROOT))
+register_help_resolver(CONFIG_DIR)  # `--help` lists the experiments (conf/hydra/default.yaml)
 
 # the metric a sweep optimises, per task
 OBJECTIVES = {"panoptic": "PQ", "instance": "AP", "semantic": "mIoU"}
@@ -116,9 +118,13 @@ def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     (`errors.UserError`, or a file that is not there) ends the process with one `error:` message
     and exit code 1, no traceback unless asked for (`HYDRA_FULL_ERROR=1` or `verbose=true`);
     anything else is a bug and keeps its traceback (in the log file too)."""
-    from .run_log import console_log
+    from .console_noise import quiet_third_party
+    from .run_log import console_log, log_only
 
+    quiet_third_party()  # third-party lines that say nothing here, each filtered by its message
     with console_log(command_log_path()):
+        log_only("".join(_EARLY_WARNINGS))  # shown before the log file was open
+        _EARLY_WARNINGS.clear()
         return _run_command(command, cfg)
 
 
@@ -180,8 +186,18 @@ def _export_main(cfg: DictConfig) -> None:
     run_command(export, cfg)
 
 
+# the warnings shown before Hydra composed the config (old spellings of keys), copied into the
+# command's log file once it is open
+_EARLY_WARNINGS: list[str] = []
+
+
 def _with_upgraded_argv(main: Callable[[], Any]) -> Any:
-    sys.argv = [sys.argv[0], *upgrade_overrides(sys.argv[1:])]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FutureWarning)
+        sys.argv = [sys.argv[0], *upgrade_overrides(sys.argv[1:])]
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)  # the console
+        _EARLY_WARNINGS.append(warnings.formatwarning(w.message, w.category, w.filename, w.lineno))
     return main()
 
 

@@ -255,7 +255,11 @@ RULES: tuple[Rule, ...] = (
     Rule("inference.object_mask_threshold", number(0, 1)),
     Rule("inference.overlap_threshold", number(0, 1)),
     Rule("inference.topk", integer(1)),
-    Rule("logger.name", one_of("wandb", "csv", "none"), "or choose a group: logger=csv"),
+    Rule(
+        "logger.name",
+        one_of("wandb", "tensorboard", "csv", "none"),
+        "or choose a group: logger=csv",
+    ),
     # the run
     Rule("seed", integer()),
     Rule("compile", boolean()),

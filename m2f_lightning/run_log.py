@@ -4,7 +4,8 @@ doctor.log) holds what the console showed, so a SLURM job or a closed terminal l
 Hydra's job logging fills that file only from the `logging` records it configures; our console
 is `print`, Rich, Lightning's own log handlers and `warnings`. `console_log` tees `sys.stdout`
 and `sys.stderr` into the file for the length of a command (the console itself is untouched: the
-same stream, still a terminal when it is one) and points Lightning's log handlers at the tee. The
+same stream, still a terminal when it is one) and points Lightning's log handlers at the tee (and
+the root logger's, where no file handler of Hydra's writes the file already). The
 file gets plain lines: colours and cursor moves are dropped, a line rewritten in place (`\\r`, a
 Rich live bar) keeps only its last state, and a live bar's frames that the terminal erased never
 reach it (terminal runs also get `TextProgress`'s plain lines, in the file only: `log_only`).
@@ -146,6 +147,18 @@ def is_logging() -> bool:
     return _state.get("log") is not None and os.getpid() == _state.get("pid")
 
 
+def _console_loggers(path: Path) -> list[str]:
+    """The loggers whose console handlers are pointed at the tee: Lightning's, and the root
+    logger's unless a file handler of its already writes `path` (Hydra's job logging does, but
+    not m2f-doctor's `stdout` job logging), so that no record reaches the file twice."""
+    files = {
+        Path(h.baseFilename).resolve()
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.FileHandler)
+    }
+    return [*_LIGHTNING_LOGGERS, *([] if path.resolve() in files else [""])]
+
+
 @contextmanager
 def console_log(path: Path | None) -> Iterator[None]:
     """Tee the console into `path` (appended: a requeued or rerun job adds to the record) while
@@ -167,7 +180,7 @@ def console_log(path: Path | None) -> Iterator[None]:
     saved = sys.stdout, sys.stderr
     handlers = [
         h
-        for name in _LIGHTNING_LOGGERS
+        for name in _console_loggers(path)
         for h in logging.getLogger(name).handlers
         if type(h) is logging.StreamHandler and h.stream in saved
     ]

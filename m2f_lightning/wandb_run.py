@@ -41,7 +41,7 @@ def check_wandb_folder(cfg: DictConfig, output_dir: Path) -> None:
 
 
 def build_logger(cfg: DictConfig, output_dir: Path) -> Any:
-    """The Lightning logger of `logger.name`: wandb, csv, or none (False)."""
+    """The Lightning logger of `logger.name`: wandb, tensorboard, csv, or none (False)."""
     name = cfg.logger.name
     if name == "none":
         return False
@@ -49,6 +49,8 @@ def build_logger(cfg: DictConfig, output_dir: Path) -> Any:
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir=str(output_dir), name="csv")
+    if name == "tensorboard":
+        return tensorboard_logger(cfg, output_dir)
     from lightning.pytorch.loggers import WandbLogger
 
     check_wandb_folder(cfg, output_dir)
@@ -69,6 +71,21 @@ def build_logger(cfg: DictConfig, output_dir: Path) -> Any:
         save_dir=str(output_dir),
         mode=mode,
         log_model=cfg.logger.get("log_model", False) if mode == "online" else False,
+    )
+    # Lightning hands wandb.init `anonymous=None`, which wandb answers with a deprecation
+    # warning at every start ("The anonymous setting has no effect"): not passed at all instead
+    logger._wandb_init.pop("anonymous", None)
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    return logger
+
+
+def tensorboard_logger(cfg: DictConfig, output_dir: Path) -> Any:
+    """TensorBoard's event files in `<output_dir>/tensorboard/`: one folder per output folder (no
+    version_N), so a resumed or requeued run continues the same curves."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(
+        save_dir=str(output_dir), name="tensorboard", version="", default_hp_metric=False
     )
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return logger

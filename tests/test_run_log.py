@@ -112,3 +112,29 @@ def test_a_message_written_under_a_live_bar_gets_its_own_line() -> None:
     log.feed("`Trainer.fit` stopped\n")  # a log handler's line, not through the live display
     log.close()
     assert file.getvalue().splitlines() == ["step 3/3 ━━━━━ 3/3", "`Trainer.fit` stopped"]
+
+
+def test_root_logger_records_reach_the_file_once(tmp_path: Path, capsys) -> None:
+    """Without a file handler of Hydra's (m2f-doctor's `stdout` job logging) a logged record
+    reaches the file through the tee; with one, only through that handler (not twice)."""
+    root = logging.getLogger()
+    console = logging.StreamHandler(sys.stdout)
+    root.addHandler(console)
+    path = tmp_path / "doctor.log"
+    try:
+        with console_log(path):
+            logging.getLogger("m2f_lightning.data").warning("a record of ours")
+        assert path.read_text().splitlines() == ["a record of ours"]
+        assert console.stream is sys.stdout  # handed back
+        hydra_file = logging.FileHandler(path)
+        root.addHandler(hydra_file)
+        try:
+            with console_log(path):
+                logging.getLogger("m2f_lightning.data").warning("a second record")
+        finally:
+            root.removeHandler(hydra_file)
+            hydra_file.close()
+    finally:
+        root.removeHandler(console)
+    assert path.read_text().splitlines() == ["a record of ours", "a second record"]
+    assert "a record of ours" in capsys.readouterr().out

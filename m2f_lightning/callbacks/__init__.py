@@ -3,7 +3,7 @@
 from .prediction_saver import PredictionSaver
 from .progress import HEADLINE_METRICS, StepProgressBar, TextProgress
 from .report_writer import ReportWriter
-from .wandb_media import WandbMedia
+from .wandb_media import ValidationMedia, WandbMedia
 
 __all__ = [
     "HEADLINE_METRICS",
@@ -11,5 +11,6 @@ __all__ = [
     "ReportWriter",
     "StepProgressBar",
     "TextProgress",
+    "ValidationMedia",
     "WandbMedia",
 ]
