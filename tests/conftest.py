@@ -8,6 +8,8 @@ os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 # tests never download: a backbone tag that is not cached fails instead
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import logging  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -19,3 +21,16 @@ torch.set_num_threads(int(os.environ.get("M2F_TEST_THREADS", "2")))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A command run in-process (Hydra's job logging) leaves handlers on the root logger that
+    write to this test's captured stdout, closed once the test ends: the next test's log records
+    would fail in them ("I/O operation on closed file"). Each test starts with the root logger
+    as the previous one found it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
