@@ -4,6 +4,7 @@ LightningModule, callbacks and Trainer. Nothing here trains; `commands` does."""
 import inspect
 import logging
 import os
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -265,6 +266,20 @@ def quiet_lightning() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropRecords) for f in logger.filters):
             logger.addFilter(_DropRecords("litlogger"))
+
+
+def print_placement(trainer: L.Trainer) -> None:
+    """On every rank of a multi-node run: its rank, node rank, host and the main address it joins,
+    one line in that rank's own log (SLURM writes one per task), to check where the ranks ran."""
+    if trainer.num_nodes < 2:
+        return
+    env = trainer.strategy.cluster_environment
+    print(
+        f"rank {trainer.global_rank}/{trainer.world_size}: node {trainer.node_rank}/"
+        f"{trainer.num_nodes} ({socket.gethostname()}), local rank {trainer.local_rank}, "
+        f"main address {env.main_address}:{env.main_port}",
+        flush=True,
+    )
 
 
 def build_trainer(
