@@ -241,6 +241,16 @@ controller_host() {  # SlurmctldHost: the bridge's address when the nodes live i
   if [[ $NODES == 1 ]]; then echo localhost; else echo "localhost($NET_PREFIX.1)"; fi
 }
 
+check_node_count() {  # a running cluster of another size is not reshaped under its jobs
+  local running
+  running=$(cat "$D/nodes" 2>/dev/null || echo 1)
+  if [[ $running != "$NODES" ]] && pgrep -x slurmctld >/dev/null; then
+    echo "a cluster of $running node(s) is running: \`$0 stop\` it before starting $NODES" >&2
+    return 1
+  fi
+  return 0
+}
+
 start_network() {  # the bridge, one namespace per node joined to it by a veth pair, /etc/hosts
   step "make bridge $BRIDGE ($NET_PREFIX.1/24) and namespaces $(node_names | paste -sd' ')"
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
@@ -320,6 +330,8 @@ start() {
   install_packages
   step "make $D"
   mkdir -p "$D"/{log,run,state,spool} /etc/slurm
+  check_node_count
+  echo "$NODES" >"$D/nodes"
   if [[ $NODES != 1 ]]; then start_network; fi
   start_munge
   if [[ $ACCOUNTING == 1 ]]; then
