@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export WANDB_MODE ?= disabled
 
-.PHONY: install test test-fast test-slurm lint format demo bench mutate clean
+.PHONY: install test test-fast test-slurm test-slurm-multinode lint format demo bench mutate clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,15 @@ test-fast: install
 # the SLURM launcher and pre-emption requeue against a single-node cluster on this machine (root)
 test-slurm: install
 	bash scripts/local_slurm.sh start
-	$(BIN)/pytest -q -m slurm
+	$(BIN)/pytest -q -m "slurm and not multinode"
+
+# DDP over two nodes (tests/test_slurm_multinode.py): replaces a running local cluster by one of two
+# nodes, each in its own network and UTS namespace (root); 8 CPUs declared per node so the two-node
+# and the one-node x 4 jobs of the tests run side by side
+test-slurm-multinode: install
+	bash scripts/local_slurm.sh stop
+	LOCAL_SLURM_CPUS=8 bash scripts/local_slurm.sh start --nodes 2
+	M2F_REQUIRE_SLURM_MULTINODE=1 $(BIN)/pytest -q -m multinode
 
 lint: install
 	$(BIN)/ruff check .

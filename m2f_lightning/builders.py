@@ -3,6 +3,7 @@ LightningModule, callbacks and Trainer. Nothing here trains; `commands` does."""
 
 import inspect
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,20 @@ def quiet_lightning() -> None:
     from .console_noise import quiet_third_party
 
     quiet_third_party()
+
+
+def print_placement(trainer: L.Trainer) -> None:
+    """On every rank of a multi-node run: its rank, node rank, host and the main address it joins,
+    one line in that rank's own log (SLURM writes one per task), to check where the ranks ran."""
+    if trainer.num_nodes < 2:
+        return
+    env = trainer.strategy.cluster_environment
+    print(
+        f"rank {trainer.global_rank}/{trainer.world_size}: node {trainer.node_rank}/"
+        f"{trainer.num_nodes} ({socket.gethostname()}), local rank {trainer.local_rank}, "
+        f"main address {env.main_address}:{env.main_port}",
+        flush=True,
+    )
 
 
 def build_trainer(

@@ -18,6 +18,7 @@ from .builders import (
     build_trainer,
     check_run_has_work,
     check_writable,
+    print_placement,
     validate_config,
     warn_if_not_the_recipe_batch,
 )
@@ -101,6 +102,7 @@ def _train(cfg: DictConfig, output_dir: Path, record: RunRecord) -> dict[str, An
         callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
         trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
         record.trainer = trainer
+        print_placement(trainer)
         if ckpt_path and trainer.is_global_zero:
             print(f"resuming from {ckpt_path}", flush=True)
         start = time.perf_counter()

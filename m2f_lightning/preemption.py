@@ -16,6 +16,7 @@ progress, say what they wrote, requeue on SIGUSR1 and exit with code 75 (`EXIT_I
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +190,13 @@ class SlurmPreemption(_SignalStop):
     def _stop_if_signalled(self, trainer: L.Trainer, phase: str) -> None:
         if not self._agreed(trainer):
             return
+        if trainer.world_size > 1:  # each rank's own log says whether the signal reached it
+            heard = f"got {self._signal_name}" if self._signalled else "signal seen by another rank"
+            print(
+                f"rank {trainer.global_rank} on {socket.gethostname()}: stopping at step "
+                f"{trainer.global_step} ({heard})",
+                flush=True,
+            )
         if phase == "training":
             log_last_step(trainer)
         partial = self.path.with_name(self.path.name + ".partial")

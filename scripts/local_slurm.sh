@@ -3,6 +3,7 @@
 # SLURM launcher and Lightning's pre-emption requeue without a real cluster.
 #
 #   sudo bash scripts/local_slurm.sh start     # install if needed, start munge/mariadb/slurm
+#   sudo bash scripts/local_slurm.sh start --nodes 2   # two compute nodes, each a host of its own
 #   sudo bash scripts/local_slurm.sh status    # sinfo + squeue
 #   sudo bash scripts/local_slurm.sh logs      # the last lines of every daemon's log
 #   sudo bash scripts/local_slurm.sh stop      # cancel jobs, stop the daemons
@@ -14,6 +15,15 @@
 # /usr/sbin/policy-rc.d; tests point it elsewhere).
 # The node is `localhost`, partition `debug`. Requeued jobs restart after ~10 s
 # (cred_expire=10, bf_interval=5) instead of SLURM's default 120 s.
+#
+# `--nodes N` (2..9): nodes m2f-node1..N instead of localhost, each slurmd in its own network
+# namespace (m2f-nodeK, address 10.77.0.1K on the bridge m2f-br0, where the controller and the
+# submitting shell are 10.77.0.1) and its own UTS namespace (hostname m2f-nodeK), so a job step on
+# node K sees node K's hostname and address. munge, the files (run folders, venv) and the
+# controller are common. /etc/hosts gets one line per host (marked "# m2f-local-slurm"), so
+# Lightning's MASTER_ADDR (the first host of SLURM_NODELIST) resolves on every node. `stop`
+# removes the namespaces, the bridge and those lines. LOCAL_SLURM_CPUS is per node. Design and
+# how to inspect it: docs/slurm_multinode.md. Only the namespaces' own addresses are ever used.
 #
 # Every failure ends with a "FAILED in step ..." line naming the step and the command. Sourcing
 # the script only defines its functions (tests call one step at a time).
@@ -29,6 +39,10 @@ CPUS=${LOCAL_SLURM_CPUS:-$(nproc)}
 CONF=/etc/slurm/slurm.conf
 DBD_CONF=/etc/slurm/slurmdbd.conf
 POLICY_RC=${LOCAL_SLURM_POLICY_RC:-/usr/sbin/policy-rc.d}
+NODES=1 # --nodes N
+NET_PREFIX=10.77.0
+BRIDGE=m2f-br0
+HOSTS_MARK="# m2f-local-slurm"
 STEP="(none yet)"
 TEMP_POLICY_RC="" # set while a policy-rc.d this script created exists
 
@@ -178,7 +192,7 @@ write_slurm_conf() {
   fi
   cat >"$CONF" <<EOF
 ClusterName=localcluster
-SlurmctldHost=localhost
+SlurmctldHost=$(controller_host)
 SlurmUser=root
 AuthType=auth/munge
 AuthInfo=cred_expire=10
@@ -199,20 +213,114 @@ JobCompLoc=$D/log/jobcomp.log
 StateSaveLocation=$D/state
 SlurmdSpoolDir=$D/spool
 SlurmctldPidFile=$D/run/slurmctld.pid
-SlurmdPidFile=$D/run/slurmd.pid
+SlurmdPidFile=$D/run/slurmd-%n.pid
 SlurmctldLogFile=$D/log/slurmctld.log
-SlurmdLogFile=$D/log/slurmd.log
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$mem_mb State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+SlurmdLogFile=$D/log/slurmd-%n.log
 EOF
+  local node
+  for node in $(node_names); do
+    echo "NodeName=$node NodeAddr=$(node_addr "$node") CPUs=$CPUS RealMemory=$mem_mb State=UNKNOWN"
+  done >>"$CONF"
+  echo "PartitionName=debug Nodes=$(node_names | paste -sd,) Default=YES MaxTime=INFINITE State=UP" \
+    >>"$CONF"
 }
 
-node_up() {  # the node takes jobs; resumes it when it registered down or drained
+node_names() {  # the compute nodes, one a line
+  if [[ $NODES == 1 ]]; then
+    echo localhost
+  else
+    seq -f "m2f-node%g" 1 "$NODES"
+  fi
+}
+
+node_addr() {  # node_addr NODE: its address (the namespace's, on the bridge)
+  if [[ $1 == localhost ]]; then echo 127.0.0.1; else echo "$NET_PREFIX.1${1#m2f-node}"; fi
+}
+
+controller_host() {  # SlurmctldHost: the bridge's address when the nodes live in namespaces
+  if [[ $NODES == 1 ]]; then echo localhost; else echo "localhost($NET_PREFIX.1)"; fi
+}
+
+check_node_count() {  # a running cluster of another size is not reshaped under its jobs
+  local running
+  running=$(cat "$D/nodes" 2>/dev/null || echo 1)
+  if [[ $running != "$NODES" ]] && pgrep -x slurmctld >/dev/null; then
+    echo "a cluster of $running node(s) is running: \`$0 stop\` it before starting $NODES" >&2
+    return 1
+  fi
+  return 0
+}
+
+start_network() {  # the bridge, one namespace per node joined to it by a veth pair, /etc/hosts
+  step "make bridge $BRIDGE ($NET_PREFIX.1/24) and namespaces $(node_names | paste -sd' ')"
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+    ip addr add "$NET_PREFIX.1/24" dev "$BRIDGE"
+  fi
+  ip link set "$BRIDGE" up
+  local node k
+  for node in $(node_names); do
+    k=${node#m2f-node}
+    if [[ ! -e /run/netns/$node ]]; then ip netns add "$node"; fi
+    if ! ip link show "m2f-veth$k" >/dev/null 2>&1; then
+      ip link add "m2f-veth$k" type veth peer name eth0 netns "$node"
+      ip link set "m2f-veth$k" master "$BRIDGE" up
+      ip -n "$node" addr add "$(node_addr "$node")/24" dev eth0
+    fi
+    ip -n "$node" link set lo up
+    ip -n "$node" link set eth0 up
+  done
+  step "add the hosts to /etc/hosts"
+  remove_hosts_lines
+  {
+    echo "$NET_PREFIX.1 m2f-controller $HOSTS_MARK"
+    for node in $(node_names); do echo "$(node_addr "$node") $node $HOSTS_MARK"; done
+  } >>/etc/hosts
+}
+
+remove_hosts_lines() {  # /etc/hosts without this script's lines (rewritten in place: a bind mount)
+  if grep -q "$HOSTS_MARK" /etc/hosts; then
+    local kept
+    kept=$(grep -v "$HOSTS_MARK" /etc/hosts)
+    printf '%s\n' "$kept" >/etc/hosts
+  fi
+  return 0
+}
+
+stop_network() {  # the namespaces (their veth ends go with them), the bridge, the hosts lines
+  local ns
+  for ns in /run/netns/m2f-node*; do
+    if [[ -e $ns ]]; then ip netns delete "${ns##*/}"; fi
+  done
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link delete "$BRIDGE"; fi
+  remove_hosts_lines
+}
+
+slurmd_running() {  # slurmd_running NODE
+  [[ -s $D/run/slurmd-$1.pid ]] && kill -0 "$(cat "$D/run/slurmd-$1.pid")" 2>/dev/null
+}
+
+start_slurmd() {  # start_slurmd NODE: localhost here; m2f-nodeK in its namespaces, named m2f-nodeK
+  local node=$1
+  if slurmd_running "$node"; then return 0; fi
+  step "start slurmd $node (log: $D/log/slurmd-$node.log)"
+  if [[ $node == localhost ]]; then
+    slurmd -N localhost
+  else
+    # slurmd daemonizes inside the new UTS namespace: it and its job steps keep the hostname.
+    # nsenter, not `ip netns exec`: that one mounts a new /sys, without /sys/fs/cgroup, and
+    # slurmd then fails ("Unable to initialize cgroup plugin")
+    nsenter --net="/run/netns/$node" unshare --uts \
+      sh -c 'hostname "$1" && exec slurmd -N "$1"' sh "$node"
+  fi
+}
+
+node_up() {  # node_up NODE: it takes jobs; resumes it when it registered down or drained
   local state
-  state=$(sinfo -h -n localhost -o %T 2>/dev/null || true)
+  state=$(sinfo -h -n "$1" -o %T 2>/dev/null || true)
   case $state in
     idle | mixed | allocated | completing) return 0 ;;
-    down* | drain*) scontrol update nodename=localhost state=resume 2>/dev/null || true ;;
+    down* | drain*) scontrol update nodename="$1" state=resume 2>/dev/null || true ;;
   esac
   return 1
 }
@@ -222,6 +330,9 @@ start() {
   install_packages
   step "make $D"
   mkdir -p "$D"/{log,run,state,spool} /etc/slurm
+  check_node_count
+  echo "$NODES" >"$D/nodes"
+  if [[ $NODES != 1 ]]; then start_network; fi
   start_munge
   if [[ $ACCOUNTING == 1 ]]; then
     start_mariadb
@@ -237,16 +348,17 @@ start() {
     step "start slurmctld (log: $D/log/slurmctld.log)"
     slurmctld
   fi
-  if ! pgrep -x slurmd >/dev/null; then
-    step "start slurmd (log: $D/log/slurmd.log)"
-    slurmd -N localhost
-  fi
+  local node
+  for node in $(node_names); do start_slurmd "$node"; done
   if [[ $ACCOUNTING == 1 ]]; then
     sacctmgr -i add cluster localcluster >/dev/null 2>&1 || true # slurmctld registers it itself
   fi
-  step "wait for node localhost to take jobs"
-  wait_for 60 "node localhost to be idle (sinfo -n localhost; logs in $D/log)" node_up
-  log "up: partition debug, node localhost ($CPUS CPUs), accounting=$ACCOUNTING, logs in $D/log"
+  for node in $(node_names); do
+    step "wait for node $node to take jobs"
+    wait_for 60 "node $node to be idle (sinfo -n $node; logs in $D/log)" node_up "$node"
+  done
+  log "up: partition debug, nodes $(node_names | paste -sd,) ($CPUS CPUs each)," \
+    "accounting=$ACCOUNTING, logs in $D/log"
 }
 
 stop_pidfile() {  # stop_pidfile FILE...
@@ -268,10 +380,11 @@ stop() {
   need_root
   step "stop the jobs and daemons"
   scancel --user=root 2>/dev/null || true
-  stop_pidfile "$D/run/slurmd.pid" "$D/run/slurmctld.pid"
+  stop_pidfile "$D"/run/slurmd*.pid "$D/run/slurmctld.pid"
   stop_pidfile "$D/run/slurmdbd.pid"
   stop_pidfile "$D/mysqlrun/mysqld.pid"
   pkill -x munged 2>/dev/null || true
+  stop_network
   log "stopped"
 }
 
@@ -299,14 +412,23 @@ logs() {  # the last lines of each daemon's log, for a failure report
 }
 
 main() {
-  case ${1:-} in
+  local command=${1:-}
+  shift || true
+  if [[ ${1:-} == --nodes ]]; then
+    if [[ ! ${2:-} =~ ^[1-9]$ ]]; then
+      echo "--nodes takes a count from 1 to 9, got '${2:-}'" >&2
+      exit 2
+    fi
+    NODES=$2
+  fi
+  case $command in
     start) start ;;
     stop) stop ;;
     purge) purge ;;
     status) status ;;
     logs) logs ;;
     *)
-      echo "usage: $0 {start|status|logs|stop|purge}" >&2
+      echo "usage: $0 {start [--nodes N]|status|logs|stop|purge}" >&2
       exit 2
       ;;
   esac

@@ -133,3 +133,63 @@ def test_any_failing_step_is_named_with_its_command(sandbox: dict[str, str]) -> 
     assert "timed out after 1s waiting for widget" in result.stderr
     assert 'FAILED in step "wait for the widget"' in result.stderr, result.stderr
     assert "wait_for 1 widget false" in result.stderr
+
+
+def _conf(sandbox: dict[str, str], nodes: int) -> str:
+    conf = Path(sandbox["STUB_LOG"]).parent / "slurm.conf"
+    result = run_steps(sandbox, f'CONF="{conf}"\nNODES={nodes}\nCPUS=4\nwrite_slurm_conf')
+    assert result.returncode == 0, result.stdout + result.stderr
+    return conf.read_text()
+
+
+def test_one_node_conf_is_localhost(sandbox: dict[str, str]) -> None:
+    conf = _conf(sandbox, 1)
+    assert "SlurmctldHost=localhost\n" in conf
+    assert [line for line in conf.splitlines() if line.startswith(("NodeName", "Partition"))] == [
+        f"NodeName=localhost NodeAddr=127.0.0.1 CPUs=4 RealMemory={_memory(conf)} State=UNKNOWN",
+        "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
+    ]
+
+
+def test_two_node_conf_puts_each_node_at_its_namespace_address(sandbox: dict[str, str]) -> None:
+    """The nodes reach the controller at the bridge's address, slurmctld each node at its own."""
+    conf = _conf(sandbox, 2)
+    assert "SlurmctldHost=localhost(10.77.0.1)\n" in conf
+    memory = _memory(conf)
+    assert [line for line in conf.splitlines() if line.startswith(("NodeName", "Partition"))] == [
+        f"NodeName=m2f-node1 NodeAddr=10.77.0.11 CPUs=4 RealMemory={memory} State=UNKNOWN",
+        f"NodeName=m2f-node2 NodeAddr=10.77.0.12 CPUs=4 RealMemory={memory} State=UNKNOWN",
+        "PartitionName=debug Nodes=m2f-node1,m2f-node2 Default=YES MaxTime=INFINITE State=UP",
+    ]
+    # one pid and log file per slurmd
+    assert "SlurmdPidFile=" in conf and conf.count("slurmd-%n.") == 2
+
+
+def _memory(conf: str) -> str:
+    return conf.split("RealMemory=")[1].split()[0]
+
+
+@pytest.mark.parametrize("count", ["0", "x", "10", ""])
+def test_a_bad_node_count_is_refused(sandbox: dict[str, str], count: str) -> None:
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "start", "--nodes", count],
+        env=sandbox,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"--nodes takes a count from 1 to 9, got '{count}'" in result.stderr
+
+
+def test_a_running_cluster_of_another_size_must_be_stopped_first(sandbox: dict[str, str]) -> None:
+    state = Path(sandbox["LOCAL_SLURM_DIR"])
+    state.mkdir()
+    (state / "nodes").write_text("1\n")
+    pgrep = Path(sandbox["STUB_LOG"]).parent / "bin" / "pgrep"
+    pgrep.write_text("#!/bin/sh\nexit 0\n")  # "slurmctld is running"
+    pgrep.chmod(0o755)
+    result = run_steps(sandbox, "NODES=2\ncheck_node_count")
+    assert result.returncode != 0
+    assert "a cluster of 1 node(s) is running" in result.stderr, result.stderr
+    assert run_steps(sandbox, "NODES=1\ncheck_node_count").returncode == 0

@@ -1,0 +1,236 @@
+"""DDP across two SLURM nodes: `python train.py -m hydra/launcher=slurm trainer=ddp
+trainer.num_nodes=2 trainer.devices=2` (CPU, gloo, 4 ranks) on the two-node cluster of
+`bash scripts/local_slurm.sh start --nodes 2` (each node its own hostname and network namespace).
+
+One pre-empted two-node job and one uninterrupted one-node × 4 job run side by side (module
+fixture) and carry every assertion: `--nodes=2` reaches sbatch; each rank gets its node rank and
+the first node as main address; SIGUSR1 reaches the ranks on both nodes, all stop at one step, one
+checkpoint, one requeue; the per-step losses of the pre-empted and resumed two-node job are those
+of the one-node job to float32 rounding (rel 1e-6: same ranks, same data and random streams per
+rank, the same gloo all-reduce over 4 ranks, only the placement differs; most steps agree bit for
+bit, one step 1 ulp apart was seen); the final validation on 4 ranks over 2 nodes equals a
+single-device evaluation of the same weights (1e-6).
+
+Not compared: a one-process run with the same global batch. The logged `train/loss` is rank 0's
+loss of its own shard (the class term is a mean over that rank's queries; the mask terms divide
+by the global mask count) and each rank draws its own sampled points and augmentations, so one
+process with 4× the batch logs a different quantity from different random draws.
+
+Skipped unless the partition has two nodes; M2F_REQUIRE_SLURM_MULTINODE=1 (set by `.ci/run` once
+its two-node cluster is up) turns the skip into a failure.
+"""
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from m2f_lightning.commands import evaluate
+from m2f_lightning.data.synthetic import write_dataset
+from tests.helpers import TINY_OVERRIDES, compose, synthetic_panoptic
+from tests.test_slurm import PARTITION, _finish, _job_ids, _job_printed, _sacct_states
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_STEPS = 12
+HEADLINE = ("PQ", "AP", "mIoU")
+
+
+def _nodes_down_reason() -> str | None:
+    """Why the partition cannot run a two-node job, or None."""
+    if shutil.which("sinfo") is None:
+        return "no SLURM client (sinfo not on PATH)"
+    out = subprocess.run(
+        ["sinfo", "-h", "-p", PARTITION, "-N", "-o", "%N %T"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    usable = {"idle", "mixed", "allocated", "completing"}
+    nodes = {line.split()[0] for line in out.stdout.splitlines() if line.split()[-1] in usable}
+    if out.returncode != 0 or len(nodes) < 2:
+        answer = (out.stdout + out.stderr).strip()
+        return f"no two usable nodes in partition '{PARTITION}' (sinfo -N: {answer!r})"
+    return None
+
+
+DOWN_REASON = _nodes_down_reason()
+REQUIRED = os.environ.get("M2F_REQUIRE_SLURM_MULTINODE") == "1"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.slurm,
+    pytest.mark.multinode,
+    pytest.mark.skipif(DOWN_REASON is not None and not REQUIRED, reason=str(DOWN_REASON)),
+]
+
+
+def _sweep(folder: Path, datasets: Path, nodes: int, devices: int) -> subprocess.Popen:
+    """A one-job sweep of the tiny panoptic model, `nodes` × `devices` CPU ranks."""
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith(("logger=", "trainer="))]
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=slurm",
+        "task=panoptic",
+        "dataset=synthetic",
+        "trainer=ddp",
+        *tiny,
+        "trainer.accelerator=cpu",
+        f"trainer.num_nodes={nodes}",
+        f"trainer.devices={devices}",
+        "logger=csv",
+        f"paths.datasets_dir={datasets}",
+        "dataset.train_aug={recipe: lsj, size: 128}",
+        f"dataset.max_steps={MAX_STEPS}",
+        f"dataset.val_every_n_steps={MAX_STEPS}",
+        f"checkpoint.every_n_train_steps={10 * MAX_STEPS}",
+        "test_after_training=false",
+        "trainer.log_every_n_steps=1",
+        "progress_every_n_steps=1",
+        f"hydra.sweep.dir={folder}",
+        f"hydra.launcher.partition={PARTITION}",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=10",
+    ]
+    # the jobs import this checkout's package (not another install's) on every node
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        command,
+        cwd=folder.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _signal_when_training(sweep: Path, process: subprocess.Popen) -> str:
+    """`scancel --signal=USR1` (the whole job step: every rank on every node) once the job
+    trains, far from its end; returns the job id."""
+    deadline = time.monotonic() + 420
+    while not _job_printed(sweep, f"step 2/{MAX_STEPS}"):
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, "the two-node job printed no training step in 420 s"
+        time.sleep(0.5)
+    (job_id,) = _job_ids(sweep)
+    subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
+    return job_id
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("multinode")
+    datasets = root / "datasets"
+    write_dataset("demo", datasets, num=8, num_val=5, seed=0)  # 8: one batch of 2 per rank
+    start = time.monotonic()
+    two = _sweep(root / "two_nodes", datasets, nodes=2, devices=2)
+    one = _sweep(root / "one_node", datasets, nodes=1, devices=4)
+    try:
+        job_id = _signal_when_training(root / "two_nodes", two)
+        _finish(two, timeout=600)
+        _finish(one, timeout=300)
+    finally:  # a failure leaves no sweep nor job behind
+        for folder, process in ((root / "one_node", one), (root / "two_nodes", two)):
+            if process.poll() is None:
+                process.kill()
+                if (folder / ".submitit").is_dir():
+                    subprocess.run(["scancel", *_job_ids(folder)], check=False)
+    print(f"two sweeps (one pre-empted) took {time.monotonic() - start:.0f} s")
+    return {"root": root, "datasets": datasets, "job_id": job_id}
+
+
+def _task_logs(sweep: Path, job_id: str) -> dict[int, str]:
+    """Each SLURM task's (rank's) stdout, by task id: submitit writes one file per task."""
+    logs = {}
+    for path in (sweep / ".submitit" / job_id).glob(f"{job_id}_*_log.out"):
+        logs[int(path.name.split("_")[-2])] = path.read_text()
+    return logs
+
+
+def _losses(run: Path) -> dict[int, str]:
+    """train/loss by logged step over every csv version, as written (bit for bit)."""
+    losses: dict[int, str] = {}
+    for path in sorted((run / "csv").glob("version_*/metrics.csv")):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                if row.get("train/loss"):
+                    assert int(row["step"]) not in losses, f"step {row['step']} logged twice"
+                    losses[int(row["step"])] = row["train/loss"]
+    return losses
+
+
+def test_nodes_reach_sbatch_and_each_rank_gets_its_node(runs: dict) -> None:
+    sweep, job_id = runs["root"] / "two_nodes", runs["job_id"]
+    script = (sweep / ".submitit" / job_id / f"{job_id}_submission.sh").read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=2" in script
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "NNodes,NodeList"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.split()[-1] == "2|m2f-node[1-2]", out.stdout
+    logs = _task_logs(sweep, job_id)
+    assert sorted(logs) == [0, 1, 2, 3]
+    for task, text in logs.items():
+        node = task // 2  # SLURM's block distribution: tasks 0, 1 on the first node
+        placement = re.findall(r"rank (\d)/4: node (\d)/2 \((\S+)\), .*main address (\S+):", text)
+        # every start of the job (the first run and the requeued one) on the same node
+        assert placement, f"task {task} printed no placement:\n{text}"
+        assert set(placement) == {(str(task), str(node), f"m2f-node{node + 1}", "m2f-node1")}
+
+
+def test_preemption_reaches_both_nodes_and_resumes_exactly(runs: dict) -> None:
+    sweep, job_id = runs["root"] / "two_nodes", runs["job_id"]
+    logs = _task_logs(sweep, job_id)
+    stops = {}
+    for task, text in logs.items():
+        found = re.findall(r"rank (\d) on (\S+): stopping at step (\d+) \((.*)\)", text)
+        assert len(found) == 1, f"task {task}: {found}\n{text}"
+        rank, host, step, heard = found[0]
+        assert (rank, host, heard) == (str(task), f"m2f-node{task // 2 + 1}", "got SIGUSR1")
+        stops[task] = int(step)
+    assert len(set(stops.values())) == 1, f"ranks stopped at different steps: {stops}"
+    (saved_at,) = set(stops.values())
+    assert 0 < saved_at < MAX_STEPS
+    run = sweep / "0"
+    assert logs[0].count("pre-empted (SIGUSR1 during training): saved") == 1
+    assert logs[0].count(f"requeued SLURM job {job_id}") == 1
+    assert f"resuming from {run / 'preempted.ckpt'}" in logs[0]
+    assert _sacct_states(job_id, expected_rows=1) == ["COMPLETED"]
+    restarts = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-D", "-j", job_id, "-o", "State"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert restarts == ["REQUEUED", "COMPLETED"]
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == MAX_STEPS
+    two = _losses(run)
+    one = _losses(runs["root"] / "one_node" / "0")
+    assert sorted(one) == sorted(two) == list(range(MAX_STEPS))
+    # same ranks, data and random streams: equal up to float32 rounding (most steps bit for bit;
+    # one step 1 ulp apart was seen); the losses move by >1% from step to step
+    assert {s: float(v) for s, v in two.items()} == pytest.approx(
+        {s: float(v) for s, v in one.items()}, rel=1e-6, abs=0
+    )
+
+
+def test_validation_on_two_nodes_equals_one_device(runs: dict, tmp_path: Path) -> None:
+    run = runs["root"] / "two_nodes" / "0"
+    on_two_nodes = json.loads((run / "metrics.json").read_text())["val"]
+    overrides = synthetic_panoptic(
+        runs["datasets"], f"checkpoint={run / 'checkpoints' / 'last.ckpt'}"
+    )
+    one = evaluate(compose("evaluate", overrides, tmp_path), tmp_path)
+    assert one["mIoU"] > 0, one
+    assert {k: on_two_nodes[f"val/{k}"] for k in HEADLINE} == pytest.approx(
+        {k: one[k] for k in HEADLINE}, abs=1e-6, rel=0
+    )
