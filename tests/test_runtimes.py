@@ -1,0 +1,164 @@
+"""`runtimes.build_runtime`: ONNX Runtime gives post-processing what eager gives (dynamic input
+sizes, padded batches), its export is cached and reused, and every way it cannot be used falls
+back to eager with a warning (or, without onnxruntime, stops with a clear error)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from m2f_lightning import export, runtimes
+from m2f_lightning.checkpoints import save_model
+from m2f_lightning.errors import ConfigError
+from m2f_lightning.inference import InferenceSettings, predict_results
+from m2f_lightning.modeling import Mask2Former
+from m2f_lightning.runtimes import OnnxRuntime, RuntimeFallback, build_runtime
+from tests.helpers import tiny_model
+
+pytest.importorskip("onnxruntime")
+# low thresholds so the random-init tiny model keeps several segments to compare
+SETTINGS = InferenceSettings(object_mask_threshold=0.0, overlap_threshold=0.0)
+
+
+def images(h: int, w: int, seed: int, batch: int = 1) -> torch.Tensor:
+    return torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 255
+
+
+def eager(model: Mask2Former, x: torch.Tensor, sizes=None) -> dict:
+    with torch.no_grad():
+        return model.eval()(x, sizes)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Mask2Former, Path, OnnxRuntime]:
+    """A tiny model saved as a checkpoint and run once through ONNX Runtime (one export)."""
+    torch.manual_seed(0)
+    model = tiny_model(num_classes=5).eval()
+    checkpoint = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_model(model, checkpoint)
+    runtime = build_runtime(model, "onnxruntime", checkpoint=checkpoint)
+    with torch.no_grad():
+        runtime(images(64, 96, seed=0))
+    return model, checkpoint, runtime
+
+
+def test_onnxruntime_outputs_match_eager_at_any_size_and_in_padded_batches(exported) -> None:
+    model, checkpoint, runtime = exported
+    assert runtime.exported == [runtime.path] and runtime.path.parent == checkpoint.parent
+    assert not runtime.fallback and runtime.dynamic_error is None
+    ((key, (diff, agreement)),) = runtime.parity.items()
+    assert key is None  # the dynamic export
+    assert diff <= runtimes.PARITY_LOGITS_ATOL and agreement >= runtimes.PARITY_MASK_AGREEMENT
+    # other sizes than the first (one dynamic graph), and a batch padded by the caller
+    for x, sizes in (
+        (images(96, 64, seed=1), None),
+        (images(50, 70, seed=2), None),
+        (images(64, 96, seed=3, batch=2), [(64, 96), (40, 60)]),
+    ):
+        with torch.no_grad():
+            got = runtime(x, sizes)
+        want = eager(model, x, sizes)
+        assert got["image_size"] == want["image_size"]
+        assert got["padded_size"] == want["padded_size"]
+        for key in ("pred_logits", "pred_masks"):
+            np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=0, atol=1e-4)
+        image_sizes = sizes or [tuple(x.shape[2:])] * len(x)
+        args = (image_sizes, image_sizes, "panoptic", [2, 3, 4], SETTINGS)
+        for a, b in zip(predict_results(got, *args), predict_results(want, *args), strict=True):
+            assert len(b["segments_info"]) > 0
+            assert torch.equal(a["panoptic_seg"], b["panoptic_seg"])
+
+
+def test_a_second_runtime_reads_the_cached_export(exported, monkeypatch) -> None:
+    model, checkpoint, first = exported
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(export, "export_model", no_export)
+    again = build_runtime(model, "onnxruntime", checkpoint=checkpoint)
+    x = images(64, 64, seed=4)
+    with torch.no_grad():
+        got = again(x)
+    assert again.paths == [first.path] and not again.exported and not again.fallback
+    np.testing.assert_allclose(
+        got["pred_masks"].numpy(), eager(model, x)["pred_masks"].numpy(), rtol=0, atol=1e-4
+    )
+    # other weights: another file
+    other = tiny_model(num_classes=5)
+    assert runtimes.onnx_cache_path(other, checkpoint) != first.path
+
+
+def test_a_failed_export_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(export, "export_model", broken)
+    model = tiny_model(num_classes=5).eval()
+    runtime = build_runtime(model, "onnxruntime", checkpoint=tmp_path / "tiny.pt")
+    x = images(64, 64, seed=5)
+    with pytest.warns(RuntimeFallback, match="export failed.*unsupported operator"):
+        got = runtime(x)
+    assert runtime.fallback
+    assert torch.equal(got["pred_masks"], eager(model, x)["pred_masks"])
+    assert not list(tmp_path.iterdir())  # no partial file left in the cache
+
+
+def test_where_the_dynamic_export_fails_each_size_gets_a_fixed_size_export(
+    tmp_path, monkeypatch
+) -> None:
+    real = export.export_model
+
+    def static_only(*args, dynamic=False, **kwargs):
+        if dynamic:
+            raise RuntimeError("Constraints violated (h)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export, "export_model", static_only)
+    model = tiny_model(num_classes=5).eval()
+    runtime = build_runtime(model, "onnxruntime", checkpoint=tmp_path / "tiny.pt")
+    x = images(50, 70, seed=7)
+    with torch.no_grad():
+        got = runtime(x)
+        runtime(images(60, 90, seed=8))  # the same padded size (64x96): the same session
+    assert "Constraints violated" in runtime.dynamic_error and not runtime.fallback
+    assert list(runtime.sessions) == [(64, 96)]
+    assert runtime.path.name.endswith(".64x96.onnx")
+    np.testing.assert_allclose(
+        got["pred_masks"].numpy(), eager(model, x)["pred_masks"].numpy(), rtol=0, atol=1e-4
+    )
+
+
+def test_a_failed_parity_check_falls_back_to_eager(exported, monkeypatch) -> None:
+    model, checkpoint, _ = exported
+    monkeypatch.setattr(runtimes, "PARITY_MASK_AGREEMENT", 1.01)  # no export can pass
+    runtime = build_runtime(model, "onnxruntime", checkpoint=checkpoint)
+    x = images(64, 64, seed=6)
+    with pytest.warns(RuntimeFallback, match="differs from eager"):
+        got = runtime(x)
+    assert runtime.fallback
+    assert torch.equal(got["pred_masks"], eager(model, x)["pred_masks"])
+
+
+def test_without_onnxruntime_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match=r"pip install 'm2f-lightning\[export\]'"):
+        build_runtime(tiny_model(), "onnxruntime")
+
+
+def test_an_unknown_runtime_is_named() -> None:
+    with pytest.raises(ConfigError, match="tensorrt"):
+        build_runtime(tiny_model(), "tensorrt")
+
+
+def test_the_cache_goes_to_cache_dir_when_the_checkpoint_folder_is_not_writable(
+    tmp_path, monkeypatch
+) -> None:
+    model = tiny_model()
+    beside = runtimes.onnx_cache_path(model, tmp_path / "m.pt", tmp_path / "cache")
+    assert beside.parent == tmp_path and beside.name.startswith("m.")
+    monkeypatch.setattr(runtimes, "_writable", lambda folder: folder != tmp_path)
+    path = runtimes.onnx_cache_path(model, tmp_path / "m.pt", tmp_path / "cache")
+    assert path.parent == tmp_path / "cache" and path.name.endswith(beside.name[2:])
