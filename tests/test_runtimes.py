@@ -67,8 +67,8 @@ def test_onnxruntime_outputs_match_eager_at_any_size_and_in_padded_batches(expor
         image_sizes = sizes or [tuple(x.shape[2:])] * len(x)
         args = (image_sizes, image_sizes, "panoptic", [2, 3, 4], SETTINGS)
         for a, b in zip(predict_results(got, *args), predict_results(want, *args), strict=True):
-            assert len(b["segments_info"]) > 0
-            assert torch.equal(a["panoptic_seg"], b["panoptic_seg"])
+            assert len(b.segments) > 0
+            assert torch.equal(a.panoptic_seg, b.panoptic_seg)
 
 
 def test_a_second_runtime_reads_the_cached_export(exported, monkeypatch) -> None:
@@ -162,3 +162,34 @@ def test_the_cache_goes_to_cache_dir_when_the_checkpoint_folder_is_not_writable(
     monkeypatch.setattr(runtimes, "_writable", lambda folder: folder != tmp_path)
     path = runtimes.onnx_cache_path(model, tmp_path / "m.pt", tmp_path / "cache")
     assert path.parent == tmp_path / "cache" and path.name.endswith(beside.name[2:])
+
+
+def test_evaluate_and_predict_run_the_network_through_the_chosen_runtime(monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from m2f_lightning.commands import use_runtime
+    from m2f_lightning.lightning_module import Mask2FormerModule
+    from m2f_lightning.types import Batch
+
+    model = tiny_model(num_classes=5)
+    module = Mask2FormerModule(
+        model, task="panoptic", class_names=list("abcde"), thing_ids=[2, 3, 4], stuff_ids=[0, 1]
+    )
+    cfg = OmegaConf.create({"runtime": "onnxruntime", "checkpoint": "w/tiny.pt", "compile": False})
+    use_runtime(cfg, module)
+    assert isinstance(module.runtime, OnnxRuntime) and module.runtime.model is model
+    assert "runtime" not in dict(module.named_children())  # no second copy of the weights
+    calls = []
+
+    def runtime(x, sizes=None):
+        calls.append(tuple(x.shape))
+        return model(x, sizes)
+
+    module.runtime = runtime
+    x = images(64, 64, seed=9)
+    batch = Batch(x, [(64, 64)], [(64, 64)], ["a.png"], [1])
+    with torch.no_grad():
+        (result,) = module.eval().predict_batch(batch)
+    assert calls == [(1, 3, 64, 64)] and result.file_name == "a.png"
+    with pytest.raises(ConfigError, match="compile=true and runtime=onnxruntime"):
+        use_runtime(OmegaConf.create({**cfg, "compile": True}), module)
