@@ -73,26 +73,16 @@ def export_model(
     fmt: str = "onnx",
     image_size: tuple[int, int] = (512, 512),
     opset: int = 18,
-    dynamic: bool = False,
 ) -> Path:
-    """Write `model` to `out` as ONNX (`fmt="onnx"`) or a `torch.export` program (`.pt2`).
-    `dynamic`: height and width are symbolic (any multiple of the size divisibility; `image_size`
-    is then only the example traced), so one file serves every input size."""
+    """Write `model` to `out` as ONNX (`fmt="onnx"`) or a `torch.export` program (`.pt2`)."""
     image_size = (int(image_size[0]), int(image_size[1]))
     _check(fmt, image_size, opset)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     wrapper = prepared(model)
     example = (example_images(image_size),)
-    dynamic_shapes = None
-    if dynamic:
-        div = int(model.size_divisibility)
-        if image_size[0] % div or image_size[1] % div:
-            raise ValueError(f"a dynamic export traces a size divisible by {div}; got {image_size}")
-        h, w = torch.export.Dim("h", min=1, max=512), torch.export.Dim("w", min=1, max=512)
-        dynamic_shapes = {"images": {2: div * h, 3: div * w}}
     with torch.no_grad():
-        program = torch.export.export(wrapper, example, dynamic_shapes=dynamic_shapes)
+        program = torch.export.export(wrapper, example)
     if fmt == "torch_export":
         torch.export.save(program, out)
         return out

@@ -5,12 +5,17 @@ model gives post-processing (`pred_logits`, `pred_masks`, `image_size`, `padded_
 
 - `eager`: the model itself;
 - `compile`: the model with `torch.compile` on its three parts (`Mask2Former.compile_network`);
-- `onnxruntime`: the network exported once to ONNX (`export.export_model`, height and width
-  dynamic: test-time resizing gives each image its own size) and run by ONNX Runtime on CPU. The
-  file is cached beside the checkpoint (else in `cache_dir`), named by a hash of the weights, so
-  a second run loads it. The first image is also run eagerly: the runtime keeps ONNX Runtime only
-  when the two agree (`PARITY_LOGITS_ATOL` on the logits, `PARITY_MASK_AGREEMENT` of the mask
-  pixels' signs); else, or when the export fails, it warns and runs eagerly from then on.
+- `onnxruntime`: the network exported to ONNX (`export.export_model`) once per padded input size
+  (test-time resizing gives images their own sizes; each size that comes up is exported when it
+  first does) and run by ONNX Runtime on CPU. The files are cached beside the checkpoint (else in
+  `cache_dir`), named by a hash of the weights and the size, so a later run loads them. The first
+  image of each file is also run eagerly: the runtime keeps ONNX Runtime only when the two agree
+  (`PARITY_LOGITS_ATOL` on the logits, `PARITY_MASK_AGREEMENT` of the mask pixels' signs); else,
+  or when an export fails, it warns and runs eagerly from then on.
+
+One export with a dynamic height and width would serve every size, but `torch.export` with
+symbolic H, W did not finish in over 2 CPU minutes on the tiny test model (a fixed size: 32 s), and
+specialises H, W for ResNet backbones; so each size gets its own file.
 """
 
 import hashlib
@@ -72,14 +77,14 @@ def onnx_cache_path(
     model: Mask2Former,
     checkpoint: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    shape: tuple[int, int] | None = None,
+    shape: tuple[int, int] = (512, 512),
     key: str | None = None,
 ) -> Path:
-    """Where the export of `model` lives: beside `checkpoint` when that folder is writable, else
-    in `cache_dir` (default ~/.cache/m2f-lightning/onnx). `shape`: (H, W) of a fixed-size
-    export; None: the dynamic one. `key`: `weights_key(model)` when already known."""
+    """Where the export of `model` at input size `shape` (H, W) lives: beside `checkpoint` when
+    that folder is writable, else in `cache_dir` (default ~/.cache/m2f-lightning/onnx).
+    `key`: `weights_key(model)` when already known."""
     key = key or weights_key(model)
-    size = "dynamic" if shape is None else f"{shape[0]}x{shape[1]}"
+    size = f"{shape[0]}x{shape[1]}"
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if _writable(checkpoint.parent):
@@ -113,10 +118,8 @@ def parity(eager: dict[str, Any], logits: np.ndarray, masks: np.ndarray) -> tupl
 
 
 class OnnxRuntime:
-    """Runs the exported network with ONNX Runtime, one image at a time; see the module doc.
-    Where the network does not export with a dynamic height and width (`torch.export`
-    specialises them for some backbones), each padded input size gets a fixed-size export of
-    its own, cached likewise and checked against eager on its first image."""
+    """Runs the exported network with ONNX Runtime, one image at a time, one session per padded
+    input size; see the module doc."""
 
     name = "onnxruntime"
 
@@ -131,11 +134,10 @@ class OnnxRuntime:
         self.model = model
         self.checkpoint, self.cache_dir, self.threads = checkpoint, cache_dir, threads
         self.key: str | None = None
-        self.sessions: dict[tuple[int, int] | None, Any] = {}  # None: the dynamic export
-        self.dynamic_error: str | None = None  # why the dynamic export failed, if it did
+        self.sessions: dict[tuple[int, int], Any] = {}  # by padded (H, W)
         self.paths: list[Path] = []  # the files opened, in order
         self.exported: list[Path] = []  # those this runtime wrote (the others: from the cache)
-        self.parity: dict[tuple[int, int] | None, tuple[float, float]] = {}
+        self.parity: dict[tuple[int, int], tuple[float, float]] = {}
         self.fallback = False  # True once ONNX Runtime was given up: eager from then on
 
     @property
@@ -150,8 +152,8 @@ class OnnxRuntime:
         )
         self.fallback = True
 
-    def _open(self, shape: tuple[int, int] | None) -> Any:
-        """The session of `shape` (None: dynamic), exported first unless cached."""
+    def _open(self, shape: tuple[int, int]) -> Any:
+        """The session of padded inputs of `shape`, exported first unless cached."""
         from . import export
 
         ort = require_onnxruntime()
@@ -160,8 +162,7 @@ class OnnxRuntime:
         if not path.is_file():
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
             try:
-                size = shape or (2 * self.model.size_divisibility,) * 2
-                export.export_model(self.model, tmp, "onnx", size, dynamic=shape is None)
+                export.export_model(self.model, tmp, "onnx", shape)
                 tmp.replace(path)  # whole files only: a run stopped mid-export leaves no cache
             finally:
                 tmp.unlink(missing_ok=True)
@@ -172,25 +173,6 @@ class OnnxRuntime:
         )
         self.sessions[shape] = session
         return session
-
-    def _session(self, shape: tuple[int, int]) -> tuple[tuple[int, int] | None, Any]:
-        """(its key, the session) that runs padded inputs of `shape`."""
-        if None in self.sessions:
-            return None, self.sessions[None]
-        if self.dynamic_error is None:
-            try:
-                return None, self._open(None)
-            except Exception as err:  # noqa: BLE001 - tried again below at a fixed size
-                self.dynamic_error = f"{type(err).__name__}: {err}"
-        if shape not in self.sessions:
-            try:
-                self._open(shape)
-            except Exception as err:  # noqa: BLE001 - any export failure falls back, named
-                raise _ExportFailed(
-                    f"the export failed (dynamic size: {self.dynamic_error}; "
-                    f"{shape[0]}x{shape[1]}: {type(err).__name__}: {err})"
-                ) from err
-        return shape, self.sessions[shape]
 
     def _padded(
         self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]] | None
@@ -216,10 +198,11 @@ class OnnxRuntime:
             return self.model(images, image_sizes)
         self.model._check_images(images)
         x = self._padded(images, image_sizes)
+        key = (int(x.shape[2]), int(x.shape[3]))
         try:
-            key, session = self._session((int(x.shape[2]), int(x.shape[3])))
-        except _ExportFailed as err:
-            self._give_up(str(err))
+            session = self.sessions.get(key) or self._open(key)
+        except Exception as err:  # noqa: BLE001 - any export failure falls back, named
+            self._give_up(f"the export failed ({type(err).__name__}: {err})")
             return self.model(images, image_sizes)
         names = [o.name for o in session.get_outputs()]
         feed = session.get_inputs()[0].name
@@ -231,7 +214,7 @@ class OnnxRuntime:
             self.parity[key] = diff, agreement = parity(eager, logits, masks)
             if not (diff <= PARITY_LOGITS_ATOL and agreement >= PARITY_MASK_AGREEMENT):
                 self._give_up(
-                    f"{self.paths[-1]} differs from eager PyTorch on the first image (logits by "
+                    f"{self.paths[-1]} ({key[0]}x{key[1]}) differs from eager PyTorch on the first image (logits by "
                     f"up to {diff:.3g}, tolerance {PARITY_LOGITS_ATOL:g}; mask pixels agree "
                     f"{100 * agreement:.3f}%, needed {100 * PARITY_MASK_AGREEMENT:g}%)"
                 )
@@ -242,10 +225,6 @@ class OnnxRuntime:
             "image_size": (int(images.shape[2]), int(images.shape[3])),
             "padded_size": (int(x.shape[2]), int(x.shape[3])),
         }
-
-
-class _ExportFailed(RuntimeError):
-    pass
 
 
 def build_runtime(

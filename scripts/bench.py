@@ -8,6 +8,9 @@ Rows (ours | reference):
 - peak RSS of one process doing that train step at 512² (one child process per side), and
   again with ours under activation checkpointing (`Mask2Former(checkpointing=True)`);
 - inference, batch 1, 512² (eval, no grad);
+- the same with ours under `runtime=onnxruntime` (`m2f_lightning.runtimes`: the network exported
+  to ONNX, cached in build/onnx_cache, run by ONNX Runtime), with the mask agreement with our
+  eager output in the row's `check`;
 - criterion forward + backward (batch 2, 10 prediction sets, 100 queries) | HF's Mask2FormerLoss;
 - PQ metric on 512² panoptic maps with ~30 segments | torchmetrics' PanopticQuality;
 - COCO LSJ at 1024 on a 480x640 image and its id map | the same geometry from stock
