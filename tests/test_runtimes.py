@@ -3,6 +3,7 @@ padded batches), its exports are cached and reused, and every way it cannot be u
 eager with a warning (or, without onnxruntime, stops with a clear error). The tests that export
 (about 30 CPU seconds per tiny export) are marked slow."""
 
+import copy
 import sys
 from pathlib import Path
 
@@ -90,8 +91,10 @@ def test_a_second_runtime_reads_the_cached_export(exported, monkeypatch) -> None
     np.testing.assert_allclose(
         got["pred_masks"].numpy(), eager(model, x)["pred_masks"].numpy(), rtol=0, atol=1e-4
     )
-    # other weights: another file
-    other = tiny_model(num_classes=5)
+    # other weights (one value changed): another file
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1
     assert runtimes.onnx_cache_path(other, checkpoint, shape=(64, 96)) != first.paths[0]
 
 
