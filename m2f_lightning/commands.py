@@ -24,7 +24,7 @@ from .builders import (
 )
 from .classes import check_classes_agree
 from .data import SegmentationDataModule
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError, ConfigError, UserError
 from .modeling import Mask2Former
 from .preemption import Interrupted, SlurmPreemption, StopAtNextBatch
 from .resume import (
@@ -138,6 +138,26 @@ def maybe_compile(cfg: DictConfig, model: Mask2Former) -> None:
         model.compile_network(cache_dir=cfg.get("compile_cache_dir"))
 
 
+def use_runtime(cfg: DictConfig, module: Any) -> None:
+    """`runtime=eager|compile|onnxruntime` of evaluate and predict (`runtimes.build_runtime`):
+    what runs the network in `predict_batch`. `compile=true` is `runtime=compile`."""
+    from .runtimes import build_runtime
+
+    name = str(cfg.get("runtime") or "eager")
+    if cfg.get("compile"):
+        if name == "onnxruntime":
+            raise ConfigError("compile=true and runtime=onnxruntime: choose one")
+        name = "compile"
+    runtime = build_runtime(
+        module.model,
+        name,
+        checkpoint=str(cfg.checkpoint),
+        compile_cache_dir=cfg.get("compile_cache_dir"),
+    )
+    if runtime is not module.model:  # the model itself stays a submodule only
+        module.runtime = runtime
+
+
 def load_weights_for(cfg: DictConfig, dm: SegmentationDataModule, path: str) -> Mask2Former:
     """The model stored at `path` (any format `load_model` reads), checked against the dataset.
     A model-zoo `.pkl` holds no architecture: it comes from the `model`/`backbone` groups."""
@@ -193,7 +213,7 @@ def _evaluate(cfg: DictConfig, output_dir: Path | None, stop: L.Callback) -> dic
     dm.setup("test")  # the annotation files checked before a folder or a W&B run is made
     check_run_has_work(cfg, dm, train=False)
     module = build_module(cfg, dm, model=load_weights_for(cfg, dm, cfg.checkpoint))
-    maybe_compile(cfg, module.model)
+    use_runtime(cfg, module)
     output_dir = Path(output_dir or hydra_output_dir())
     output_dir.mkdir(parents=True, exist_ok=True)
     callbacks: list[L.Callback] = []
@@ -331,7 +351,7 @@ def _predict(cfg: DictConfig, output_dir: Path | None, stop: L.Callback) -> list
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
     dm = build_datamodule(cfg, predict_paths=inputs or None, predict_split=split or None)
     module = build_module(cfg, dm, model=load_weights_for(cfg, dm, cfg.checkpoint))
-    maybe_compile(cfg, module.model)
+    use_runtime(cfg, module)
     dm.setup("predict")
     for name, reason in dm.predict_set.skipped:
         print(f"skipped {name}: {reason}", flush=True)

@@ -263,6 +263,7 @@ RULES: tuple[Rule, ...] = (
     # the run
     Rule("seed", integer()),
     Rule("compile", boolean()),
+    Rule("runtime", one_of("eager", "compile", "onnxruntime")),
     Rule("recipe_batch_size", integer(1, null=True)),
     Rule("init_weights", weights_source(null=True), "weights to fine-tune from"),
     Rule("max_nonfinite_steps", integer(0), "0: never stop"),

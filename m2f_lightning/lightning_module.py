@@ -4,6 +4,7 @@ Presentation (W&B images and per-class tables) lives in `callbacks.WandbMedia`; 
 configs lives in `builders`.
 """
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -94,6 +95,9 @@ class Mask2FormerModule(L.LightningModule):
         # per-class values of the last validation / test, for tables (see callbacks.WandbMedia)
         self.per_class: dict[str, dict[str, torch.Tensor]] = {}
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
+        # what runs the network in predict_batch (evaluate, predict): `runtimes.build_runtime`'s
+        # callable; None: the model itself
+        self.runtime: Callable[..., Any] | None = None
 
     def forward(self, images: torch.Tensor, image_sizes=None) -> ModelOutput:
         return self.model(images, image_sizes)
@@ -131,11 +135,12 @@ class Mask2FormerModule(L.LightningModule):
     def predict_batch(self, batch: Batch) -> list[SegmentationResult]:
         """Post-processed results of a batch, at each image's original size."""
         args = (batch.image_sizes, batch.orig_sizes, self.task, self.hparams.thing_ids)
+        net = self.model if self.runtime is None else self.runtime
         if self.inference_settings.plain:
-            outputs = self.model(batch.images, batch.image_sizes)
+            outputs = net(batch.images, batch.image_sizes)
             results = predict_results(outputs, *args, self.inference_settings)
         else:  # windows and/or test-time augmentation: one forward per window and view
-            results = predict_tiled(self.model, batch.images, *args, self.inference_settings)
+            results = predict_tiled(net, batch.images, *args, self.inference_settings)
         for result, name, image_id in zip(results, batch.file_names, batch.image_ids, strict=True):
             result.file_name, result.image_id = name, image_id
         return results

@@ -8,6 +8,9 @@ Rows (ours | reference):
 - peak RSS of one process doing that train step at 512² (one child process per side), and
   again with ours under activation checkpointing (`Mask2Former(checkpointing=True)`);
 - inference, batch 1, 512² (eval, no grad);
+- the same with ours under `runtime=onnxruntime` (`m2f_lightning.runtimes`: the network exported
+  to ONNX, cached in build/onnx_cache, run by ONNX Runtime), with the mask agreement with our
+  eager output in the row's `check`;
 - criterion forward + backward (batch 2, 10 prediction sets, 100 queries) | HF's Mask2FormerLoss;
 - PQ metric on 512² panoptic maps with ~30 segments | torchmetrics' PanopticQuality;
 - COCO LSJ at 1024 on a 480x640 image and its id map | the same geometry from stock
@@ -254,6 +257,47 @@ def bench_inference(hf_dir: str, cfg: dict, compile_cache: str | None = None) ->
         f"inference, batch 1, {size}²{compiled_suffix(compile_cache)}", "HF transformers", a, b
     )
     return {**row, "first_call_s": compile_s} if compile_cache else row
+
+
+def bench_runtimes(hf_dir: str, cfg: dict) -> list[dict]:
+    """Inference, batch 1, with `runtime=onnxruntime` (`m2f_lightning.runtimes`) | HF eager; the
+    export is cached in build/onnx_cache (the first run exports for minutes). `check`: the
+    share of mask pixels (queries x pixels, logit > 0) on the same side as our eager output."""
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    from m2f_lightning.runtimes import build_runtime, parity
+
+    size = cfg["infer_size"]
+    ours = load_model(hf_dir).eval()
+    hf = Mask2FormerForUniversalSegmentation.from_pretrained(hf_dir).eval()
+    images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+    pixels = (images - ours.pixel_mean) / ours.pixel_std
+    cache = REPO / "build" / "onnx_cache"
+    runtime = build_runtime(ours, "onnxruntime", cache_dir=cache)
+    with torch.inference_mode():
+        first_s = first_call(lambda: runtime(images))  # export (or load) + parity check
+        if runtime.fallback:
+            raise RuntimeError("runtime=onnxruntime fell back to eager (see the warning)")
+        out = runtime(images)
+        diff, agreement = parity(
+            ours(images), out["pred_logits"].numpy(), out["pred_masks"].numpy()
+        )
+        a, b = alternate(
+            lambda: runtime(images), lambda: hf(pixel_values=pixels), cfg["infer_rounds"]
+        )
+    row = time_row(
+        f"inference, batch 1, {size}², ours runtime=onnxruntime", "HF transformers", a, b
+    )
+    row["first_call_s"] = first_s
+    row["check"] = {"mask_agreement": agreement, "max_abs_logit_diff": diff}
+    return [row]
+
+
+# rows of our model against HF's, each `fn(hf_dir, cfg) -> rows`, run in this order by name
+# (`--only NAME`); a new row function is one entry here
+MODEL_ROWS: dict[str, Callable[[str, dict], list[dict]]] = {
+    "runtimes": bench_runtimes,
+}
 
 
 def rss_child(
@@ -542,7 +586,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="break our train step down")
     parser.add_argument("--profile-size", type=int, help="image size of --profile")
-    parser.add_argument("--only", nargs="*", help="rows to run: train infer rss criterion pq lsj")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="rows to run: train infer rss criterion pq lsj and those of MODEL_ROWS",
+    )
     parser.add_argument(
         "--compile", action="store_true", help="add train and inference rows with compile=true"
     )
@@ -566,13 +614,13 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     cfg = QUICK if args.quick else FULL
-    only = set(args.only or ("train", "infer", "rss", "criterion", "pq", "lsj"))
+    only = set(args.only or ("train", "infer", "rss", *MODEL_ROWS, "criterion", "pq", "lsj"))
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
     rows: list[dict] = []
     result: dict = {}
     with tempfile.TemporaryDirectory() as hf_dir:
-        if only & {"train", "rss", "infer"} or args.profile:
+        if only & {"train", "rss", "infer", *MODEL_ROWS} or args.profile:
             hf_model(cfg["classes"], args.quick, cfg["num_points"]).save_pretrained(hf_dir)
         if "train" in only:
             for size in cfg["train_sizes"]:
@@ -585,6 +633,11 @@ def main() -> None:
         if "infer" in only:
             rows.append(bench_inference(hf_dir, cfg))
             print(rows[-1]["row"], f"x{rows[-1]['ratio']:.2f}", flush=True)
+        for name, fn in MODEL_ROWS.items():
+            if name in only:
+                for row in fn(hf_dir, cfg):
+                    rows.append(row)
+                    print(row["row"], f"x{row['ratio']:.2f}", flush=True)
         if args.compile:
             compiled_rows = []
             if "train" in only:

@@ -489,8 +489,8 @@ def test_csv_logger_writes_losses_and_lr(datasets: Path, tmp_path: Path) -> None
 def test_compile_reaches_evaluate_and_predict(
     datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`compile=true` compiles the network that evaluate and predict run (recorded, not run),
-    with the configured cache folder; not by default."""
+    """`compile=true` (or `runtime=compile`) compiles the network that evaluate and predict run
+    (recorded, not run), with the configured cache folder; not by default."""
     compiled: list[tuple[Mask2Former, str]] = []
     monkeypatch.setattr(
         Mask2Former,
@@ -502,10 +502,10 @@ def test_compile_reaches_evaluate_and_predict(
     ckpt = save_model(constant_model(cfg, SKY), tmp_path / "constant.pt")
     image = sorted((datasets / "synthetic" / "val2017").glob("*.jpg"))[0]
     cache = tmp_path / "cache"
-    for extra in ([], ["compile=true", f"compile_cache_dir={cache}"]):
-        run = [*common, f"checkpoint={ckpt}", *extra]
+    for switch, calls in (([], 0), (["compile=true"], 2), (["runtime=compile"], 4)):
+        run = [*common, f"checkpoint={ckpt}", *switch, f"compile_cache_dir={cache}"]
         evaluate(compose("evaluate", run, tmp_path / "eval"), tmp_path / "eval")
         predict(compose("predict", [*run, f"inputs=[{image}]"], tmp_path / "p"), tmp_path / "p")
-        assert len(compiled) == (2 if extra else 0)
-    assert [cache_dir for _, cache_dir in compiled] == [str(cache)] * 2
+        assert len(compiled) == calls
+    assert [cache_dir for _, cache_dir in compiled] == [str(cache)] * 4
     assert all(isinstance(model, Mask2Former) for model, _ in compiled)
