@@ -268,6 +268,7 @@ def test_predict_from_a_lightning_checkpoint_equals_naming_its_dataset(
         images,
         "task=panoptic",
         "dataset=synthetic",
+        "dataset.eval_batch_size=1",
         f"dataset.test_min_size={TEST_SIZE[0]}",
         f"dataset.test_max_size={TEST_SIZE[1]}",
         f"dataset.object_mask_threshold={THRESHOLD}",
@@ -292,7 +293,13 @@ def test_predict_from_our_checkpoint_file(images, tmp_path) -> None:
         out = run_predict(tmp_path / "b", plain, images, "task=semantic")
     assert (out / "img0_semantic.png").is_file()
     full = save_model(
-        model, tmp_path / "full.pt", task="semantic", test_min_size=64, test_max_size=96
+        model,
+        tmp_path / "full.pt",
+        meta.class_names,
+        meta.is_thing,
+        task="semantic",
+        test_min_size=64,
+        test_max_size=96,
     )
     out = run_predict(tmp_path / "c", full, images)
     seg = Segmenter.from_pretrained(full, device="cpu")
@@ -324,7 +331,7 @@ def test_predict_from_an_hf_folder_takes_thing_flags_from_a_shipped_catalog(imag
 def test_hf_folder_with_unknown_classes_asks_for_the_thing_classes(images, tmp_path) -> None:
     folder = hf_folder(tmp_path / "hf", ["road", "car", "tree"])
     with pytest.raises(CheckpointError, match=r"dataset.thing_classes=\[name"):
-        run_predict(tmp_path / "a", folder, images, "task=panoptic")
+        run_predict(tmp_path / "a", folder, images, "task=panoptic", "dataset.test_min_size=64")
     with pytest.raises(CheckpointError, match=r"thing_classes=\[names"):
         Segmenter.from_pretrained(folder, device="cpu", task="instance")
     out = run_predict(
@@ -333,7 +340,7 @@ def test_hf_folder_with_unknown_classes_asks_for_the_thing_classes(images, tmp_p
     categories = json.loads((out / "panoptic.json").read_text())["categories"]
     assert [(c["name"], c["isthing"]) for c in categories] == [("road", 0), ("car", 1), ("tree", 0)]
     # semantic needs no thing flags
-    out = run_predict(tmp_path / "c", folder, images, "task=semantic")
+    out = run_predict(tmp_path / "c", folder, images, "task=semantic", "dataset.test_min_size=64")
     assert (out / "img0_semantic.png").is_file()
 
 

@@ -25,7 +25,6 @@ from ..inference import InferenceSettings
 from ..modeling import Mask2Former
 from .classes import checkpoint_metadata, no_class_names, resolve_task, thing_flags
 
-
 _NAMES_HINT = (
     "dataset=NAME task=TASK for the dataset it was trained on (e.g. dataset=coco task=panoptic), "
     "or 'dataset.classes=[name, ...]' (and 'dataset.thing_classes=[...]' for a panoptic or "
