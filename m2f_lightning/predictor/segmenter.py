@@ -133,7 +133,8 @@ class Segmenter:
                 "class names were given"
             )
         try:
-            settings = InferenceSettings(**{**stored.inference, **inference})
+            kept = {k: v for k, v in stored.inference.items() if k in INFERENCE_KEYS}
+            settings = InferenceSettings(**{**kept, **inference})
         except (TypeError, ValueError) as err:
             raise ConfigError(f"Segmenter.from_pretrained: {err}") from None
         if (test_min_size or stored.test_min_size) is None:
