@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config_schema import check_config
 from .data import SegmentationDataModule
+from .data.catalog import DatasetMetadata
 from .errors import CheckpointError, ConfigError, DataError, UserError
 from .inference import InferenceSettings
 from .lightning_module import Mask2FormerModule
@@ -127,10 +128,14 @@ def _container(node: Any) -> Any:
 
 
 def build_datamodule(
-    cfg: DictConfig, predict_paths: list[str] | None = None, predict_split: str | None = None
+    cfg: DictConfig,
+    predict_paths: list[str] | None = None,
+    predict_split: str | None = None,
+    metadata: DatasetMetadata | None = None,
 ) -> SegmentationDataModule:
-    """The datamodule from the `dataset` group: every key that is a datamodule argument."""
-    accepted = set(inspect.signature(SegmentationDataModule).parameters)
+    """The datamodule from the `dataset` group: every key that is a datamodule argument;
+    `metadata`: classes that do not come from the dataset (predict from a checkpoint)."""
+    accepted = set(inspect.signature(SegmentationDataModule).parameters) - {"metadata"}
     data = {k: v for k, v in _container(cfg.dataset).items() if k in accepted}
     return SegmentationDataModule(
         **data,
@@ -139,6 +144,7 @@ def build_datamodule(
         predict_paths=predict_paths,
         predict_split=predict_split,
         seed=cfg.get("seed", 0),  # data order and augmentation: (seed, epoch, index)
+        metadata=metadata,
     )
 
 
@@ -201,6 +207,8 @@ def build_module(
         ignore_label=meta.ignore_label,
         dataset_ids=list(meta.dataset_ids),
         max_nonfinite_steps=cfg.get("max_nonfinite_steps", 10),  # train.yaml
+        test_min_size=cfg.dataset.get("test_min_size"),
+        test_max_size=cfg.dataset.get("test_max_size"),
     )
 
 

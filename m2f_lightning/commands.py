@@ -158,17 +158,22 @@ def use_runtime(cfg: DictConfig, module: Any) -> None:
         module.runtime = runtime
 
 
-def load_weights_for(cfg: DictConfig, dm: SegmentationDataModule, path: str) -> Mask2Former:
-    """The model stored at `path` (any format `load_model` reads), checked against the dataset.
-    A model-zoo `.pkl` holds no architecture: it comes from the `model`/`backbone` groups."""
+def read_model(cfg: DictConfig, path: str, num_classes: int | None) -> Mask2Former:
+    """The model stored at `path` (any format `load_model` reads). A model-zoo `.pkl` holds no
+    architecture: it comes from the `model`/`backbone` groups, with `num_classes`."""
     from .checkpoints import load_model
 
     overrides: dict[str, Any] = {}
     if str(path).endswith(".pkl"):
         overrides = OmegaConf.to_container(cfg.model.net, resolve=True)
         overrides.pop("_target_", None)
-        overrides["num_classes"] = dm.metadata.num_classes
-    model = load_model(path, **overrides)
+        overrides["num_classes"] = num_classes
+    return load_model(path, **overrides)
+
+
+def load_weights_for(cfg: DictConfig, dm: SegmentationDataModule, path: str) -> Mask2Former:
+    """The model stored at `path` (any format `load_model` reads), checked against the dataset."""
+    model = read_model(cfg, path, dm.metadata.num_classes)
     if model.num_classes != dm.metadata.num_classes:
         raise CheckpointError(
             f"{path} predicts {model.num_classes} classes but dataset '{cfg.dataset.name}' "
@@ -342,15 +347,28 @@ def predict(cfg: DictConfig, output_dir: Path | None = None) -> list[Path]:
 
 def _predict(cfg: DictConfig, output_dir: Path | None, stop: L.Callback) -> list[Path]:
     from .callbacks import PredictionSaver
+    from .checkpoints.stored import read_stored_settings
     from .prediction_writer import PROGRESS_FILE
+    from .predictor.from_checkpoint import (
+        FROM_CHECKPOINT,
+        model_from_checkpoint,
+        resolve_task_choice,
+        uses_checkpoint,
+    )
 
     validate_config(cfg, "predict")  # inputs= or split=, not both
     output_dir = Path(output_dir or hydra_output_dir())
     inputs, split = cfg.get("inputs"), cfg.get("split")
     if inputs:
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
-    dm = build_datamodule(cfg, predict_paths=inputs or None, predict_split=split or None)
-    module = build_module(cfg, dm, model=load_weights_for(cfg, dm, cfg.checkpoint))
+    model, metadata = None, None
+    if uses_checkpoint(cfg):  # the task and/or the classes: the checkpoint's own
+        if cfg.dataset.name == FROM_CHECKPOINT:
+            cfg, model, metadata = model_from_checkpoint(cfg)
+        else:
+            cfg = resolve_task_choice(cfg, read_stored_settings(cfg.checkpoint))
+    dm = build_datamodule(cfg, inputs or None, split or None, metadata)
+    module = build_module(cfg, dm, model=model or load_weights_for(cfg, dm, cfg.checkpoint))
     use_runtime(cfg, module)
     dm.setup("predict")
     for name, reason in dm.predict_set.skipped:

@@ -26,6 +26,8 @@ from .errors import ConfigError
 from .precision import VALID as PRECISIONS
 
 COMMANDS = ("train", "evaluate", "predict", "doctor", "export")
+# predict's task and dataset options that mean "the checkpoint's own"
+FROM_CHECKPOINT = "checkpoint"
 # commands that build a Lightning Trainer (so need the machine the `trainer` group asks for)
 TRAINER_COMMANDS = ("train", "evaluate", "predict")
 # wandb's `Settings.mode` literal (wandb/sdk/wandb_settings.py)
@@ -191,11 +193,19 @@ RULES: tuple[Rule, ...] = (
     Rule("dataset.batch_size", integer(1), "images per device and step"),
     Rule("dataset.eval_batch_size", integer(1), "images per device in evaluation"),
     Rule("dataset.num_workers", integer(0), "data loading processes; 0 loads in the main one"),
-    Rule("dataset.test_min_size", integer(1), "short side of the test-time resize, in pixels"),
-    Rule("dataset.test_max_size", integer(1), "long-side cap of the test-time resize"),
+    Rule(
+        "dataset.test_min_size",
+        integer(1, null=True),
+        "short side of the test-time resize, in pixels; null: the checkpoint's (predict)",
+    ),
+    Rule(
+        "dataset.test_max_size",
+        integer(1, null=True),
+        "long-side cap of the test-time resize; null: the checkpoint's (predict)",
+    ),
     Rule("dataset.max_train_samples", integer(1, null=True)),
     Rule("dataset.max_val_samples", integer(1, null=True)),
-    Rule("dataset.object_mask_threshold", number(0, 1)),
+    Rule("dataset.object_mask_threshold", number(0, 1, null=True), "null: the checkpoint's"),
     Rule("dataset.train_aug.recipe", one_of("lsj", "semantic", "none")),
     # the machine and the loop
     Rule("trainer.accelerator", one_of("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
@@ -252,7 +262,7 @@ RULES: tuple[Rule, ...] = (
     Rule("model.criterion.importance_sample_ratio", number(0, 1)),
     Rule("model.criterion.deep_supervision", boolean()),
     Rule("model.criterion.point_sampled", boolean()),
-    Rule("inference.object_mask_threshold", number(0, 1)),
+    Rule("inference.object_mask_threshold", number(0, 1, null=True), "null: the checkpoint's"),
     Rule("inference.overlap_threshold", number(0, 1)),
     Rule("inference.topk", integer(1)),
     Rule(
@@ -355,6 +365,8 @@ def _dataset(cfg: DictConfig) -> Iterator[str]:
     """A known dataset with annotations for the task (the registry's own check)."""
     if _get(cfg, "dataset.name") is _ABSENT or _get(cfg, "task.name") is _ABSENT:
         return
+    if FROM_CHECKPOINT in (cfg.dataset.name, cfg.task.name):
+        return  # _from_checkpoint's
     from .data import check_task
 
     try:
@@ -445,8 +457,12 @@ def _inference(cfg: DictConfig) -> Iterator[str]:
 
     settings = _get(cfg, "inference")
     try:
-        InferenceSettings(
-            **{k: v for k, v in settings.items() if k in _signature_keys("inference")}
+        InferenceSettings(  # a null value is the checkpoint's (dataset=checkpoint)
+            **{
+                k: v
+                for k, v in settings.items()
+                if k in _signature_keys("inference") and v is not None
+            }
         )
     except (TypeError, ValueError) as err:
         yield f"inference: {err}"
@@ -464,6 +480,46 @@ def _predict_inputs(cfg: DictConfig, command: str) -> Iterator[str]:
             inputs or split,
             "predict needs either inputs=[files or folders] or split=train|val|test, not both",
         )
+
+
+# keys whose null means "the checkpoint's value" (predict's dataset=checkpoint only)
+NULL_IS_THE_CHECKPOINTS = (
+    "dataset.test_min_size",
+    "dataset.test_max_size",
+    "dataset.object_mask_threshold",
+    "inference.object_mask_threshold",
+)
+
+
+def _from_checkpoint(cfg: DictConfig, command: str) -> Iterator[str]:
+    """task=checkpoint / dataset=checkpoint (the checkpoint's task and classes) are predict's on
+    plain images; the null sizes and threshold of dataset=checkpoint mean "the checkpoint's"."""
+    task, dataset = _get(cfg, "task.name"), _get(cfg, "dataset.name")
+    chosen = [
+        f"{k}=checkpoint" for k, v in (("task", task), ("dataset", dataset)) if v == "checkpoint"
+    ]
+    if chosen and command != "predict":
+        yield (
+            f"{' '.join(chosen)}: the checkpoint's own task and classes are for m2f-predict; "
+            "choose the dataset and task to run on, e.g. dataset=coco task=panoptic"
+        )
+    elif dataset == FROM_CHECKPOINT and _get(cfg, "split") not in (None, _ABSENT):
+        yield problem(
+            "split",
+            cfg.split,
+            "predicts a dataset's split: choose the dataset (and its task), e.g. dataset=coco "
+            "task=panoptic, or predict on files with inputs=[...]",
+        )
+    if dataset == FROM_CHECKPOINT:
+        return
+    for key in NULL_IS_THE_CHECKPOINTS:
+        if _get(cfg, key) is None:
+            yield problem(
+                key,
+                None,
+                "must be set (null is the checkpoint's value, "
+                "for predict's dataset=checkpoint only)",
+            )
 
 
 def _checkpoint_given(cfg: DictConfig, command: str) -> Iterator[str]:
@@ -641,6 +697,7 @@ CROSS_RULES: tuple[Callable[..., Iterator[str]], ...] = (
 )
 COMMAND_RULES: tuple[Callable[..., Iterator[str]], ...] = (
     _predict_inputs,
+    _from_checkpoint,
     _checkpoint_given,
     _wandb_mode,
 )

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 
 from .errors import UserError
-from .inference import InferenceSettings, predict_results, predict_tiled
+from .inference import InferenceSettings, predict_images
 from .losses import SetCriterion
 from .metrics import SegmentationMetrics
 from .modeling import Mask2Former
@@ -39,6 +39,9 @@ class Mask2FormerModule(L.LightningModule):
         max_nonfinite_steps: a step whose loss is NaN or inf is skipped (no optimiser update,
             counted in `train/skipped_steps`); this many consecutive skips stop the run with
             `NonFiniteLossError` (0: never stop).
+        test_min_size, test_max_size: the test-time resize the model is evaluated at, kept in
+            the checkpoint's hyper-parameters so that predict (and `Segmenter`) can use the
+            checkpoint alone.
     """
 
     def __init__(
@@ -58,6 +61,8 @@ class Mask2FormerModule(L.LightningModule):
         model_config: dict[str, Any] | None = None,
         dataset_ids: list[int] | None = None,
         max_nonfinite_steps: int = 10,
+        test_min_size: int | None = None,
+        test_max_size: int | None = None,
     ) -> None:
         super().__init__()
         if model is None:
@@ -134,13 +139,16 @@ class Mask2FormerModule(L.LightningModule):
 
     def predict_batch(self, batch: Batch) -> list[SegmentationResult]:
         """Post-processed results of a batch, at each image's original size."""
-        args = (batch.image_sizes, batch.orig_sizes, self.task, self.hparams.thing_ids)
         net = self.model if self.runtime is None else self.runtime
-        if self.inference_settings.plain:
-            outputs = net(batch.images, batch.image_sizes)
-            results = predict_results(outputs, *args, self.inference_settings)
-        else:  # windows and/or test-time augmentation: one forward per window and view
-            results = predict_tiled(net, batch.images, *args, self.inference_settings)
+        results = predict_images(
+            net,
+            batch.images,
+            batch.image_sizes,
+            batch.orig_sizes,
+            self.task,
+            self.hparams.thing_ids,
+            self.inference_settings,
+        )
         for result, name, image_id in zip(results, batch.file_names, batch.image_ids, strict=True):
             result.file_name, result.image_id = name, image_id
         return results

@@ -141,8 +141,9 @@ class PredictionWriter:
             self.semantic_ids = semantic_file_ids(dataset, metadata)
 
     # -- per image -----------------------------------------------------------------------
-    def write(self, result: SegmentationResult) -> list[Path]:
-        """Write one image's files now; keep its JSON entries for `finish`."""
+    def write(self, result: SegmentationResult, image: np.ndarray | None = None) -> list[Path]:
+        """Write one image's files now; keep its JSON entries for `finish`. `image`: the RGB
+        image for the overlay (default: read from `result.file_name`)."""
         stem = Path(result.file_name).stem
         image_id = _json_id(result.image_id) if self.benchmark else stem
         new: list[Path] = []
@@ -156,7 +157,7 @@ class PredictionWriter:
             elif self.benchmark or self.task == "instance":
                 self._detections(result, image_id)
         if self.overlays:
-            new.append(self._overlay(result, stem))
+            new.append(self._overlay(result, stem, image))
         self.written += new
         files = [p.relative_to(self.out_dir).as_posix() for p in new]
         self.images[stem] = {"image_id": image_id, "files": files}
@@ -235,15 +236,10 @@ class PredictionWriter:
         txt.write_text("".join(lines))
         return [txt, *new]
 
-    def _overlay(self, result: SegmentationResult, stem: str) -> Path:
-        image = read_image(result.file_name)
-        panel = overlay_panel(
-            image,
-            class_map(result, self.score_threshold),
-            self.metadata.colors,
-            self.metadata.class_names,
-            segment_map=segment_map(result, self.score_threshold),
-        )
+    def _overlay(self, result: SegmentationResult, stem: str, image: np.ndarray | None) -> Path:
+        if image is None:
+            image = read_image(result.file_name)
+        panel = overlay_of(result, image, self.metadata, self.score_threshold)
         if self.benchmark:
             out = self.out_dir / "overlays" / f"{stem}.png"
         else:
@@ -374,6 +370,23 @@ class PredictionWriter:
             for path in files:
                 archive.write(path, path.relative_to(self.out_dir).as_posix())
         return out
+
+
+def overlay_of(
+    result: SegmentationResult,
+    image: np.ndarray,
+    metadata: DatasetMetadata,
+    score_threshold: float = 0.5,
+) -> np.ndarray:
+    """The overlay panel of a result (the image | the prediction, class names written on the
+    segments): what predict writes as `<stem>_overlay.png`."""
+    return overlay_panel(
+        image,
+        class_map(result, score_threshold),
+        metadata.colors,
+        metadata.class_names,
+        segment_map=segment_map(result, score_threshold),
+    )
 
 
 def write_predictions(

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from m2f_lightning import lightning_module
 from m2f_lightning.checkpoints.io import save_model
 from m2f_lightning.commands import predict
 from m2f_lightning.errors import ConfigError
@@ -27,6 +26,7 @@ from m2f_lightning.inference import (
     predict_tiled,
     window_starts,
 )
+from m2f_lightning.inference import tiling as inference_tiling
 from m2f_lightning.inference.merging import QuerySet
 from tests.helpers import TINY_OVERRIDES, compose, tiny_model
 
@@ -325,7 +325,7 @@ def test_predict_command_runs_sliding_windows_and_tta(tmp_path: Path, monkeypatc
         calls.append((tuple(images.shape), args[-1]))
         return predict_tiled(model, images, *args)
 
-    monkeypatch.setattr(lightning_module, "predict_tiled", spy)
+    monkeypatch.setattr(inference_tiling, "predict_tiled", spy)  # what predict_images calls
     cfg = compose("predict", [*args, *tiling], tmp_path / "out")
     predict(cfg, tmp_path / "out")
     for name in ("a_overlay.png", "a_panoptic.png"):

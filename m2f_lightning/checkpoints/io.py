@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..classes import match_classes
+from ..dtypes import refuse_half_weights
 from ..errors import CheckpointError, CheckpointMismatchError, MissingCheckpointError
 from ..modeling import Mask2Former
 from ..modeling.d2_format import read_d2_pickle
@@ -174,6 +175,7 @@ def load_model(
     load_state_strict(model, state, str(path))
     model.class_names = class_names  # None where the source stores no names (.pkl)
     model.is_thing = is_thing
+    model.register_forward_pre_hook(refuse_half_weights)  # model.half(): a clear error
     return model.to(map_location).eval()
 
 

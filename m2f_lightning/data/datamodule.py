@@ -38,6 +38,8 @@ class SegmentationDataModule(L.LightningDataModule):
         predict_split: or a split of the dataset to predict on (train, val, or test where the
             dataset has an images-only test split; see `datasets/images.py`).
         source: where a `custom` dataset's files are (see `datasets/custom.py`).
+        metadata: the classes where they do not come from the dataset (predict with the
+            classes a checkpoint stores: `dataset=checkpoint`); None: the dataset's.
         seed: seeds the training order (with the epoch) and each sample's augmentation (with
             the epoch and the index); see data/sampling.py.
     """
@@ -62,9 +64,11 @@ class SegmentationDataModule(L.LightningDataModule):
         size_divisibility: int = 32,
         source: dict[str, Any] | None = None,
         seed: int = 0,
+        metadata: DatasetMetadata | None = None,
     ) -> None:
         super().__init__()
-        check_task(dataset, task, source)
+        if metadata is None:
+            check_task(dataset, task, source)
         self.dataset_name = dataset
         self.task = task
         self.root = root
@@ -83,7 +87,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.size_divisibility = size_divisibility
         self.seed = seed  # data order and augmentation: functions of (seed, epoch, index)
         self.source = dict(source or {})
-        self.metadata: DatasetMetadata = metadata_for(dataset, task, self.source, root)
+        self.metadata: DatasetMetadata = metadata or metadata_for(dataset, task, self.source, root)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.predict_set: Dataset | None = None

@@ -9,7 +9,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import DataError, MissingDataError
 from .validation import DataWarning
 
-__all__ = ["DataError", "MissingDataError", "check_same_size", "read_image", "read_label"]
+__all__ = [
+    "DataError",
+    "MissingDataError",
+    "check_same_size",
+    "image_to_array",
+    "read_image",
+    "read_label",
+]
 
 
 def _open(path: Path) -> Image.Image:
@@ -33,7 +40,12 @@ def read_image(path: str | Path) -> np.ndarray:
 
     16-bit grey images are reduced by a fixed scale, see `grey_16_to_8`.
     """
-    image = _open(Path(path))
+    return image_to_array(_open(Path(path)), Path(path))
+
+
+def image_to_array(image: Image.Image, path: str | Path = "<image>") -> np.ndarray:
+    """An opened PIL image as `read_image` returns a file's: EXIF orientation applied, RGB uint8
+    [H, W, 3]; `path` names it in errors."""
     try:
         image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError) as err:

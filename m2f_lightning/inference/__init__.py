@@ -29,7 +29,7 @@ from .queries import (
 from .resize import CHUNK_BYTES, FULL_FRAME_BYTES, _RowResizer, resize_to_original
 from .results import postprocess, predict_results
 from .settings import InferenceSettings
-from .tiling import predict_tiled, window_starts
+from .tiling import predict_images, predict_tiled, window_starts
 
 __all__ = [
     "CHUNK_BYTES",
@@ -46,6 +46,7 @@ __all__ = [
     "panoptic_inference",
     "merge_query_sets",
     "postprocess",
+    "predict_images",
     "predict_results",
     "predict_tiled",
     "resize_to_original",

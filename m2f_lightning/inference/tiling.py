@@ -180,3 +180,21 @@ def predict_tiled(
             )
         results.append(_as_result(raw))
     return results
+
+
+def predict_images(
+    model: Model,
+    images: torch.Tensor,
+    image_sizes: Sequence[Sequence[int]],
+    original_sizes: Sequence[Sequence[int]],
+    task: str,
+    thing_ids: Iterable[int],
+    settings: InferenceSettings,
+) -> list[SegmentationResult]:
+    """Results of a padded batch at each image's original size: one forward and
+    `predict_results` (`settings.plain`), else `predict_tiled`. What evaluate, predict and the
+    Python `Segmenter` all run, so their results are the same."""
+    args = (image_sizes, original_sizes, task, thing_ids)
+    if settings.plain:
+        return predict_results(model(images, image_sizes), *args, settings)
+    return predict_tiled(model, images, *args, settings)
