@@ -97,6 +97,7 @@ class HostSyncCounter(TorchDispatchMode):
         self._host: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self._inside = threading.local()  # a patched method is running: its ops are its own
         self._saved: list[tuple[Any, str, Any]] = []
+        self.sync_warnings: list[str] = []  # CUDA's sync debug warnings (count_training_step)
 
     # ------------------------------------------------------------------ bookkeeping
     def is_host(self, tensor: torch.Tensor) -> bool:
@@ -337,30 +338,52 @@ def optimizer_host_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tenso
     ]
 
 
-def count_training_step(module: Any, batch: Any, step: int = 0) -> HostSyncCounter:
-    """Run `step + 1` training steps of a LightningModule on CPU on `batch` (no logger, no
-    checkpoints, no progress bar) and count the host round trips of the last one, from
-    `on_train_batch_start` to `on_train_batch_end`: training_step (forward, matching, losses,
-    `self.log`), backward, `on_before_optimizer_step` and the optimiser step. Lightning's own
-    per-interval work after the batch (pushing logged values to loggers and progress bars every
-    `log_every_n_steps`) is not part of it."""
+def count_training_step(
+    module: Any, batch: Any, step: int = 0, device: str = "cpu"
+) -> HostSyncCounter:
+    """Run `step + 1` training steps of a LightningModule on `batch` (no logger, no checkpoints,
+    no progress bar) and count the host round trips of the last one, from `on_train_batch_start`
+    to `on_train_batch_end`: training_step (forward, matching, losses, `self.log`), backward,
+    `on_before_optimizer_step` and the optimiser step. Lightning's own per-interval work after
+    the batch (pushing logged values to loggers and progress bars every `log_every_n_steps`) is
+    not part of it. On CUDA (`device="cuda"`) the step also runs under
+    `torch.cuda.set_sync_debug_mode("warn")`, whose warnings land in `counter.sync_warnings`."""
+    import warnings
+
     import lightning as L
 
-    counter = HostSyncCounter()
+    counter = HostSyncCounter(device)
+    cuda = counter.device.type == "cuda"
+    counter.sync_warnings = []
+    caught = warnings.catch_warnings(record=True)
 
     class Count(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            if batch_idx == step:
-                for optimizer in trainer.optimizers:
-                    counter.mark_host(*optimizer_host_tensors(optimizer))
-                counter.__enter__()
+            if batch_idx != step:
+                return
+            for optimizer in trainer.optimizers:
+                counter.mark_host(*optimizer_host_tensors(optimizer))
+            if cuda:
+                self.records = caught.__enter__()
+                warnings.simplefilter("always")
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("warn")
+            counter.__enter__()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if batch_idx == step:
-                counter.__exit__(None, None, None)
+            if batch_idx != step:
+                return
+            counter.__exit__(None, None, None)
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+                caught.__exit__(None, None, None)
+                counter.sync_warnings = [
+                    str(w.message) for w in self.records if "synchroniz" in str(w.message)
+                ]
 
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator="gpu" if cuda else "cpu",
+        devices=1,
         max_steps=step + 1,
         limit_val_batches=0,
         logger=False,
