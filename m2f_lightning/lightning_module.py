@@ -103,6 +103,8 @@ class Mask2FormerModule(L.LightningModule):
         # what runs the network in predict_batch (evaluate, predict): `runtimes.build_runtime`'s
         # callable; None: the model itself
         self.runtime: Callable[..., Any] | None = None
+        # `train/skipped_steps` kept on the device: logging a Python number copies it there
+        self.register_buffer("_skipped_steps", torch.zeros(()), persistent=False)
 
     def forward(self, images: torch.Tensor, image_sizes=None) -> ModelOutput:
         return self.model(images, image_sizes)
@@ -110,12 +112,10 @@ class Mask2FormerModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         outputs = self.model(batch.images, batch.image_sizes)
         losses = self.criterion(outputs, batch.targets)
-        # --- non-finite loss guard: decided on all ranks alike, acted on in
-        # on_before_optimizer_step (after the backward, so DDP's gradient all-reduce still runs)
-        finite = bool(torch.isfinite(losses["loss"].detach()))
-        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        self.nonfinite.record(finite, losses["loss"])
-        # ---
+        # non-finite loss guard: a device flag here (no host read), decided on all ranks alike
+        # and acted on in on_before_optimizer_step (after the backward, so DDP's gradient
+        # all-reduce still runs). Logged values stay tensors: nothing is read by the host here.
+        self.nonfinite.record(torch.isfinite(losses["loss"].detach()), losses["loss"])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(batch))
         self.log_dict(
             {f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=len(batch)
@@ -124,8 +124,10 @@ class Mask2FormerModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Drop the update of a step that saw a non-finite loss (see `NonFiniteGuard`)."""
-        skip = self.nonfinite.end_step(self.global_step)
-        self.log("train/skipped_steps", float(self.nonfinite.skipped))
+        # the guard's one host read per optimiser step, after the backward has been queued
+        skip = self.nonfinite.end_step(self.global_step, reduce=self._sum_over_ranks)
+        self._skipped_steps.fill_(self.nonfinite.skipped)  # a kernel argument, not a copy
+        self.log("train/skipped_steps", self._skipped_steps)
         if skip:
             scaler = getattr(self.trainer.precision_plugin, "scaler", None)
             for group in optimizer.param_groups:
@@ -136,6 +138,9 @@ class Mask2FormerModule(L.LightningModule):
                         param.grad = None  # torch optimisers leave a parameter without grad as is
                     else:  # fp16's GradScaler skips a step whose gradients are not finite
                         param.grad.fill_(float("nan"))
+
+    def _sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(value, reduce_op="sum")
 
     def predict_batch(self, batch: Batch) -> list[SegmentationResult]:
         """Post-processed results of a batch, at each image's original size."""
@@ -211,19 +216,27 @@ class NonFiniteGuard:
         self.limit = limit
         self.skipped = 0  # steps skipped in this run
         self.consecutive = 0
-        self.last_finite_loss: float | None = None
+        self.last_finite_loss: torch.Tensor | None = None
         self.last_finite_step: int | None = None
-        self._bad = False  # a micro-batch of the current optimiser step was not finite
-        self._step_loss: float | None = None
+        # a micro-batch of the current optimiser step was not finite (a device flag once a
+        # loss was recorded: read by the host once, in `end_step`)
+        self._bad: torch.Tensor | bool = False
+        self._step_loss: torch.Tensor | None = None
 
-    def record(self, finite: bool, loss: torch.Tensor) -> None:
-        if finite:
-            self._step_loss = float(loss.detach())
-        self._bad = self._bad or not finite
+    def record(self, finite: torch.Tensor | bool, loss: torch.Tensor) -> None:
+        """Note a micro-batch's loss and whether it is finite, without reading either."""
+        self._step_loss = loss.detach()  # used only when every micro-batch was finite
+        self._bad = self._bad | ~torch.as_tensor(finite, device=loss.device)
 
-    def end_step(self, step: int) -> bool:
-        """Close optimiser step `step`; True when its update must be skipped."""
-        skip, self._bad = self._bad, False
+    def end_step(
+        self, step: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> bool:
+        """Close optimiser step `step`; True when its update must be skipped. `reduce` sums a
+        tensor over DDP ranks, so that every rank skips when one saw a non-finite loss."""
+        bad, self._bad = self._bad, False
+        if reduce is not None and isinstance(bad, torch.Tensor):
+            bad = reduce(bad.float()) > 0
+        skip = bool(bad)  # the guard's only host read, once per optimiser step
         if not skip:
             self.consecutive = 0
             if self._step_loss is not None:
@@ -239,7 +252,7 @@ class NonFiniteGuard:
         )
         if self.limit and self.consecutive >= self.limit:
             last = (
-                f"the last finite loss was {self.last_finite_loss:.4f} at step "
+                f"the last finite loss was {float(self.last_finite_loss):.4f} at step "
                 f"{self.last_finite_step}"
                 if self.last_finite_loss is not None
                 else "no step had a finite loss"

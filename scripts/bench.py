@@ -11,6 +11,8 @@ Rows (ours | reference):
 - the same with ours under `runtime=onnxruntime` (`m2f_lightning.runtimes`: the network exported
   to ONNX, cached in build/onnx_cache, run by ONNX Runtime), with the mask agreement with our
   eager output in the row's `check`;
+- host syncs per train step (batch 2, the first train size): host round trips a GPU would stall
+  on, counted on CPU by `m2f_lightning.host_syncs` (ours: the Lightning step) | HF's train step;
 - criterion forward + backward (batch 2, 10 prediction sets, 100 queries) | HF's Mask2FormerLoss;
 - PQ metric on 512² panoptic maps with ~30 segments | torchmetrics' PanopticQuality;
 - COCO LSJ at 1024 on a 480x640 image and its id map | the same geometry from stock
@@ -508,6 +510,51 @@ def bench_lsj(cfg: dict) -> dict:
     return row
 
 
+def bench_host_syncs(hf_dir: str, cfg: dict) -> dict:
+    """Host round trips of one train step (the second: optimiser state exists), counted by
+    `m2f_lightning.host_syncs` on CPU as a GPU would stall on them: ours as the Lightning
+    module's step (forward, matcher, losses, logging, backward, non-finite guard, AdamW), HF's
+    as forward with labels + backward + AdamW. The row gives the counts; `kinds` what they are."""
+    from m2f_lightning.host_syncs import (
+        HostSyncCounter,
+        count_training_step,
+        optimizer_host_tensors,
+    )
+    from m2f_lightning.lightning_module import Mask2FormerModule
+    from m2f_lightning.types import Batch
+
+    size = cfg["train_sizes"][0]
+    hf = TrainStep("hf", hf_dir, cfg, size)
+    hf()  # the optimiser's state
+    with HostSyncCounter() as hf_syncs:
+        hf_syncs.mark_host(*optimizer_host_tensors(hf.optimizer))
+        hf.optimizer.zero_grad(set_to_none=True)
+        hf.loss().backward()
+        hf.optimizer.step()
+    images, targets = batch(size, cfg["classes"])
+    module = Mask2FormerModule(
+        load_model(hf_dir).train(),
+        task="semantic",
+        class_names=[str(c) for c in range(cfg["classes"])],
+        thing_ids=[],
+        stuff_ids=list(range(cfg["classes"])),
+        criterion=SetCriterion(cfg["classes"], num_points=cfg["num_points"]),
+        max_steps=2,
+    )
+    sizes = [(size, size)] * len(images)
+    step = Batch(images, sizes, sizes, ["a", "b"], [0, 1], targets=targets)
+    ours = count_training_step(module, step, step=1)
+    return {
+        "row": f"host syncs per train step, batch 2, {size}²",
+        "unit": "syncs",
+        "ours": ours.count,
+        "reference": hf_syncs.count,
+        "reference_name": "HF transformers",
+        "ratio": hf_syncs.count / max(ours.count, 1),
+        "kinds": {"ours": ours.summary(), "reference": hf_syncs.summary()},
+    }
+
+
 def profile_train_step(hf_dir: str, cfg: dict, size: int, steps: int = 2) -> dict:
     """Where our train step goes: wall time of the forward parts, matcher, mask losses (the
     rest of the criterion is the class loss and bookkeeping), backward and optimizer step."""
@@ -529,7 +576,7 @@ def profile_train_step(hf_dir: str, cfg: dict, size: int, steps: int = 2) -> dic
     model.transformer_decoder.forward = timed(
         "forward: transformer decoder", model.transformer_decoder.forward
     )
-    criterion.matcher.forward = timed("criterion: matcher", criterion.matcher.forward)
+    criterion.matcher.match_sets = timed("criterion: matcher", criterion.matcher.match_sets)
     criterion.loss_masks = timed("criterion: mask losses", criterion.loss_masks)
 
     def one():
@@ -589,7 +636,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="*",
-        help="rows to run: train infer rss criterion pq lsj and those of MODEL_ROWS",
+        help="rows to run: train infer rss syncs criterion pq lsj and those of MODEL_ROWS",
     )
     parser.add_argument(
         "--compile", action="store_true", help="add train and inference rows with compile=true"
@@ -614,13 +661,15 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     cfg = QUICK if args.quick else FULL
-    only = set(args.only or ("train", "infer", "rss", *MODEL_ROWS, "criterion", "pq", "lsj"))
+    only = set(
+        args.only or ("train", "infer", "rss", "syncs", *MODEL_ROWS, "criterion", "pq", "lsj")
+    )
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
     rows: list[dict] = []
     result: dict = {}
     with tempfile.TemporaryDirectory() as hf_dir:
-        if only & {"train", "rss", "infer", *MODEL_ROWS} or args.profile:
+        if only & {"train", "rss", "infer", "syncs", *MODEL_ROWS} or args.profile:
             hf_model(cfg["classes"], args.quick, cfg["num_points"]).save_pretrained(hf_dir)
         if "train" in only:
             for size in cfg["train_sizes"]:
@@ -654,6 +703,9 @@ def main() -> None:
             result["profile"] = profile_train_step(
                 hf_dir, cfg, args.profile_size or cfg["train_sizes"][0]
             )
+        if "syncs" in only:
+            rows.append(bench_host_syncs(hf_dir, cfg))
+            print(rows[-1]["row"], rows[-1]["kinds"], flush=True)
     if "criterion" in only:
         rows.append(bench_criterion(cfg))
     if "pq" in only:

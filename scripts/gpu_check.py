@@ -14,6 +14,10 @@ Sections, in this order (each one's failure is recorded and the next one still r
              1, fp32 and bf16 autocast (network only, no post-processing), R50 and Swin-L.
   cuda_cpu   the same R50 weights on CUDA (torch and triton attention) vs CPU on a small input:
              max difference of the class logits and mask logits (TF32 off).
+  syncs      host round trips of one Lightning training step of the R50 model (256², batch 2,
+             the second step) counted by m2f_lightning.host_syncs on the device, and the
+             warnings of torch.cuda.set_sync_debug_mode("warn") over the same step; the CPU
+             count of the same step beside it (what the CPU test suite asserts).
 
 Prints a table and writes it as JSON (--out, default gpu_check.json). Without CUDA it says that it
 needs CUDA and exits 0. `--device cpu --tiny` runs every section on tiny sizes on CPU (the Triton
@@ -39,7 +43,7 @@ from typing import Any
 
 import torch
 
-SECTIONS = ("attention", "train", "inference", "cuda_cpu")
+SECTIONS = ("attention", "train", "inference", "cuda_cpu", "syncs")
 NUM_CLASSES = 133
 GIB = 1024**3
 
@@ -358,6 +362,42 @@ def check_cuda_cpu(args: argparse.Namespace, device: torch.device) -> dict[str, 
     return result
 
 
+def check_syncs(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    from m2f_lightning.host_syncs import count_training_step
+    from m2f_lightning.lightning_module import Mask2FormerModule
+    from m2f_lightning.losses import SetCriterion
+    from m2f_lightning.types import Batch
+
+    size = 64 if args.tiny else 256
+    result: dict[str, Any] = {"image_size": size}
+    for where in dict.fromkeys([device.type, "cpu"]):
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(0)
+        module = Mask2FormerModule(
+            build_model("r50", args.tiny),
+            task="panoptic",
+            class_names=[str(c) for c in range(NUM_CLASSES)],
+            thing_ids=list(range(80)),
+            stuff_ids=list(range(80, NUM_CLASSES)),
+            criterion=SetCriterion(NUM_CLASSES, num_points=256 if args.tiny else 12544),
+            max_steps=2,
+        )
+        images = torch.rand(2, 3, size, size, generator=gen) * 255
+        sizes = [(size, size)] * 2
+        targets = synthetic_targets(2, size, torch.device("cpu"), gen)
+        batch = Batch(images, sizes, sizes, ["a", "b"], [0, 1], targets=targets)
+        counter = count_training_step(module, batch, step=1, device=where)
+        result[where] = {
+            "count": counter.count,
+            "kinds": counter.summary(),
+            "events": [f"{e.kind} {e.op} at {e.where}" for e in counter.events],
+            "sync_debug_warnings": len(counter.sync_warnings),
+        }
+        del module
+        free(device)
+    return result
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -427,6 +467,20 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                     f"R50 {cuda_cpu['device']}({backend}) vs cpu",
                     f"logits {entry['pred_logits']['max_abs']:.2e}, "
                     f"masks {entry['pred_masks']['max_abs']:.2e}",
+                )
+            )
+    syncs = sections.get("syncs", {})
+    for where in ("cuda", "cpu"):
+        if where in syncs:
+            entry = syncs[where]
+            warned = (
+                f", sync debug warnings {entry['sync_debug_warnings']}" if where == "cuda" else ""
+            )
+            rows.append(
+                (
+                    "syncs",
+                    f"R50 train step {syncs['image_size']}² on {where}",
+                    f"{entry['count']} host round trips {entry['kinds']}{warned}",
                 )
             )
     for section, error in report["errors"].items():
@@ -517,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = check_train(args, device, backend)
             elif section == "inference":
                 result = check_inference(args, device, backend)
+            elif section == "syncs":
+                result = check_syncs(args, device)
             else:
                 result = check_cuda_cpu(args, device)
             report["sections"][section] = result

@@ -92,6 +92,20 @@ def test_cpu_tiny_attention_and_cuda_cpu_sections_in_process(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_cpu_tiny_syncs_section_counts_the_training_step(tmp_path, capsys):
+    """The count the GPU check makes on CUDA, here on CPU: the matcher's one copy of the
+    costs and the non-finite guard's one read, and its table row."""
+    gpu_check = _load_script()
+    out = tmp_path / "report.json"
+    args = ["--device", "cpu", "--tiny", "--sections", "syncs", "--out", str(out)]
+    assert gpu_check.main(args) == 0
+    cpu = json.loads(out.read_text())["sections"]["syncs"]["cpu"]
+    assert cpu["kinds"] == {"d2h": 1, "scalar_read": 1}, cpu["events"]
+    assert "match_sets" in cpu["events"][0] and "end_step" in cpu["events"][1]
+    assert "R50 train step 64² on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_cpu_tiny_run_of_every_section_with_triton_interpreted(tmp_path):
     """All four sections on tiny sizes, the Triton kernels in the interpreter (~30 s of CPU)."""
@@ -109,7 +123,7 @@ def test_cpu_tiny_run_of_every_section_with_triton_interpreted(tmp_path):
     report = json.loads(out.read_text())
     assert report["errors"] == {}
     sections = report["sections"]
-    assert set(sections) == {"attention", "train", "inference", "cuda_cpu"}
+    assert set(sections) == {"attention", "train", "inference", "cuda_cpu", "syncs"}
     assert sections["attention"]["triton_ok"] is True
     for diff in sections["attention"]["triton_vs_torch_fp32"].values():
         assert diff["max_rel"] < 1e-5

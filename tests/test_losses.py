@@ -2,6 +2,7 @@
 
 import itertools
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -51,17 +52,28 @@ def test_loss_equals_the_hf_port_with_the_same_points() -> None:
         {"masks_queries_logits": a["pred_masks"], "class_queries_logits": a["pred_logits"]}
         for a in outputs["aux_outputs"]
     ]
-    # both draw their points through torch.rand in the same order: same seed → same points
-    torch.manual_seed(42)
-    ref = hf(
-        outputs["pred_masks"],
-        outputs["pred_logits"],
-        [t["masks"].float() for t in targets],
-        [t["labels"] for t in targets],
-        aux,
-    )
-    torch.manual_seed(42)
+    # HF draws its points with torch.rand, matcher and losses interleaved per set; we match all
+    # sets first: record HF's draws and hand each of ours the same points (matcher: (1, P, 2))
+    draws: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+    rand = torch.rand
+
+    def recording(*size, **kwargs):
+        out = rand(*size, **kwargs)
+        draws[tuple(size) == (1, 196, 2)].append(out)
+        return out
+
+    with mock.patch("torch.rand", recording):
+        ref = hf(
+            outputs["pred_masks"],
+            outputs["pred_logits"],
+            [t["masks"].float() for t in targets],
+            [t["labels"] for t in targets],
+            aux,
+        )
+    ours.matcher.rand = lambda *size, **kwargs: draws[True].pop(0)
+    ours.rand = lambda *size, **kwargs: draws[False].pop(0)
     got = ours(outputs, targets)
+    assert draws == {True: [], False: []}
     assert len(got) == 3 * 4 + 1
     total = 0.0
     for key, value in ref.items():

@@ -13,11 +13,25 @@ from .point_sampling import point_sample, uncertain_point_coords_with_randomness
 
 def global_num_masks(targets: list[dict[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
     """Number of target masks averaged over DDP ranks (all-reduce), at least 1."""
-    num = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+    # made on the device (no host-to-device copy): the count is known from the shapes
+    num = torch.full((), float(sum(len(t["labels"]) for t in targets)), device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(num)
         num = num / dist.get_world_size()
     return num.clamp(min=1.0)
+
+
+def matches_to_device(sets: list[list[Match]], device: torch.device) -> list[list[Match]]:
+    """The host index pairs of every set and image moved to `device` in one copy (from pinned
+    memory, without waiting, on CUDA), then split there: no per-index blocking copies."""
+    flat = [index for matches in sets for pair in matches for index in pair]
+    if not flat:
+        return sets
+    host = torch.cat(flat)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    parts = iter(host.to(device, non_blocking=True).split([len(index) for index in flat]))
+    return [[(next(parts), next(parts)) for _ in matches] for matches in sets]
 
 
 def sigmoid_bce_loss(
@@ -129,9 +143,9 @@ class SetCriterion(nn.Module):
         outputs: dict[str, torch.Tensor],
         targets: list[dict[str, torch.Tensor]],
         num_masks: torch.Tensor,
-        float_masks: list[torch.Tensor] | None = None,
+        float_masks: list[torch.Tensor] | None,
+        matches: list[Match],
     ) -> dict[str, torch.Tensor]:
-        matches = self.matcher(outputs, targets, float_masks)
         loss_mask, loss_dice = self.loss_masks(
             outputs["pred_masks"], targets, matches, num_masks, float_masks
         )
@@ -151,13 +165,18 @@ class SetCriterion(nn.Module):
             num_masks = global_num_masks(targets, device)
             # the targets as float once, for the matcher and the losses of every prediction set
             float_masks = [t["masks"].float() for t in targets] if self.point_sampled else None
-            raw = self._set_losses(outputs, targets, num_masks, float_masks)
-            if self.deep_supervision:
-                for i, aux in enumerate(outputs.get("aux_outputs", [])):
-                    for name, value in self._set_losses(
-                        aux, targets, num_masks, float_masks
-                    ).items():
-                        raw[f"{name}_{i}"] = value
+            aux_sets = list(outputs.get("aux_outputs", [])) if self.deep_supervision else []
+            # every set matched at once: one device-to-host copy of all cost matrices, and one
+            # (non-blocking) copy of all their matches back to the device
+            matches = matches_to_device(
+                self.matcher.match_sets([outputs, *aux_sets], targets, float_masks), device
+            )
+            raw = self._set_losses(outputs, targets, num_masks, float_masks, matches[0])
+            for i, aux in enumerate(aux_sets):
+                for name, value in self._set_losses(
+                    aux, targets, num_masks, float_masks, matches[i + 1]
+                ).items():
+                    raw[f"{name}_{i}"] = value
         losses = {
             name: value * self.weights[re.sub(r"_\d+$", "", name)] for name, value in raw.items()
         }

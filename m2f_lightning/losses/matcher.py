@@ -49,7 +49,8 @@ class HungarianMatcher(torch.nn.Module):
 
     Mask costs are computed on `num_points` uniform points per image, shared by all predictions
     and targets of that image, or on full masks when `point_sampled=False`. All cost matrices of a
-    batch are built on the device at once and moved to the host in a single transfer.
+    batch — of every prediction set with `match_sets` — are built on the device at once and moved
+    to the host in a single transfer.
     """
 
     def __init__(
@@ -99,23 +100,21 @@ class HungarianMatcher(torch.nn.Module):
         return pred, target
 
     @torch.no_grad()
-    def forward(
+    def costs(
         self,
         outputs: dict[str, torch.Tensor],
         targets: list[dict[str, torch.Tensor]],
         float_masks: list[torch.Tensor] | None = None,
-    ) -> list[Match]:
-        """Returns, per image, (prediction indices, target indices), sorted by prediction.
-        `float_masks` (optional): each image's target masks as float [N, H, W], when the caller
-        has them already."""
+    ) -> torch.Tensor:
+        """The (sanitised) cost of every (prediction, target) pair, on the outputs' device:
+        [B, Q, Nmax] (targets padded to the batch's largest count)."""
         logits = outputs["pred_logits"].float()
         device_type = logits.device.type
         counts = [len(t["labels"]) for t in targets]
         num_max = max(counts, default=0)
         batch, num_queries = logits.shape[:2]
         if num_max == 0:
-            empty = torch.empty(0, dtype=torch.int64)
-            return [(empty, empty) for _ in targets]
+            return logits.new_zeros(batch, num_queries, 0)
         with torch.autocast(device_type=device_type, enabled=False):
             probs = logits.softmax(-1)
             labels = torch.zeros(batch, num_max, dtype=torch.int64, device=logits.device)
@@ -130,12 +129,45 @@ class HungarianMatcher(torch.nn.Module):
                 + self.cost_class * cost_class
                 + self.cost_dice * pairwise_dice(pred, target)
             )
-            cost = sanitize_cost(cost)
-        cost_host = cost.cpu().double().numpy()  # one transfer for the whole batch
+            return sanitize_cost(cost)
+
+    @torch.no_grad()
+    def match_sets(
+        self,
+        sets: list[dict[str, torch.Tensor]],
+        targets: list[dict[str, torch.Tensor]],
+        float_masks: list[torch.Tensor] | None = None,
+    ) -> list[list[Match]]:
+        """Matches of several prediction sets (the final one and the auxiliary ones) to the same
+        targets: all their cost matrices are built on the device and copied to the host in one
+        transfer (the step's only device-to-host copy), then solved on the CPU."""
+        counts = [len(t["labels"]) for t in targets]
+        if max(counts, default=0) == 0:  # nothing to match: no transfer at all
+            empty = torch.empty(0, dtype=torch.int64)
+            return [[(empty, empty) for _ in targets] for _ in sets]
+        costs = torch.stack([self.costs(outputs, targets, float_masks) for outputs in sets])
+        cost_host = costs.cpu().double().numpy()  # one transfer for every set and image
         matches = []
-        for i, n in enumerate(counts):
-            rows, cols = linear_sum_assignment(cost_host[i, :, :n])
-            matches.append(
-                (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
-            )
+        for set_costs in cost_host:
+            per_image = []
+            for i, n in enumerate(counts):
+                rows, cols = linear_sum_assignment(set_costs[i, :, :n])
+                per_image.append(
+                    (
+                        torch.as_tensor(rows, dtype=torch.int64),
+                        torch.as_tensor(cols, dtype=torch.int64),
+                    )
+                )
+            matches.append(per_image)
         return matches
+
+    def forward(
+        self,
+        outputs: dict[str, torch.Tensor],
+        targets: list[dict[str, torch.Tensor]],
+        float_masks: list[torch.Tensor] | None = None,
+    ) -> list[Match]:
+        """Returns, per image, (prediction indices, target indices), sorted by prediction, on
+        the host. `float_masks` (optional): each image's target masks as float [N, H, W], when
+        the caller has them already."""
+        return self.match_sets([outputs], targets, float_masks)[0]

@@ -181,8 +181,9 @@ class MSDeformAttn(nn.Module):
             batch, num_queries, self.n_heads, self.n_levels, self.n_points
         )
         # offsets are in pixels of each level: normalise by (W, H)
-        normalizer = torch.tensor(
-            [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device
+        # made on the host and copied without waiting for the device queue
+        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype).to(
+            query.device, non_blocking=True
         )
         locations = (
             reference_points[:, :, None, :, None, :]

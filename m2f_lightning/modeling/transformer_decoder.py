@@ -193,7 +193,7 @@ class MaskedAttentionDecoder(nn.Module):
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
             # a query that would attend to nothing attends to everything instead
-            blocked[blocked.all(-1)] = False
+            blocked = blocked & ~blocked.all(-1, keepdim=True)  # no boolean indexing: no sync
             args = (i, output, memories[level], query_pos, positions[level], blocked[:, None])
             if self.checkpointing and torch.is_grad_enabled():
                 output = checkpoint(self._layer, *args, use_reentrant=False)
