@@ -248,5 +248,7 @@ def build_runtime(
         )
         return model
     if name == "onnxruntime":
+        if checkpoint is not None and not Path(checkpoint).exists():
+            checkpoint = None  # a hub id: the export goes to cache_dir, not beside a name
         return OnnxRuntime(model, checkpoint, cache_dir, threads)
     return model

@@ -4,6 +4,7 @@ size from ours, Lightning and HF checkpoints, and the errors where a checkpoint 
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import lightning
@@ -20,6 +21,7 @@ from m2f_lightning.data.catalog import get_metadata
 from m2f_lightning.dtypes import UnsupportedDtypeError
 from m2f_lightning.errors import CheckpointError, ConfigError, UserError
 from m2f_lightning.lightning_module import Mask2FormerModule
+from m2f_lightning.runtimes import OnnxRuntime, RuntimeFallback
 from tests.helpers import compose, tiny_model
 
 # the synthetic scenes' classes, as conf/../catalog/synthetic.json ships them
@@ -363,3 +365,27 @@ def test_split_needs_a_dataset_and_other_commands_refuse_the_checkpoint_dataset(
     cfg = compose("evaluate", ["checkpoint=x", "dataset=checkpoint"], tmp_path)
     with pytest.raises(ConfigError, match="dataset=checkpoint.*for m2f-predict"):
         check_config(cfg, "evaluate", gpus=0, added=[])
+
+
+@pytest.mark.slow
+def test_the_onnxruntime_segmenter_agrees_with_eager(checkpoints, images, tmp_path) -> None:
+    """runtime='onnxruntime' (issue 26.3): the exported network, cached beside the checkpoint,
+    gives the eager Segmenter's panoptic maps on ≥ 99.9% of the pixels."""
+    ckpt = tmp_path / "panoptic.ckpt"
+    ckpt.write_bytes(checkpoints["panoptic"].read_bytes())
+    eager = Segmenter.from_pretrained(ckpt, device="cpu")
+    onnx = Segmenter.from_pretrained(ckpt, device="cpu", runtime="onnxruntime")
+    assert isinstance(onnx.net, OnnxRuntime)
+    warnings.simplefilter("error", RuntimeFallback)  # a fallback to eager would prove nothing
+    for path in images:
+        want, got = eager(path).semantic, onnx(path).semantic
+        assert want.shape == got.shape
+        assert (want == got).float().mean() >= 0.999
+    assert list(tmp_path.glob("panoptic.*.onnx")), "the export is cached beside the checkpoint"
+
+
+def test_onnxruntime_is_float32_on_the_cpu(checkpoints) -> None:
+    with pytest.raises(ConfigError, match="runtime='onnxruntime' runs float32 on the CPU"):
+        Segmenter.from_pretrained(
+            checkpoints["semantic"], device="cpu", dtype="bf16", runtime="onnxruntime"
+        )

@@ -54,10 +54,20 @@ class Segmenter:
         mixed: torch.dtype | None = None,
         batch_size: int = 1,
         size_divisibility: int = 32,
+        runtime: str = "eager",
+        checkpoint: str | Path | None = None,
     ) -> None:
         from ..data.transforms import eval_resize
+        from ..runtimes import build_runtime
 
+        if runtime == "onnxruntime" and (device.type != "cpu" or mixed is not None):
+            raise ConfigError(
+                f"runtime='onnxruntime' runs float32 on the CPU: use device='cpu', dtype='fp32' "
+                f"(got device={device.type!r}, dtype={mixed}), or runtime='eager'/'compile'"
+            )
         self.model = model.to(device).eval()
+        # what runs the network: the model itself, compiled, or its ONNX export (`runtimes`)
+        self.net = build_runtime(self.model, runtime, checkpoint=checkpoint)
         self.task = task
         self.metadata = metadata
         self.settings = settings
@@ -82,6 +92,7 @@ class Segmenter:
         thing_classes: Sequence[str] | None = None,
         batch_size: int = 1,
         model_config: dict[str, Any] | None = None,
+        runtime: str = "eager",
         **inference: Any,
     ) -> "Segmenter":
         """The model at `checkpoint` (our checkpoint, a Lightning .ckpt, an HF directory, or a
@@ -93,7 +104,9 @@ class Segmenter:
         the keys of the `inference` config group, e.g. object_mask_threshold, mode="sliding",
         tta=True) come from the checkpoint where it stores them; these arguments override
         them. class_names / thing_classes: for checkpoints that store no class names (.pkl) or
-        no thing flags (an HF directory whose classes are no shipped catalog).
+        no thing flags (an HF directory whose classes are no shipped catalog). runtime: "eager",
+        "compile" (torch.compile) or "onnxruntime" (CPU, fp32: exported once, cached beside the
+        checkpoint, checked against eager on the first image), as `runtime=` of m2f-predict.
         """
         from ..checkpoints import load_model
 
@@ -156,6 +169,8 @@ class Segmenter:
             device,
             mixed,
             batch_size,
+            runtime=runtime,
+            checkpoint=checkpoint,
         )
 
     @property
@@ -190,7 +205,7 @@ class Segmenter:
         thing_ids = self.metadata.thing_ids
         with torch.inference_mode(), autocast:
             raw = predict_images(
-                self.model,
+                self.net,
                 batch.images.to(self.device),
                 batch.image_sizes,
                 batch.orig_sizes,
