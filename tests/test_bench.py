@@ -24,6 +24,7 @@ def test_quick_bench_writes_every_row_with_both_timings(tmp_path) -> None:
     for prefix in (
         "train step, batch 2, 32²",
         "train step, batch 2, 64²",
+        "FLOPs per train step",
         "peak RSS",
         "inference, batch 1",
         "criterion",
@@ -32,7 +33,7 @@ def test_quick_bench_writes_every_row_with_both_timings(tmp_path) -> None:
     ):
         assert any(n.startswith(prefix) for n in names), (prefix, names)
     assert any(n.endswith("ours checkpointed") for n in names), names
-    assert len(rows) == 8
+    assert len(rows) == 9
     for row in rows:
         assert row["ours"] > 0 and row["reference"] > 0, row
         assert row["ratio"] > 0, row
