@@ -131,3 +131,22 @@ def test_training_step_gives_the_same_matches_losses_and_gradients(task, num_poi
     for name, ref in ref_grads.items():
         scale = ref.abs().max().item()
         torch.testing.assert_close(grads[name], ref, rtol=1e-5, atol=1e-5 * scale, msg=name)
+
+
+def test_bf16_autocast_step_gives_the_losses_of_the_full_logits() -> None:
+    """Under autocast the mask features are fp32 where the embeddings are bf16: the criterion,
+    outside autocast, must make the logits in the dtype the decoder's product had."""
+    model = tiny_model(num_classes=5).train()
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255
+    targets = [
+        {"labels": torch.tensor([1, 3]), "masks": task_targets("instance", 64, 64)[0]["masks"][:2]}
+    ]
+    losses = []
+    for full_masks in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = model(images, full_masks=full_masks)
+        criterion = SetCriterion(5, num_points=50)
+        criterion.rand = criterion.matcher.rand = seeded_rand(6)
+        losses.append(criterion(outputs, targets)["loss"])
+    assert torch.isfinite(losses[1])
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-2, atol=1e-2)

@@ -57,7 +57,8 @@ def full_mask_logits(prediction: dict[str, torch.Tensor]) -> torch.Tensor:
     """The set's mask logits [B, Q, h, w]: `pred_masks`, or the product of its factors."""
     if "pred_masks" in prediction:
         return prediction["pred_masks"]
-    return torch.einsum("bqc,bchw->bqhw", prediction["mask_embed"], prediction["mask_features"])
+    features = prediction["mask_features"]
+    return torch.einsum("bqc,bchw->bqhw", prediction["mask_embed"].to(features.dtype), features)
 
 
 def mask_logits_at_points(
@@ -83,7 +84,8 @@ def selected_mask_logits(
         masks = prediction["pred_masks"]
         batch_idx = torch.cat([torch.full_like(q, b) for b, q in enumerate(queries)])
         return masks[batch_idx.to(masks.device), torch.cat(queries).to(masks.device)]
-    embed, features = prediction["mask_embed"], prediction["mask_features"]
+    features = prediction["mask_features"]
+    embed = prediction["mask_embed"].to(features.dtype)  # the decoder's product dtype
     return torch.cat(
         [
             torch.einsum("mc,chw->mhw", embed[b, q.to(embed.device)], features[b])

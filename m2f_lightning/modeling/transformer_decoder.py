@@ -190,6 +190,11 @@ class MaskedAttentionDecoder(nn.Module):
             positions.append(self.pe_layer(feature).flatten(2).transpose(1, 2))
             projected = self.input_proj[level](feature).flatten(2).transpose(1, 2)
             memories.append(projected + self.level_embed.weight[level][None, None, :])
+        device_type = mask_features.device.type
+        if torch.is_autocast_enabled(device_type):
+            # the dtype autocast gives the mask products, cast once for all prediction sets (the
+            # criterion makes their logits outside autocast, from these features)
+            mask_features = mask_features.to(torch.get_autocast_dtype(device_type))
         # The attention masks read the mask logits resized to each level's size. Resizing is
         # linear: without full logits, the mask features resized once per level and projected
         # give the same logits at a 16th to a 64th of the full product (docs/performance.md).
