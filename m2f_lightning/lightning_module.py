@@ -110,7 +110,8 @@ class Mask2FormerModule(L.LightningModule):
         return self.model(images, image_sizes)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        outputs = self.model(batch.images, batch.image_sizes)
+        # no full mask logits: the criterion makes them only where it reads them (exact)
+        outputs = self.model(batch.images, batch.image_sizes, full_masks=False)
         losses = self.criterion(outputs, batch.targets)
         # non-finite loss guard: a device flag here (no host read), decided on all ranks alike
         # and acted on in on_before_optimizer_step (after the backward, so DDP's gradient

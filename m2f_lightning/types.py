@@ -9,7 +9,7 @@ H x W the image on disk, h x w the image after resizing/augmentation, Hp x Wp th
 """
 
 from dataclasses import dataclass, field
-from typing import Protocol, TypedDict
+from typing import NotRequired, Protocol, TypedDict
 
 import torch
 
@@ -24,17 +24,23 @@ class TrainTarget(TypedDict):
 
 
 class Prediction(TypedDict):
-    """One decoder layer's prediction."""
+    """One decoder layer's prediction. The mask logits are `pred_masks` = Σ_c mask_embed ·
+    mask_features; training leaves `pred_masks` out and the criterion makes the logits only
+    where it reads them (at sampled points, for matched queries)."""
 
     pred_logits: torch.Tensor  # [B, Q, K+1] class logits (last = no object)
-    pred_masks: torch.Tensor  # [B, Q, Hp/4, Wp/4] mask logits
+    pred_masks: NotRequired[torch.Tensor]  # [B, Q, Hp/4, Wp/4] mask logits
+    mask_embed: NotRequired[torch.Tensor]  # [B, Q, C] the queries' mask embeddings
+    mask_features: NotRequired[torch.Tensor]  # [B, C, Hp/4, Wp/4] shared by every set
 
 
 class ModelOutput(TypedDict):
     """What `Mask2Former.forward` returns (and `SetCriterion` reads)."""
 
     pred_logits: torch.Tensor  # [B, Q, K+1] of the last decoder layer
-    pred_masks: torch.Tensor  # [B, Q, Hp/4, Wp/4] of the last decoder layer
+    pred_masks: NotRequired[torch.Tensor]  # [B, Q, Hp/4, Wp/4] of the last decoder layer
+    mask_embed: NotRequired[torch.Tensor]  # [B, Q, C] of the last decoder layer
+    mask_features: NotRequired[torch.Tensor]  # [B, C, Hp/4, Wp/4]
     aux_outputs: list[Prediction]  # the earlier layers' predictions, index 0 = learned queries
     image_size: tuple[int, int]  # input size before the model's padding
     padded_size: tuple[int, int]  # (Hp, Wp): input size after padding to the divisibility

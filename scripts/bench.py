@@ -5,6 +5,7 @@ Rows (ours | reference):
   port (transformers' Mask2FormerForUniversalSegmentation with its own loss and AdamW), whose
   random weights are converted into ours with `load_model(hf_dir)`: same weights, same images and
   targets, fp32, Swin-T, 150 classes;
+- FLOPs of one train step (forward, loss, backward) at 512², as torch.profiler counts them;
 - peak RSS of one process doing that train step at 512² (one child process per side), and
   again with ours under activation checkpointing (`Mask2Former(checkpointing=True)`);
 - inference, batch 1, 512² (eval, no grad);
@@ -174,7 +175,8 @@ class TrainStep:
 
     def loss(self) -> torch.Tensor:
         if self.side == "ours":
-            return self.criterion(self.model(self.images), self.targets)["loss"]
+            # as the training step: no full mask logits, the criterion makes them where it reads
+            return self.criterion(self.model(self.images, full_masks=False), self.targets)["loss"]
         out = self.model(
             pixel_values=self.pixels, mask_labels=self.mask_labels, class_labels=self.class_labels
         )
@@ -582,7 +584,7 @@ def profile_train_step(hf_dir: str, cfg: dict, size: int, steps: int = 2) -> dic
     def one():
         step.optimizer.zero_grad(set_to_none=True)
         start = time.perf_counter()
-        outputs = model(step.images)
+        outputs = model(step.images, full_masks=False)
         totals["forward"] += time.perf_counter() - start
         start = time.perf_counter()
         loss = criterion(outputs, step.targets)["loss"]
@@ -601,6 +603,34 @@ def profile_train_step(hf_dir: str, cfg: dict, size: int, steps: int = 2) -> dic
         one()
     total = (time.perf_counter() - start) / steps
     return {"size": size, "step_s": total, "parts_s": {k: v / steps for k, v in totals.items()}}
+
+
+def train_step_flops(step: TrainStep) -> float:
+    """FLOPs of one train step's forward, loss and backward as torch.profiler counts them
+    (`with_flops`: matrix products and convolutions; elementwise ops and sampling are not
+    counted)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step.optimizer.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        step.loss().backward()
+    return float(sum(event.flops for event in prof.key_averages()))
+
+
+def bench_flops(hf_dir: str, cfg: dict, size: int) -> dict:
+    """FLOPs per train step, ours | HF (same weights, batch and targets): what a GPU must
+    compute, whatever this machine's timing noise."""
+    ours = train_step_flops(TrainStep("ours", hf_dir, cfg, size))
+    hf = train_step_flops(TrainStep("hf", hf_dir, cfg, size))
+    return {
+        "row": f"FLOPs per train step (fwd+loss+bwd), batch 2, {size}²",
+        "unit": "GFLOP",
+        "ours": ours / 1e9,
+        "reference": hf / 1e9,
+        "reference_name": "HF transformers",
+        "ratio": ours / hf,
+        "ratio_meaning": "ours / reference (<1: ours computes less)",
+    }
 
 
 def fmt(x: float, unit: str) -> str:
@@ -623,7 +653,10 @@ def print_table(rows: list[dict], note: str) -> None:
             f"| {name:{width}s} | {reference:>{value_width}s} | {ours:>{value_width}s} | "
             f"x{r['ratio']:6.2f} |"
         )
-    print("ratios: time rows reference/ours (>1 ours faster); RSS ours/reference (<1 ours lighter)")
+    print(
+        "ratios: time rows reference/ours (>1 ours faster); RSS and FLOPs ours/reference "
+        "(<1 ours lighter)"
+    )
 
 
 def main() -> None:
@@ -636,7 +669,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="*",
-        help="rows to run: train infer rss syncs criterion pq lsj and those of MODEL_ROWS",
+        help="rows to run: train flops infer rss syncs criterion pq lsj and those of MODEL_ROWS",
     )
     parser.add_argument(
         "--compile", action="store_true", help="add train and inference rows with compile=true"
@@ -662,19 +695,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = QUICK if args.quick else FULL
     only = set(
-        args.only or ("train", "infer", "rss", "syncs", *MODEL_ROWS, "criterion", "pq", "lsj")
+        args.only
+        or ("train", "flops", "infer", "rss", "syncs", *MODEL_ROWS, "criterion", "pq", "lsj")
     )
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
     rows: list[dict] = []
     result: dict = {}
     with tempfile.TemporaryDirectory() as hf_dir:
-        if only & {"train", "rss", "infer", "syncs", *MODEL_ROWS} or args.profile:
+        if only & {"train", "flops", "rss", "infer", "syncs", *MODEL_ROWS} or args.profile:
             hf_model(cfg["classes"], args.quick, cfg["num_points"]).save_pretrained(hf_dir)
         if "train" in only:
             for size in cfg["train_sizes"]:
                 rows.append(bench_train(hf_dir, cfg, size))
                 print(rows[-1]["row"], f"x{rows[-1]['ratio']:.2f}", flush=True)
+        if "flops" in only:
+            rows.append(bench_flops(hf_dir, cfg, cfg["train_sizes"][-1]))
+            print(rows[-1]["row"], f"x{rows[-1]['ratio']:.2f}", flush=True)
         if "rss" in only:
             for row in bench_rss(hf_dir, cfg, args.quick, args.threads):
                 rows.append(row)

@@ -24,6 +24,7 @@ def test_quick_bench_writes_every_row_with_both_timings(tmp_path) -> None:
     for prefix in (
         "train step, batch 2, 32²",
         "train step, batch 2, 64²",
+        "FLOPs per train step",
         "peak RSS",
         "inference, batch 1",
         "inference, batch 1, 64², ours runtime=onnxruntime",
@@ -34,7 +35,7 @@ def test_quick_bench_writes_every_row_with_both_timings(tmp_path) -> None:
     ):
         assert any(n.startswith(prefix) for n in names), (prefix, names)
     assert any(n.endswith("ours checkpointed") for n in names), names
-    assert len(rows) == 10
+    assert len(rows) == 11
     (onnx_row,) = [r for r in rows if r["row"].endswith("runtime=onnxruntime")]
     assert onnx_row["check"]["mask_agreement"] >= 0.999, onnx_row["check"]
     for row in rows:

@@ -127,7 +127,9 @@ def test_full_mask_matching_resizes_predictions_as_the_loss_does() -> None:
     g = torch.Generator().manual_seed(0)
     pred = torch.randn(1, 2, 5, 7, generator=g)
     masks = torch.rand(1, 10, 14, generator=g) > 0.5
-    got, target = HungarianMatcher(point_sampled=False)._sample(pred, [{"masks": masks}], 1)
+    got, target = HungarianMatcher(point_sampled=False)._sample(
+        {"pred_logits": torch.zeros(1, 2, 3), "pred_masks": pred}, [{"masks": masks}], 1
+    )
     want = F.interpolate(pred, size=(10, 14), mode="bilinear", align_corners=False).flatten(2)
     assert torch.allclose(got, want)
     assert torch.equal(target[0, 0], masks[0].flatten().float())

@@ -98,7 +98,9 @@ class NaNAt:
         if self.calls - 1 in self.bad_calls:
             nan = float("nan")
             outputs["pred_logits"] = outputs["pred_logits"] * nan
-            outputs["pred_masks"] = outputs["pred_masks"] * nan
+            for key in ("pred_masks", "mask_embed"):  # training outputs: no full mask logits
+                if key in outputs:
+                    outputs[key] = outputs[key] * nan
             for aux in outputs["aux_outputs"]:
                 aux["pred_logits"] = aux["pred_logits"] * nan
         return outputs

@@ -8,7 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .matcher import HungarianMatcher, Match
-from .point_sampling import point_sample, uncertain_point_coords_with_randomness
+from .point_sampling import (
+    point_sample,
+    selected_mask_logits,
+    uncertain_point_coords_with_randomness,
+)
 
 
 def global_num_masks(targets: list[dict[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
@@ -102,21 +106,24 @@ class SetCriterion(nn.Module):
 
     def loss_masks(
         self,
-        pred_masks: torch.Tensor,
+        prediction: dict[str, torch.Tensor],
         targets: list[dict[str, torch.Tensor]],
         matches: list[Match],
         num_masks: torch.Tensor,
         float_masks: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        device = pred_masks.device
+        """BCE + dice of the matched queries' masks; `prediction` holds `pred_masks` or their
+        factors (`mask_embed`, `mask_features`: then only the matched queries' logits are made)."""
+        device = prediction["pred_logits"].device
         if float_masks is None:
             float_masks = [t["masks"] for t in targets]
-        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(matches)])
-        src_idx = torch.cat([src for src, _ in matches])
-        if len(src_idx) == 0:
-            zero = pred_masks.sum() * 0.0
+        if sum(len(src) for src, _ in matches) == 0:
+            factors = (
+                ["pred_masks"] if "pred_masks" in prediction else ["mask_embed", "mask_features"]
+            )
+            zero = sum(prediction[k].sum() for k in factors) * 0.0
             return zero, zero
-        preds = pred_masks[batch_idx.to(device), src_idx.to(device)][:, None].float()
+        preds = selected_mask_logits(prediction, [src for src, _ in matches])[:, None].float()
         masks = torch.cat(
             [m[tgt.to(device)] for m, (_, tgt) in zip(float_masks, matches, strict=True)]
         )[:, None].to(preds.dtype)
@@ -146,9 +153,7 @@ class SetCriterion(nn.Module):
         float_masks: list[torch.Tensor] | None,
         matches: list[Match],
     ) -> dict[str, torch.Tensor]:
-        loss_mask, loss_dice = self.loss_masks(
-            outputs["pred_masks"], targets, matches, num_masks, float_masks
-        )
+        loss_mask, loss_dice = self.loss_masks(outputs, targets, matches, num_masks, float_masks)
         loss_ce = self.loss_labels(outputs["pred_logits"], targets, matches)
         return {"loss_mask": loss_mask, "loss_dice": loss_dice, "loss_ce": loss_ce}
 

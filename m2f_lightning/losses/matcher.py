@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from .point_sampling import RandFn, point_sample
+from .point_sampling import RandFn, full_mask_logits, mask_logits_at_points, point_sample
 
 Match = tuple[torch.Tensor, torch.Tensor]
 
@@ -71,19 +71,20 @@ class HungarianMatcher(torch.nn.Module):
 
     def _sample(
         self,
-        pred_masks: torch.Tensor,
+        prediction: dict[str, torch.Tensor],
         targets: list[dict[str, torch.Tensor]],
         num_max: int,
         float_masks: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prediction [B, Q, P] and padded target [B, Nmax, P] mask values at shared points.
+        `prediction` holds `pred_masks` or their factors (`mask_embed`, `mask_features`).
         `float_masks`: the targets' masks already as float [N, H, W] (shared by the callers)."""
-        batch = pred_masks.shape[0]
+        batch, device = prediction["pred_logits"].shape[0], prediction["pred_logits"].device
         if self.point_sampled:
             coords = torch.cat(
-                [self.rand(1, self.num_points, 2, device=pred_masks.device) for _ in range(batch)]
+                [self.rand(1, self.num_points, 2, device=device) for _ in range(batch)]
             )
-            pred = point_sample(pred_masks, coords)
+            pred = mask_logits_at_points(prediction, coords)
             target = pred.new_zeros(batch, num_max, self.num_points)
             for i, t in enumerate(targets):
                 if len(t["masks"]):
@@ -93,6 +94,7 @@ class HungarianMatcher(torch.nn.Module):
                     target[i, : len(masks)] = sampled[0]
             return pred, target
         size = targets[0]["masks"].shape[-2:]
+        pred_masks = full_mask_logits(prediction).float()
         pred = F.interpolate(pred_masks, size=size, mode="bilinear", align_corners=False).flatten(2)
         target = pred.new_zeros(batch, num_max, pred.shape[-1])
         for i, t in enumerate(targets):
@@ -121,9 +123,7 @@ class HungarianMatcher(torch.nn.Module):
             for i, t in enumerate(targets):
                 labels[i, : counts[i]] = t["labels"]
             cost_class = -torch.gather(probs, 2, labels[:, None, :].expand(-1, num_queries, -1))
-            pred, target = self._sample(
-                outputs["pred_masks"].float(), targets, num_max, float_masks
-            )
+            pred, target = self._sample(outputs, targets, num_max, float_masks)
             cost = (
                 self.cost_mask * pairwise_sigmoid_bce(pred, target)
                 + self.cost_class * cost_class

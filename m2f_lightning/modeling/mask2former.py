@@ -167,14 +167,19 @@ class Mask2Former(nn.Module):
         return x
 
     def forward(
-        self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]] | None = None
+        self,
+        images: torch.Tensor,
+        image_sizes: Sequence[Sequence[int]] | None = None,
+        full_masks: bool = True,
     ) -> ModelOutput:
         """images: [B, 3, H, W] RGB in 0..255; `image_sizes`: the (h, w) of each image when the
-        batch was padded by the caller. Returns the `ModelOutput` of the contract."""
+        batch was padded by the caller. Returns the `ModelOutput` of the contract; with
+        `full_masks=False` (training) without `pred_masks`: the criterion makes the mask logits
+        from `mask_embed` and `mask_features` where it reads them."""
         x = self.preprocess(images, image_sizes)
         features = self.backbone(x)
         mask_features, multi_scale = self.pixel_decoder(features)
-        outputs = self.transformer_decoder(multi_scale, mask_features)
+        outputs = self.transformer_decoder(multi_scale, mask_features, full_masks)
         outputs["image_size"] = (int(images.shape[2]), int(images.shape[3]))
         outputs["padded_size"] = (int(x.shape[2]), int(x.shape[3]))
         return outputs

@@ -171,8 +171,15 @@ class MaskedAttentionDecoder(nn.Module):
         return self.ffn_layers[i](output)
 
     def forward(
-        self, multi_scale_features: list[torch.Tensor], mask_features: torch.Tensor
+        self,
+        multi_scale_features: list[torch.Tensor],
+        mask_features: torch.Tensor,
+        full_masks: bool = True,
     ) -> dict[str, object]:
+        """Every prediction set carries `pred_logits`, `mask_embed` [B, Q, C] and the shared
+        `mask_features` [B, C, h, w]; `pred_masks` (their product, [B, Q, h, w]) only with
+        `full_masks`. Training leaves them out: the criterion makes the logits where it reads
+        them (docs/performance.md)."""
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(
                 f"expected {self.num_feature_levels} feature levels, got {len(multi_scale_features)}"
@@ -183,15 +190,34 @@ class MaskedAttentionDecoder(nn.Module):
             positions.append(self.pe_layer(feature).flatten(2).transpose(1, 2))
             projected = self.input_proj[level](feature).flatten(2).transpose(1, 2)
             memories.append(projected + self.level_embed.weight[level][None, None, :])
+        device_type = mask_features.device.type
+        if torch.is_autocast_enabled(device_type):
+            # the dtype autocast gives the mask products, cast once for all prediction sets (the
+            # criterion makes their logits outside autocast, from these features)
+            mask_features = mask_features.to(torch.get_autocast_dtype(device_type))
+        # The attention masks read the mask logits resized to each level's size. Resizing is
+        # linear: without full logits, the mask features resized once per level and projected
+        # give the same logits at a 16th to a 64th of the full product (docs/performance.md).
+        level_features = None
+        if not full_masks:
+            with torch.no_grad():
+                level_features = [
+                    F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False)
+                    for s in sizes
+                ]
         batch = mask_features.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
         output = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
 
         predictions = []
-        class_logits, mask_logits, blocked = self._predict(output, mask_features, sizes[0])
-        predictions.append((class_logits, mask_logits))
+        prediction, mask_embed = self._predict(output, mask_features, full_masks)
+        predictions.append(prediction)
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
+            if level_features is None:  # the full logits exist: resizing them is cheaper
+                blocked = attention_mask(prediction["pred_masks"], size=sizes[level])
+            else:
+                blocked = attention_mask(mask_embed, level_features[level])
             # a query that would attend to nothing attends to everything instead
             blocked = blocked & ~blocked.all(-1, keepdim=True)  # no boolean indexing: no sync
             args = (i, output, memories[level], query_pos, positions[level], blocked[:, None])
@@ -199,24 +225,42 @@ class MaskedAttentionDecoder(nn.Module):
                 output = checkpoint(self._layer, *args, use_reentrant=False)
             else:
                 output = self._layer(*args)
-            next_size = sizes[(i + 1) % self.num_feature_levels]
-            class_logits, mask_logits, blocked = self._predict(output, mask_features, next_size)
-            predictions.append((class_logits, mask_logits))
+            prediction, mask_embed = self._predict(output, mask_features, full_masks)
+            predictions.append(prediction)
 
-        return {
-            "pred_logits": predictions[-1][0],
-            "pred_masks": predictions[-1][1],
-            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in predictions[:-1]],
-        }
+        return {**predictions[-1], "aux_outputs": predictions[:-1]}
 
     def _predict(
-        self, output: torch.Tensor, mask_features: torch.Tensor, attn_size: torch.Size
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Class and mask logits of the queries, and the next layer's attention mask."""
+        self, output: torch.Tensor, mask_features: torch.Tensor, full_masks: bool
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The prediction set of the queries, and their mask embeddings."""
         decoded = self.decoder_norm(output)
-        class_logits = self.class_embed(decoded)
         mask_embed = self.mask_embed(decoded)
-        mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
-        resized = F.interpolate(mask_logits, size=attn_size, mode="bilinear", align_corners=False)
-        blocked = (resized.sigmoid().flatten(2) < 0.5).detach()
-        return class_logits, mask_logits, blocked
+        prediction = {
+            "pred_logits": self.class_embed(decoded),
+            "mask_embed": mask_embed,
+            "mask_features": mask_features,
+        }
+        if full_masks:
+            prediction["pred_masks"] = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        return prediction, mask_embed
+
+
+@torch.no_grad()
+def attention_mask(
+    mask_source: torch.Tensor,
+    level_features: torch.Tensor | None = None,
+    size: torch.Size | tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Which pixels of a level each query does not attend to: bool [B, Q, h·w], True where the
+    mask logit resized to the level (bilinear, align_corners=False) has sigmoid < 0.5.
+
+    Either the full mask logits [B, Q, H, W] and the level's `size` (the official form), or the
+    mask embeddings [B, Q, C] and the mask features already resized to the level
+    (`level_features` [B, C, h, w]): the same logits, as resizing is linear.
+    """
+    if level_features is None:
+        logits = F.interpolate(mask_source, size=size, mode="bilinear", align_corners=False)
+    else:
+        logits = torch.einsum("bqc,bchw->bqhw", mask_source, level_features)
+    return logits.sigmoid().flatten(2) < 0.5
