@@ -85,9 +85,7 @@ def per_set_reference(criterion: SetCriterion, outputs: dict, targets: list[dict
     for i, preds in enumerate([outputs, *outputs["aux_outputs"]]):
         matches = criterion.matcher(preds, targets, float_masks)
         all_matches.append(matches)
-        mask, dice = criterion.loss_masks(
-            preds["pred_masks"], targets, matches, num_masks, float_masks
-        )
+        mask, dice = criterion.loss_masks(preds, targets, matches, num_masks, float_masks)
         suffix = "" if i == 0 else f"_{i - 1}"
         raw[f"loss_mask{suffix}"], raw[f"loss_dice{suffix}"] = mask, dice
         raw[f"loss_ce{suffix}"] = criterion.loss_labels(preds["pred_logits"], targets, matches)
