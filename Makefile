@@ -16,11 +16,24 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps panopticapi-lite==0.2.0
 	touch $@
 
+# Two pytest calls: the tests that need no SLURM cluster spread over $(TEST_WORKERS) processes
+# (pytest-xdist; --dist loadscope keeps a module's tests, and so its module fixtures, on one
+# worker), then the `slurm` tests one at a time (they share one small cluster). Both always run;
+# the target fails if either does. Exit status 5 (nothing selected) counts as passing.
+TEST_WORKERS ?= 2
+PYTEST_PAR    = $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope
+define run_two
+	status=0; \
+	$(PYTEST_PAR) -m "$(1)not slurm" || status=$$?; \
+	$(BIN)/pytest -q -m "$(1)slurm" || { s=$$?; [ $$s -eq 5 ] || status=$$s; }; \
+	exit $$status
+endef
+
 test: install
-	$(BIN)/pytest -q
+	$(call run_two,)
 
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(call run_two,not slow and )
 
 # the SLURM launcher and pre-emption requeue against a single-node cluster on this machine (root)
 test-slurm: install

@@ -7,13 +7,12 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import Mask2FormerConfig
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
 
 from m2f_lightning.losses import HungarianMatcher, SetCriterion
-from m2f_lightning.losses.criterion import global_num_masks
+from tests.loss_inputs import num_masks_worker, random_targets
 
 WEIGHTS = {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
 
@@ -30,17 +29,6 @@ def random_outputs(batch=2, queries=10, classes=6, h=16, w=24, aux=3, seed=0):
     outputs = one()
     outputs["aux_outputs"] = [one() for _ in range(aux)]
     return outputs
-
-
-def random_targets(counts, classes=6, h=64, w=96, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [
-        {
-            "labels": torch.randint(0, classes, (n,), generator=g),
-            "masks": torch.rand(n, h, w, generator=g) > 0.6,
-        }
-        for n in counts
-    ]
 
 
 def test_loss_equals_the_hf_port_with_the_same_points() -> None:
@@ -200,19 +188,10 @@ def test_full_mask_mode_equals_a_direct_computation() -> None:
     assert losses["loss_dice"].item() == pytest.approx(5 * dice / num_masks, rel=1e-5)
 
 
-def _ddp_worker(rank: int, port: str, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    counts = [(1, 2), (4, 5)][rank]  # 3 masks on rank 0, 9 on rank 1
-    targets = random_targets(counts, h=8, w=8)
-    results[rank] = global_num_masks(targets, torch.device("cpu")).item()
-    dist.destroy_process_group()
-
-
 @pytest.mark.spawns
 def test_num_masks_is_averaged_over_ranks() -> None:
     manager = mp.Manager()
     results = manager.dict()
     port = str(29500 + os.getpid() % 1000)
-    mp.spawn(_ddp_worker, args=(port, results), nprocs=2, join=True)
+    mp.spawn(num_masks_worker, args=(port, results), nprocs=2, join=True)
     assert dict(results) == {0: 6.0, 1: 6.0}
