@@ -25,7 +25,7 @@ PYTEST_PAR    = $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope
 define run_two
 	status=0; \
 	$(PYTEST_PAR) -m "$(1)not slurm" || status=$$?; \
-	$(BIN)/pytest -q -m "$(1)slurm" || { s=$$?; [ $$s -eq 5 ] || status=$$s; }; \
+	$(BIN)/pytest -q -m "$(1)slurm and not multinode" || { s=$$?; [ $$s -eq 5 ] || status=$$s; }; \
 	exit $$status
 endef
 
