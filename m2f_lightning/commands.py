@@ -36,7 +36,7 @@ from .resume import (
 )
 from .run_lock import RunLock
 from .run_record import RunRecord
-from .wandb_run import build_logger, check_wandb_folder, finish_wandb
+from .wandb_run import build_logger, check_wandb_folder, finish_wandb, log_world
 
 
 def hydra_output_dir() -> Path:
@@ -102,6 +102,7 @@ def _train(cfg: DictConfig, output_dir: Path, record: RunRecord) -> dict[str, An
         callbacks = [*build_callbacks(cfg, output_dir, dm), preemption]
         trainer = build_trainer(cfg, output_dir, build_logger(cfg, output_dir), callbacks)
         record.trainer = trainer
+        log_world(trainer.logger, trainer)
         print_placement(trainer)
         if ckpt_path and trainer.is_global_zero:
             print(f"resuming from {ckpt_path}", flush=True)

@@ -66,7 +66,7 @@ def build_logger(cfg: DictConfig, output_dir: Path) -> Any:
         resume="allow",  # a resumed or requeued job continues its W&B run
         project=cfg.logger.project,
         entity=cfg.logger.get("entity"),
-        group=cfg.logger.get("group"),
+        group=wandb_group(cfg),
         tags=list(cfg.logger.get("tags") or []),
         save_dir=str(output_dir),
         mode=mode,
@@ -77,6 +77,36 @@ def build_logger(cfg: DictConfig, output_dir: Path) -> Any:
     logger._wandb_init.pop("anonymous", None)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     return logger
+
+
+def wandb_group(cfg: DictConfig) -> str | None:
+    """`logger.group` if set; else, in a multirun (`-m`), the sweep folder (Hydra's resolved
+    `hydra.sweep.dir`), so the jobs of one sweep are one group in W&B and two sweeps two groups;
+    else none. W&B takes at most 128 characters: a longer path keeps its end."""
+    group = cfg.logger.get("group")
+    if group:
+        return str(group)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return str(HydraConfig.get().sweep.dir)[-128:]
+
+
+def log_world(logger: Any, trainer: Any) -> None:
+    """Put the job's placement into the W&B run's config (`world.num_nodes`, `world.devices`
+    per node, `world.world_size`): the values the trainer runs with, not the config's (whose
+    `devices` may be `auto`), so runs of a sweep over nodes can be told apart and compared."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger):
+        world = {
+            "num_nodes": trainer.num_nodes,
+            "devices": trainer.num_devices,
+            "world_size": trainer.world_size,
+        }
+        logger.log_hyperparams({"world": world})
 
 
 def tensorboard_logger(cfg: DictConfig, output_dir: Path) -> Any:

@@ -15,6 +15,7 @@
 # /usr/sbin/policy-rc.d; tests point it elsewhere).
 # The node is `localhost`, partition `debug`. Requeued jobs restart after ~10 s
 # (cred_expire=10, bf_interval=5) instead of SLURM's default 120 s.
+# A node whose slurmd stops answering is declared down after 20 s (SlurmdTimeout; default 300 s).
 #
 # `--nodes N` (2..9): nodes m2f-node1..N instead of localhost, each slurmd in its own network
 # namespace (m2f-nodeK, address 10.77.0.1K on the bridge m2f-br0, where the controller and the
@@ -202,6 +203,7 @@ SlurmdParameters=config_overrides
 MailProg=/bin/true
 MpiDefault=none
 ReturnToService=2
+SlurmdTimeout=20
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=$((mem_mb / CPUS))

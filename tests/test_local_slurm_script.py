@@ -163,6 +163,8 @@ def test_two_node_conf_puts_each_node_at_its_namespace_address(sandbox: dict[str
     ]
     # one pid and log file per slurmd
     assert "SlurmdPidFile=" in conf and conf.count("slurmd-%n.") == 2
+    # a lost node is declared down (its job ends NODE_FAIL) in seconds, not SLURM's 300 s
+    assert "\nSlurmdTimeout=20\n" in conf
 
 
 def _memory(conf: str) -> str:

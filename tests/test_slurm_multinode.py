@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from m2f_lightning.commands import evaluate
 from m2f_lightning.data.synthetic import write_dataset
@@ -71,7 +72,9 @@ pytestmark = [
 ]
 
 
-def _sweep(folder: Path, datasets: Path, nodes: int, devices: int) -> subprocess.Popen:
+def _sweep(
+    folder: Path, datasets: Path, nodes: int, devices: int, checkpoint_every: int = 10 * MAX_STEPS
+) -> subprocess.Popen:
     """A one-job sweep of the tiny panoptic model, `nodes` × `devices` CPU ranks."""
     tiny = [o for o in TINY_OVERRIDES if not o.startswith(("logger=", "trainer="))]
     command = [
@@ -91,7 +94,7 @@ def _sweep(folder: Path, datasets: Path, nodes: int, devices: int) -> subprocess
         "dataset.train_aug={recipe: lsj, size: 128}",
         f"dataset.max_steps={MAX_STEPS}",
         f"dataset.val_every_n_steps={MAX_STEPS}",
-        f"checkpoint.every_n_train_steps={10 * MAX_STEPS}",
+        f"checkpoint.every_n_train_steps={checkpoint_every}",
         "test_after_training=false",
         "trainer.log_every_n_steps=1",
         "progress_every_n_steps=1",
@@ -234,3 +237,94 @@ def test_validation_on_two_nodes_equals_one_device(runs: dict, tmp_path: Path) -
     assert {k: on_two_nodes[f"val/{k}"] for k in HEADLINE} == pytest.approx(
         {k: one[k] for k in HEADLINE}, abs=1e-6, rel=0
     )
+
+
+def _lose_node(node: str) -> None:
+    """What a node failure is to SLURM: its slurmd, job steps and tasks (every process in the
+    node's network namespace) killed at once."""
+    pids = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True).stdout
+    assert pids.split(), f"no process in {node}'s namespace"
+    subprocess.run(["kill", "-9", *pids.split()], check=False)
+
+
+def _bring_back() -> None:
+    """Start the lost slurmd again (`local_slurm.sh start` starts what is missing and resumes
+    a down node), with the CPUs per node the running cluster was started with."""
+    conf = Path("/etc/slurm/slurm.conf").read_text()
+    cpus = re.search(r"^NodeName=m2f-node1 .*CPUs=(\d+)", conf, re.M)
+    env = {**os.environ, "LOCAL_SLURM_CPUS": cpus.group(1) if cpus else str(os.cpu_count())}
+    script = ROOT / "scripts" / "local_slurm.sh"
+    subprocess.run(["bash", str(script), "start", "--nodes", "2"], env=env, check=True)
+
+
+def _first_run_state(job_id: str, timeout: float = 180) -> str:
+    """The state sacct gives the job's first run once it ended (`-D`: a requeued job's earlier
+    runs too)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-D", "-j", job_id, "-o", "State"],
+            capture_output=True,
+            text=True,
+        )
+        states = out.stdout.split()
+        if states and states[0] in ("NODE_FAIL", "FAILED"):
+            return states[0]
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} still not ended {timeout} s after its node was lost")
+
+
+def test_a_lost_node_fails_the_job_and_a_resubmit_resumes_from_the_last_checkpoint(
+    runs: dict,
+) -> None:
+    """m2f-node2's slurmd and tasks killed mid-run: sacct ends the job NODE_FAIL (or FAILED, when
+    the ranks on m2f-node1 fail first); the same sweep submitted again (resume=auto) continues
+    from the last periodic checkpoint, losing only the steps since it, and its losses are the
+    uninterrupted one-node job's. Runs after the other tests: it takes a node away."""
+    sweep = runs["root"] / "lost_node"
+    sweep.mkdir()
+    every = 3
+    first = _sweep(sweep, runs["datasets"], nodes=2, devices=2, checkpoint_every=every)
+    try:
+        deadline = time.monotonic() + 420
+        while not _job_printed(sweep, f"step {2 * every}/{MAX_STEPS}"):
+            assert first.poll() is None, first.communicate()[0]
+            assert time.monotonic() < deadline, "the two-node job printed no step in 420 s"
+            time.sleep(0.5)
+        (job_id,) = _job_ids(sweep)
+        _lose_node("m2f-node2")
+        state = _first_run_state(job_id)
+        # SLURM requeues a NODE_FAIL job (JobRequeue=1), which then waits for the lost node
+        subprocess.run(["scancel", job_id], check=False)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        _bring_back()
+    assert state in ("NODE_FAIL", "FAILED"), state
+    run = sweep / "0"
+    done = max(map(int, re.findall(rf"step (\d+)/{MAX_STEPS} ", _task_logs(sweep, job_id)[0])))
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = saved["global_step"]  # the last checkpoint written before the loss
+    assert saved % every == 0 and every <= saved <= done, (saved, done)
+    assert done - saved <= every, f"step {done} reached, but the last checkpoint is at {saved}"
+    second = _sweep(sweep, runs["datasets"], nodes=2, devices=2, checkpoint_every=every)
+    output = _finish(second, timeout=420)
+    (_, resubmitted) = _job_ids(sweep)
+    assert f"resuming from {run / 'checkpoints'}" in _task_logs(sweep, resubmitted)[0], output
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == MAX_STEPS
+    _, resumed = _losses_by_start(run)
+    assert sorted(resumed) == list(range(saved, MAX_STEPS)), "not resumed at the checkpoint"
+    one = _losses(runs["root"] / "one_node" / "0")
+    assert {s: float(v) for s, v in resumed.items()} == pytest.approx(
+        {s: float(one[s]) for s in resumed}, rel=1e-6, abs=0
+    )
+
+
+def _losses_by_start(run: Path) -> list[dict[int, float]]:
+    """train/loss by logged step, one dict per start of the run (csv version)."""
+    starts = []
+    for path in sorted((run / "csv").glob("version_*/metrics.csv")):
+        with path.open() as f:
+            rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+        starts.append({int(r["step"]): float(r["train/loss"]) for r in rows})
+    return starts

@@ -8,9 +8,9 @@ import pytest
 
 from m2f_lightning.commands import train
 from m2f_lightning.data.synthetic import write_dataset
-from m2f_lightning.wandb_run import wandb_run_id
+from m2f_lightning.wandb_run import wandb_group, wandb_run_id
 from tests.helpers import compose, synthetic_panoptic
-from tests.wandb_records import history, run_files, run_id
+from tests.wandb_records import config, history, read_records, run_files, run_id
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,61 @@ def test_offline_run_writes_config_losses_metrics_overlays_and_tables(
     assert {key: rows[0][key] for key in written} == pytest.approx(written, rel=1e-6, abs=1e-9)
     losses = [row["train/loss"] for row in history(run_file) if "train/loss" in row]
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
+
+
+@pytest.fixture
+def hydra_mode(monkeypatch):
+    """Sets Hydra's run-time config as `-m` (MULTIRUN, with its sweep folder) or a single run
+    (RUN) would, for the test only."""
+    from hydra.conf import HydraConf
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored after the test
+
+    def set_mode(mode: RunMode, sweep_dir: str) -> None:
+        cfg = OmegaConf.create({"hydra": OmegaConf.structured(HydraConf)})
+        cfg.hydra.mode = mode
+        cfg.hydra.sweep.dir = sweep_dir
+        HydraConfig.instance().set_config(cfg)
+
+    return set_mode
+
+
+def test_a_sweep_job_is_grouped_by_its_sweep_and_records_its_placement(
+    datasets: Path, tmp_path: Path, offline: None, hydra_mode
+) -> None:
+    """In a multirun each job's W&B run has the sweep folder as its group (so one sweep is one
+    group), and its config holds the placement the trainer ran with (nodes, devices, ranks)."""
+    from hydra.types import RunMode
+
+    sweep = tmp_path / "multirun" / "2026-12-07" / "07-40-00"
+    hydra_mode(RunMode.MULTIRUN, str(sweep))
+    job = sweep / "0"
+    job.mkdir(parents=True)
+    overrides = wandb_overrides(datasets, "dataset.max_steps=1", "dataset.val_every_n_steps=0")
+    train(compose("train", overrides, job), output_dir=job)
+    (run_file,) = run_files(job)
+    (run,) = [r.run for r in read_records(run_file) if r.WhichOneof("record_type") == "run"]
+    assert run.run_group == str(sweep)
+    assert config(run_file)["world"] == {"num_nodes": 1, "devices": 1, "world_size": 1}
+
+
+def test_the_wandb_group_is_the_users_else_the_sweep_else_none(hydra_mode) -> None:
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    unset = OmegaConf.create({"logger": {"name": "wandb", "group": None}})
+    mine = OmegaConf.create({"logger": {"name": "wandb", "group": "ablation"}})
+    assert wandb_group(unset) is None, "no Hydra run at all (a direct call)"
+    hydra_mode(RunMode.RUN, "multirun/a")
+    assert wandb_group(unset) is None, "a single run has no sweep"
+    hydra_mode(RunMode.MULTIRUN, "multirun/2026-12-07/07-40-00")
+    assert wandb_group(unset) == "multirun/2026-12-07/07-40-00"
+    assert wandb_group(mine) == "ablation", "the user's group wins"
+    hydra_mode(RunMode.MULTIRUN, "/" + "x" * 200 + "/07-40-00")
+    assert wandb_group(unset) == ("x" * 200 + "/07-40-00")[-128:], "W&B's 128 characters"
 
 
 def test_a_failed_run_is_closed(datasets: Path, tmp_path: Path, offline: None) -> None:

@@ -81,3 +81,18 @@ def history(path: Path) -> list[dict]:
                 }
             )
     return rows
+
+
+def config(path: Path) -> dict:
+    """The run's config as W&B keeps it ({key: value}, values decoded from their JSON): the run
+    record's, then every later config update over it."""
+    values: dict = {}
+    for record in read_records(path):
+        kind = record.WhichOneof("record_type")
+        items = record.run.config.update if kind == "run" else None
+        if kind == "config":
+            items = record.config.update
+        for item in items or []:
+            key = item.key or "/".join(item.nested_key)
+            values[key] = json.loads(item.value_json)
+    return values
