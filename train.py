@@ -3,7 +3,7 @@
 Configs live in conf/ (see README.md); `python train.py --help` lists the groups.
 """
 
-from m2f_lightning.cli import train_main
+from m2f_lightning.cli.main import train_main
 
 if __name__ == "__main__":
     train_main()

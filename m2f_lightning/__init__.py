@@ -18,6 +18,7 @@ _PUBLIC = {
     "PredictedSegment": "m2f_lightning.predictor",
     "PredictedInstances": "m2f_lightning.predictor",
     "save_results": "m2f_lightning.predictor",
+    "Mask2Former": "m2f_lightning.modeling",
     "load_model": "m2f_lightning.checkpoints",
     "save_model": "m2f_lightning.checkpoints",
 }

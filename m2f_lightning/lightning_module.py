@@ -16,7 +16,7 @@ from .inference import InferenceSettings, predict_images
 from .losses import SetCriterion
 from .metrics import SegmentationMetrics
 from .modeling import Mask2Former
-from .optim import build_optimizer, build_scheduler
+from .runs.optim import build_optimizer, build_scheduler
 from .types import Batch, ModelOutput, SegmentationResult
 
 

@@ -9,11 +9,11 @@ Rows (ours | reference):
 - peak RSS of one process doing that train step at 512² (one child process per side), and
   again with ours under activation checkpointing (`Mask2Former(checkpointing=True)`);
 - inference, batch 1, 512² (eval, no grad);
-- the same with ours under `runtime=onnxruntime` (`m2f_lightning.runtimes`: the network exported
+- the same with ours under `runtime=onnxruntime` (`m2f_lightning.predictor.runtimes`: the network exported
   to ONNX, cached in build/onnx_cache, run by ONNX Runtime), with the mask agreement with our
   eager output in the row's `check`;
 - host syncs per train step (batch 2, the first train size): host round trips a GPU would stall
-  on, counted on CPU by `m2f_lightning.host_syncs` (ours: the Lightning step) | HF's train step;
+  on, counted on CPU by `m2f_lightning.runs.host_syncs` (ours: the Lightning step) | HF's train step;
 - criterion forward + backward (batch 2, 10 prediction sets, 100 queries) | HF's Mask2FormerLoss;
 - PQ metric on 512² panoptic maps with ~30 segments | torchmetrics' PanopticQuality;
 - COCO LSJ at 1024 on a 480x640 image and its id map | the same geometry from stock
@@ -264,12 +264,12 @@ def bench_inference(hf_dir: str, cfg: dict, compile_cache: str | None = None) ->
 
 
 def bench_runtimes(hf_dir: str, cfg: dict) -> list[dict]:
-    """Inference, batch 1, with `runtime=onnxruntime` (`m2f_lightning.runtimes`) | HF eager; the
+    """Inference, batch 1, with `runtime=onnxruntime` (`m2f_lightning.predictor.runtimes`) | HF eager; the
     export is cached in build/onnx_cache (the first run exports for minutes). `check`: the
     share of mask pixels (queries x pixels, logit > 0) on the same side as our eager output."""
     from transformers import Mask2FormerForUniversalSegmentation
 
-    from m2f_lightning.runtimes import build_runtime, parity
+    from m2f_lightning.predictor.runtimes import build_runtime, parity
 
     size = cfg["infer_size"]
     ours = load_model(hf_dir).eval()
@@ -514,15 +514,15 @@ def bench_lsj(cfg: dict) -> dict:
 
 def bench_host_syncs(hf_dir: str, cfg: dict) -> dict:
     """Host round trips of one train step (the second: optimiser state exists), counted by
-    `m2f_lightning.host_syncs` on CPU as a GPU would stall on them: ours as the Lightning
+    `m2f_lightning.runs.host_syncs` on CPU as a GPU would stall on them: ours as the Lightning
     module's step (forward, matcher, losses, logging, backward, non-finite guard, AdamW), HF's
     as forward with labels + backward + AdamW. The row gives the counts; `kinds` what they are."""
-    from m2f_lightning.host_syncs import (
+    from m2f_lightning.lightning_module import Mask2FormerModule
+    from m2f_lightning.runs.host_syncs import (
         HostSyncCounter,
         count_training_step,
         optimizer_host_tensors,
     )
-    from m2f_lightning.lightning_module import Mask2FormerModule
     from m2f_lightning.types import Batch
 
     size = cfg["train_sizes"][0]

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-PREDICT = "from m2f_lightning.cli import predict_main; predict_main()"
+PREDICT = "from m2f_lightning.cli.main import predict_main; predict_main()"
 
 
 SAVE = """

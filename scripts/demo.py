@@ -62,7 +62,7 @@ def main() -> None:
         [
             sys.executable,
             "-c",
-            "from m2f_lightning.cli import predict_main; predict_main()",
+            "from m2f_lightning.cli.main import predict_main; predict_main()",
             "experiment=demo",
             f"checkpoint={out / 'checkpoints' / 'last.ckpt'}",
             f"inputs=[{inputs}]",

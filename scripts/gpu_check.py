@@ -15,7 +15,7 @@ Sections, in this order (each one's failure is recorded and the next one still r
   cuda_cpu   the same R50 weights on CUDA (torch and triton attention) vs CPU on a small input:
              max difference of the class logits and mask logits (TF32 off).
   syncs      host round trips of one Lightning training step of the R50 model (256², batch 2,
-             the second step) counted by m2f_lightning.host_syncs on the device, and the
+             the second step) counted by m2f_lightning.runs.host_syncs on the device, and the
              warnings of torch.cuda.set_sync_debug_mode("warn") over the same step; the CPU
              count of the same step beside it (what the CPU test suite asserts).
 
@@ -363,9 +363,9 @@ def check_cuda_cpu(args: argparse.Namespace, device: torch.device) -> dict[str, 
 
 
 def check_syncs(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    from m2f_lightning.host_syncs import count_training_step
     from m2f_lightning.lightning_module import Mask2FormerModule
     from m2f_lightning.losses import SetCriterion
+    from m2f_lightning.runs.host_syncs import count_training_step
     from m2f_lightning.types import Batch
 
     size = 64 if args.tiny else 256

@@ -63,7 +63,7 @@ FAST_TESTS: dict[str, tuple[list[str], list[str]]] = {
         ],
     ),
     "resume": (
-        ["m2f_lightning/resume.py", "m2f_lightning/preemption.py"],
+        ["m2f_lightning/runs/resume.py", "m2f_lightning/runs/preemption.py"],
         [
             "tests/test_train_cli.py::test_resume_path_picks_the_newer_checkpoint_and_rejects_a_missing_one"
         ],

@@ -180,7 +180,7 @@ KEYS = [
 def compose_experiment(name: str) -> Any:
     from hydra import compose, initialize_config_dir
 
-    from m2f_lightning.cli import CONFIG_DIR
+    from m2f_lightning.cli.main import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=[f"experiment={name}"])
@@ -188,7 +188,7 @@ def compose_experiment(name: str) -> Any:
 
 def composed_values(cfg: Any) -> dict[str, Any]:
     """The official config's hyper-parameters, read from a composed training config."""
-    from m2f_lightning.builders import images_per_step
+    from m2f_lightning.cli.builders import images_per_step
     from m2f_lightning.data import metadata_for
 
     aug = cfg.dataset.train_aug

@@ -76,7 +76,7 @@ def compose(config_name: str, overrides: list[str], output_dir) -> "DictConfig":
     from hydra import initialize_config_dir
     from omegaconf import open_dict
 
-    from m2f_lightning.cli import CONFIG_DIR
+    from m2f_lightning.cli.main import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=overrides)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import lightning as L
 
-from m2f_lightning import cli, commands
+from m2f_lightning.cli import commands
+from m2f_lightning.cli import main as cli
 
 
 class KillAfterCheckpoint(L.Callback):

@@ -14,7 +14,7 @@ import timm
 import torch
 
 from m2f_lightning.checkpoints import load_model, save_model
-from m2f_lightning.cli import CONFIG_DIR
+from m2f_lightning.cli.main import CONFIG_DIR
 from m2f_lightning.modeling import TimmBackbone
 from m2f_lightning.modeling.backbone import resolve_backbone_name
 from m2f_lightning.modeling.backbone_weights import resolve_weights_argument, weights_from_config

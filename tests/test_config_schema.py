@@ -11,15 +11,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from m2f_lightning import config_schema
-from m2f_lightning.builders import validate_config
 from m2f_lightning.classes import match_classes
-from m2f_lightning.cli import run_command
-from m2f_lightning.commands import evaluate, predict, train
-from m2f_lightning.config_schema import config_problems
-from m2f_lightning.doctor import doctor
+from m2f_lightning.cli.builders import validate_config
+from m2f_lightning.cli.commands import evaluate, predict, train
+from m2f_lightning.cli.config_schema import config_problems
+from m2f_lightning.cli.doctor import doctor
+from m2f_lightning.cli.export import export
+from m2f_lightning.cli.main import config_schema, run_command
 from m2f_lightning.errors import CheckpointError, ConfigError, RefusedPickleError, UserError
-from m2f_lightning.export import export
 from tests.helpers import compose, synthetic_panoptic, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,7 +302,7 @@ def test_train_from_weights_of_another_size_stops_before_its_folder(
 
 
 def test_backbone_arguments_the_timm_model_does_not_take_are_a_config_error(tmp_path) -> None:
-    from m2f_lightning.builders import build_model
+    from m2f_lightning.cli.builders import build_model
 
     cfg = compose(
         "train",
@@ -345,7 +344,7 @@ def test_a_backbone_file_with_python_objects_is_refused_saying_how_to_save_it(
 def _cli(tmp_path: Path, entry: str, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env.update(WANDB_MODE="disabled", PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
-    code = f"import sys; from m2f_lightning.cli import {entry}; sys.exit({entry}())"
+    code = f"import sys; from m2f_lightning.cli.main import {entry}; sys.exit({entry}())"
     return subprocess.run(
         [sys.executable, "-c", code, *args, f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True,

@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from m2f_lightning.builders import (
+from m2f_lightning.cli.builders import (
     build_datamodule,
     build_model,
     images_per_step,
     validate_config,
     warn_if_not_the_recipe_batch,
 )
-from m2f_lightning.cli import CONFIG_DIR, upgrade_overrides
+from m2f_lightning.cli.main import CONFIG_DIR, upgrade_overrides
 from tests.helpers import compose
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -72,7 +72,7 @@ def test_the_users_command_lines_compose(tmp_path: Path) -> None:
     # what the composition implies, not what the line set: ADE20K's semantic recipe, and an
     # optimiser (built as the LightningModule builds it) whose backbone group runs at 0.1 × lr
     assert cfg.dataset.max_steps == 160000 and list(cfg.dataset.train_aug.crop_size) == [512, 512]
-    from m2f_lightning.optim import build_optimizer
+    from m2f_lightning.runs.optim import build_optimizer
     from tests.helpers import tiny_model
 
     optimizer = build_optimizer(tiny_model(num_classes=150), **cfg.optimizer)

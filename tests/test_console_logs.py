@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from m2f_lightning.checkpoints import save_model
-from m2f_lightning.console_noise import quiet_third_party
 from m2f_lightning.data.synthetic import write_dataset
+from m2f_lightning.runs.console_noise import quiet_third_party
 from tests.helpers import synthetic_panoptic, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def _cli(entry: str, args: list[str], run_dir: Path) -> tuple[subprocess.Complet
     """The command with stdout and stderr piped (not a terminal); returns it and its log file."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env.update(WANDB_MODE="disabled", PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="", COLUMNS="")
-    code = f"import sys; from m2f_lightning.cli import {entry}; sys.exit({entry}())"
+    code = f"import sys; from m2f_lightning.cli.main import {entry}; sys.exit({entry}())"
     done = subprocess.run(
         [sys.executable, "-c", code, *args, f"hydra.run.dir={run_dir}"],
         stdout=subprocess.PIPE,

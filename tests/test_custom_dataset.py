@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m2f_lightning.builders import build_datamodule, validate_config
-from m2f_lightning.commands import evaluate, train
+from m2f_lightning.cli.builders import build_datamodule, validate_config
+from m2f_lightning.cli.commands import evaluate, train
 from m2f_lightning.data.synthetic import write_dataset
 from tests.helpers import TINY_OVERRIDES, compose
 

@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 
 from m2f_lightning.classes import match_classes
+from m2f_lightning.cli.doctor import doctor
 from m2f_lightning.data import build_reader, metadata_for
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.data.targets import semantic_from_panoptic
 from m2f_lightning.data.validation import DataWarning
-from m2f_lightning.doctor import doctor
 from m2f_lightning.errors import ConfigError, DataError
 from tests.helpers import compose
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from m2f_lightning import builders, commands
-from m2f_lightning.commands import evaluate, train
+from m2f_lightning.cli import builders, commands
+from m2f_lightning.cli.commands import evaluate, train
 from m2f_lightning.data.sampling import EvalSampler
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.lightning_module import Mask2FormerModule

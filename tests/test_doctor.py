@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from m2f_lightning.cli.doctor import doctor
 from m2f_lightning.data.synthetic import write_dataset
-from m2f_lightning.doctor import doctor
 from tests.helpers import compose
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from m2f_lightning.checkpoints import save_model
-from m2f_lightning.export import (
+from m2f_lightning.cli.export import (
     ParityError,
     check_parity,
     example_images,

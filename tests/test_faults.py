@@ -12,11 +12,11 @@ import lightning as L
 import pytest
 import torch
 
-from m2f_lightning import commands
-from m2f_lightning.commands import train
+from m2f_lightning.cli import commands
+from m2f_lightning.cli.commands import train
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.errors import CheckpointError, ConfigError, DataError
-from m2f_lightning.preemption import Preempted
+from m2f_lightning.runs.preemption import Preempted
 from tests.helpers import compose, synthetic_panoptic
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from m2f_lightning.builders import build_datamodule, build_module, build_trainer
 from m2f_lightning.checkpoints import init_from_weights, load_model, save_model
 from m2f_lightning.classes import check_classes_agree, match_classes, normalize_name
-from m2f_lightning.commands import train
+from m2f_lightning.cli.builders import build_datamodule, build_module, build_trainer
+from m2f_lightning.cli.commands import train
 from m2f_lightning.data.synthetic import write_dataset
-from m2f_lightning.resume import load_init_weights
+from m2f_lightning.runs.resume import load_init_weights
 from tests.helpers import TINY_OVERRIDES, compose, tiny_model
 
 OLD = ["sky", "ground", "circle", "square", "triangle"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from m2f_lightning import cli
-from m2f_lightning.help_text import experiment_description
+from m2f_lightning.cli import main as cli
+from m2f_lightning.cli.help_text import experiment_description
 
 CONF = Path(cli.CONFIG_DIR)
 COMMANDS = {

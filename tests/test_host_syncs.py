@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from m2f_lightning.host_syncs import HostSyncCounter, count_training_step
 from m2f_lightning.losses import SetCriterion
+from m2f_lightning.runs.host_syncs import HostSyncCounter, count_training_step
 from tests.test_lightning_module import make_batch, make_module
 from tests.test_losses import random_outputs, random_targets
 

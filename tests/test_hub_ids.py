@@ -20,7 +20,7 @@ from PIL import Image
 
 from m2f_lightning.checkpoints import load_model, read_weights
 from m2f_lightning.checkpoints.convert import convert_hf_main
-from m2f_lightning.commands import evaluate, predict, train
+from m2f_lightning.cli.commands import evaluate, predict, train
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.errors import CheckpointError, ConfigError, MissingCheckpointError
 from tests.helpers import TINY_OVERRIDES, compose
@@ -203,7 +203,7 @@ def test_what_is_a_path_and_what_a_hub_id(tmp_path: Path, monkeypatch: pytest.Mo
 def test_the_config_check_takes_a_hub_id_for_checkpoint_and_init_weights(
     datasets: Path, tmp_path: Path
 ) -> None:
-    from m2f_lightning.builders import validate_config
+    from m2f_lightning.cli.builders import validate_config
 
     validate_config(
         compose("evaluate", synthetic(datasets, "panoptic", f"checkpoint={REPO}"), tmp_path),
@@ -271,7 +271,7 @@ def test_predict_resumes_only_under_the_same_hub_commit(hub_cache: Path, tmp_pat
     hub id, the same cached commit (`main` moved: another model)."""
     from omegaconf import OmegaConf
 
-    from m2f_lightning.commands import prediction_settings
+    from m2f_lightning.cli.commands import prediction_settings
 
     hf_with_names(NAMES).save_pretrained(tmp_path / "hf")
     snapshot = put_in_cache(hub_cache, REPO, tmp_path / "hf")
@@ -285,7 +285,7 @@ def test_predict_resumes_only_under_the_same_hub_commit(hub_cache: Path, tmp_pat
 
 
 def test_export_names_its_file_after_the_hub_model(tmp_path: Path) -> None:
-    from m2f_lightning.export import default_output
+    from m2f_lightning.cli.export import default_output
 
     assert default_output(REPO, "onnx") == Path("mask2former-tiny-synthetic.onnx")
     assert default_output("runs/last.ckpt", "onnx") == Path("runs/last.onnx")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from m2f_lightning.checkpoints.io import save_model
 from m2f_lightning.data.synthetic import write_dataset
-from m2f_lightning.preemption import EXIT_INTERRUPTED
+from m2f_lightning.runs.preemption import EXIT_INTERRUPTED
 from tests.helpers import TINY_OVERRIDES, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,9 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _cli(command: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
-    script = f"import sys; from m2f_lightning.cli import {command}_main; sys.exit({command}_main())"
+    script = (
+        f"import sys; from m2f_lightning.cli.main import {command}_main; sys.exit({command}_main())"
+    )
     return subprocess.run(
         [sys.executable, "-c", script, *args],
         cwd=ROOT,

@@ -15,9 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "m2f_lightning"
 FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra", "omegaconf")
 UPPER_LAYERS = (
     "m2f_lightning.lightning_module",
-    "m2f_lightning.builders",
-    "m2f_lightning.commands",
     "m2f_lightning.cli",
+    "m2f_lightning.runs",
     "m2f_lightning.callbacks",
 )
 
@@ -49,14 +48,29 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
         (*FRAMEWORKS,),
         ("m2f_lightning.inference", "m2f_lightning.types", "m2f_lightning.resizing"),
     ),
+    # a run's lifecycle sits under the commands: it never imports them
+    "m2f_lightning.runs": (("m2f_lightning.cli.main",), None),
+    "m2f_lightning.callbacks": (("m2f_lightning.cli.main",), None),
+    # what a run writes: framework-free, from the contracts and the catalog only
+    "m2f_lightning.outputs": (
+        (*FRAMEWORKS, *UPPER_LAYERS, "m2f_lightning.modeling", "m2f_lightning.losses"),
+        (
+            "m2f_lightning.outputs",
+            "m2f_lightning.types",
+            "m2f_lightning.errors",
+            "m2f_lightning.metrics",
+            "m2f_lightning.data.catalog",
+            "m2f_lightning.data.io",
+        ),
+    ),
     # the evaluation report: framework-free (callbacks.ReportWriter drives it during a test)
-    "m2f_lightning.report": (
+    "m2f_lightning.outputs.report": (
         (*FRAMEWORKS, "m2f_lightning.data", *UPPER_LAYERS),
         (
-            "m2f_lightning.report",
+            "m2f_lightning.outputs.report",
             "m2f_lightning.types",
             "m2f_lightning.metrics",
-            "m2f_lightning.visualize",
+            "m2f_lightning.outputs.visualize",
         ),
     ),
 }

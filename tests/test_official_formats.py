@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m2f_lightning.commands import evaluate, predict, train
+from m2f_lightning.cli.commands import evaluate, predict, train
 from m2f_lightning.data.synthetic import write_dataset
 from tests.helpers import TINY_OVERRIDES, compose
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from m2f_lightning.optim import build_optimizer, build_param_groups, lr_lambda
+from m2f_lightning.runs.optim import build_optimizer, build_param_groups, lr_lambda
 from tests.helpers import tiny_model
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from m2f_lightning.outputs.visualize import class_map, overlay_panel, segment_map
 from m2f_lightning.types import InstanceSet, Segment, SegmentationResult
-from m2f_lightning.visualize import class_map, overlay_panel, segment_map
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
 NAMES = ["sky", "ground", "ball"]

@@ -36,7 +36,7 @@ def test_wheel_holds_the_configs_and_uses_the_working_directory(tmp_path: Path) 
     env["PYTHONPATH"] = str(site)
     script = (
         "import m2f_lightning, sys; print('package:', m2f_lightning.__file__, file=sys.stderr); "
-        "from m2f_lightning.cli import train_main; train_main()"
+        "from m2f_lightning.cli.main import train_main; train_main()"
     )
     done = subprocess.run(
         [

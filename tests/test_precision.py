@@ -7,10 +7,10 @@ import lightning as L
 import pytest
 import torch
 
-from m2f_lightning.builders import build_datamodule, build_module, validate_config
-from m2f_lightning.cli import CONFIG_DIR
+from m2f_lightning.cli.builders import build_datamodule, build_module, validate_config
+from m2f_lightning.cli.main import CONFIG_DIR
 from m2f_lightning.data.synthetic import write_dataset
-from m2f_lightning.precision import resolve_precision, trainer_precision
+from m2f_lightning.runs.precision import resolve_precision, trainer_precision
 from tests.helpers import TINY_OVERRIDES, compose
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml") if p.stem != "demo")

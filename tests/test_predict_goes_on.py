@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from m2f_lightning import cli
 from m2f_lightning.checkpoints.io import save_model
-from m2f_lightning.commands import InputsFailed, predict
+from m2f_lightning.cli import main as cli
+from m2f_lightning.cli.commands import InputsFailed, predict
 from m2f_lightning.data import torch_datasets
 from tests.helpers import TINY_OVERRIDES, compose, tiny_model
 

@@ -40,7 +40,9 @@ def run_here(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def m2f_evaluate(overrides: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`m2f-evaluate ...`: the console script's code, run on this checkout."""
-    script = "import sys; from m2f_lightning.cli import evaluate_main; sys.exit(evaluate_main())"
+    script = (
+        "import sys; from m2f_lightning.cli.main import evaluate_main; sys.exit(evaluate_main())"
+    )
     return run_here([sys.executable, "-c", script, *overrides], cwd)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from m2f_lightning.cli import CONFIG_DIR
+from m2f_lightning.cli.main import CONFIG_DIR
 from m2f_lightning.data import metadata_for
 from tests import official_catalogs
 

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from torchmetrics.detection import MeanAveragePrecision
 
-from m2f_lightning import builders, commands
-from m2f_lightning.commands import evaluate
+from m2f_lightning.cli import builders, commands
+from m2f_lightning.cli.commands import evaluate
 from m2f_lightning.metrics import PanopticQuality, SemanticIoU
-from m2f_lightning.report import ReportCollector
-from m2f_lightning.report.scores import (
+from m2f_lightning.outputs.report import ReportCollector
+from m2f_lightning.outputs.report.scores import (
     PanopticTally,
     confusion,
     mask_ap,
@@ -241,7 +241,7 @@ def test_worst_images_kept_bounded_and_merged_ranks_equal_one_collector() -> Non
 
 @pytest.mark.parametrize("task", ["semantic", "instance"])
 def test_semantic_and_instance_reports_rank_by_their_own_score(task: str, tmp_path: Path) -> None:
-    from m2f_lightning.report import write_report
+    from m2f_lightning.outputs.report import write_report
 
     rng = np.random.default_rng(2)
     names = [f"class {i}" for i in range(5)]

@@ -13,10 +13,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from m2f_lightning import commands
-from m2f_lightning.commands import train
+from m2f_lightning.cli import commands
+from m2f_lightning.cli.commands import train
 from m2f_lightning.data.synthetic import write_dataset
-from m2f_lightning.preemption import Preempted
+from m2f_lightning.runs.preemption import Preempted
 from tests.helpers import TINY_OVERRIDES, compose
 
 ROOT = Path(__file__).resolve().parents[1]

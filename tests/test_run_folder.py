@@ -15,8 +15,8 @@ import lightning as L
 import pytest
 import torch
 
-from m2f_lightning import commands
-from m2f_lightning.commands import train
+from m2f_lightning.cli import commands
+from m2f_lightning.cli.commands import train
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.errors import CheckpointError
 from tests.helpers import compose, synthetic_panoptic
@@ -157,7 +157,7 @@ def test_resume_auto_passes_over_a_truncated_last_ckpt_and_says_so(
 def test_resume_auto_with_no_readable_checkpoint_says_what_to_do(tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from m2f_lightning.resume import resume_path
+    from m2f_lightning.runs.resume import resume_path
 
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 cut")
@@ -241,7 +241,7 @@ def test_a_second_run_in_a_busy_folder_stops_naming_the_first(
 
 
 def test_a_lock_left_by_a_process_that_ended_is_taken_over(tmp_path: Path) -> None:
-    from m2f_lightning.run_lock import RunLock
+    from m2f_lightning.runs.run_lock import RunLock
 
     proc = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -261,7 +261,7 @@ def test_a_lock_left_by_a_process_that_ended_is_taken_over(tmp_path: Path) -> No
 
 
 def test_a_lock_from_another_host_is_refused_with_how_to_remove_it(tmp_path: Path) -> None:
-    from m2f_lightning.run_lock import RunFolderLocked, RunLock
+    from m2f_lightning.runs.run_lock import RunFolderLocked, RunLock
 
     path = _lock_of(tmp_path, host="node-17", pid=4242, slurm_job="991", started="08:00")
     for step in (RunLock(tmp_path).check, RunLock(tmp_path).acquire):
@@ -277,7 +277,7 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, live_pid: int
 ) -> None:
     """SLURM requeues a job under the same id, on this node or another; the old instance is gone."""
-    from m2f_lightning.run_lock import RunFolderLocked, RunLock
+    from m2f_lightning.runs.run_lock import RunFolderLocked, RunLock
 
     monkeypatch.setenv("SLURM_JOB_ID", "991")
     monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
@@ -295,7 +295,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_a_folder_that_cannot_be_written_is_named_and_nothing_is_made(tmp_path: Path) -> None:
     from m2f_lightning.errors import OutputFolderError
-    from m2f_lightning.run_dir import check_writable_folder
+    from m2f_lightning.runs.run_dir import check_writable_folder
 
     check_writable_folder(tmp_path / "new" / "run", "outputs")
     assert list(tmp_path.iterdir()) == []  # checked, not made
@@ -324,7 +324,7 @@ def test_a_wandb_folder_that_cannot_be_written_stops_before_anything(
 def _cli(entry: str, args: list[str], cwd: Path, env_extra: dict) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env.update(WANDB_MODE="disabled", PYTHONPATH=str(ROOT), **env_extra)
-    code = f"from m2f_lightning.cli import {entry}; {entry}()"
+    code = f"from m2f_lightning.cli.main import {entry}; {entry}()"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         cwd=cwd,

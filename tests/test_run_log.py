@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from m2f_lightning.run_log import _PlainLines, _state, _Tee, console_log, log_only
+from m2f_lightning.runs.run_log import _PlainLines, _state, _Tee, console_log, log_only
 
 
 def test_a_live_bar_leaves_its_last_frame_and_the_lines_printed_under_it() -> None:

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from m2f_lightning import export, runtimes
 from m2f_lightning.checkpoints import save_model
+from m2f_lightning.cli import export
 from m2f_lightning.errors import ConfigError
 from m2f_lightning.inference import InferenceSettings, predict_results
 from m2f_lightning.modeling import Mask2Former
-from m2f_lightning.runtimes import OnnxRuntime, RuntimeFallback, build_runtime
+from m2f_lightning.predictor import runtimes
+from m2f_lightning.predictor.runtimes import OnnxRuntime, RuntimeFallback, build_runtime
 from tests.helpers import tiny_model
 
 pytest.importorskip("onnxruntime")
@@ -150,7 +151,7 @@ def test_the_cache_goes_to_cache_dir_when_the_checkpoint_folder_is_not_writable(
 def test_evaluate_and_predict_run_the_network_through_the_chosen_runtime(monkeypatch) -> None:
     from omegaconf import OmegaConf
 
-    from m2f_lightning.commands import use_runtime
+    from m2f_lightning.cli.commands import use_runtime
     from m2f_lightning.lightning_module import Mask2FormerModule
     from m2f_lightning.types import Batch
 

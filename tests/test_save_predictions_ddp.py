@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from m2f_lightning import builders, commands
-from m2f_lightning.commands import evaluate
+from m2f_lightning.cli import builders, commands
+from m2f_lightning.cli.commands import evaluate
 from tests.helpers import compose
 from tests.test_ddp import TWO_RANKS, OracleModule, _overrides, datasets  # noqa: F401 (fixture)
 

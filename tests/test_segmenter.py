@@ -15,13 +15,13 @@ from PIL import Image
 
 from m2f_lightning import PredictedSegment, Segmenter, SegmenterResult
 from m2f_lightning.checkpoints import load_model, save_model
-from m2f_lightning.commands import predict
-from m2f_lightning.config_schema import check_config
+from m2f_lightning.cli.commands import predict
+from m2f_lightning.cli.config_schema import check_config
 from m2f_lightning.data.catalog import get_metadata
-from m2f_lightning.dtypes import UnsupportedDtypeError
 from m2f_lightning.errors import CheckpointError, ConfigError, UserError
 from m2f_lightning.lightning_module import Mask2FormerModule
-from m2f_lightning.runtimes import OnnxRuntime, RuntimeFallback
+from m2f_lightning.modeling.dtypes import UnsupportedDtypeError
+from m2f_lightning.predictor.runtimes import OnnxRuntime, RuntimeFallback
 from tests.helpers import compose, tiny_model
 
 # the synthetic scenes' classes, as conf/../catalog/synthetic.json ships them

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from m2f_lightning.commands import evaluate
+from m2f_lightning.cli.commands import evaluate
 from m2f_lightning.data.synthetic import write_dataset
 from tests.helpers import TINY_OVERRIDES, compose, synthetic_panoptic
 from tests.test_slurm import PARTITION, _finish, _job_ids, _job_printed, _sacct_states

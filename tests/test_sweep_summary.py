@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import yaml
 
+from m2f_lightning.cli.sweep_summary import main, read_sweep, write_summary
 from m2f_lightning.data.synthetic import write_dataset
-from m2f_lightning.preemption import Preempted
-from m2f_lightning.run_record import RunRecord, read_summary
-from m2f_lightning.sweep_summary import main, read_sweep, write_summary
+from m2f_lightning.runs.preemption import Preempted
+from m2f_lightning.runs.run_record import RunRecord, read_summary
 from tests.helpers import synthetic_panoptic
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from m2f_lightning.commands import train
+from m2f_lightning.cli.commands import train
 from m2f_lightning.data.synthetic import write_dataset
 from tests.helpers import compose, synthetic_panoptic
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from m2f_lightning.checkpoints.io import save_model
-from m2f_lightning.commands import predict
+from m2f_lightning.cli.commands import predict
 from m2f_lightning.errors import ConfigError
 from m2f_lightning.inference import (
     InferenceSettings,

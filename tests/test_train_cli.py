@@ -17,13 +17,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from m2f_lightning import commands
 from m2f_lightning.checkpoints import save_model
-from m2f_lightning.commands import evaluate, predict, train
+from m2f_lightning.cli import commands
+from m2f_lightning.cli.commands import evaluate, predict, train
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.modeling import Mask2Former
-from m2f_lightning.preemption import Preempted
-from m2f_lightning.resume import resume_path
+from m2f_lightning.runs.preemption import Preempted
+from m2f_lightning.runs.resume import resume_path
 from tests.helpers import TINY_OVERRIDES, compose
 
 FORMATS = {

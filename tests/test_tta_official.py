@@ -16,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 
-from m2f_lightning.builders import inference_settings
+from m2f_lightning.cli.builders import inference_settings
 from m2f_lightning.errors import ConfigError
 from m2f_lightning.inference import InferenceSettings, predict_tiled
 
@@ -222,7 +222,7 @@ def test_one_key_turns_on_the_papers_ms_flip() -> None:
     """The composed training config of an experiment with `inference.tta=true` alone."""
     from hydra import compose, initialize_config_dir
 
-    from m2f_lightning.cli import CONFIG_DIR
+    from m2f_lightning.cli.main import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from m2f_lightning.checkpoints import load_model
 from m2f_lightning.checkpoints.reading import load_torch_file
-from m2f_lightning.cli import run_command
+from m2f_lightning.cli.main import run_command
 from m2f_lightning.data import build_reader
 from m2f_lightning.data.synthetic import write_dataset
 from m2f_lightning.data.validation import DataWarning
@@ -182,7 +182,7 @@ def test_refused_pickle_in_a_ckpt_never_suggests_weights_only_false(tmp_path: Pa
 def test_srun_hint_and_litlogger_tip_are_silenced(caplog) -> None:
     from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-    from m2f_lightning.builders import quiet_lightning
+    from m2f_lightning.cli.builders import quiet_lightning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -197,7 +197,7 @@ def test_srun_hint_and_litlogger_tip_are_silenced(caplog) -> None:
 def test_no_rich_bar_when_stdout_is_not_a_terminal(tmp_path: Path) -> None:
     from lightning.pytorch.callbacks.progress import ProgressBar
 
-    from m2f_lightning.builders import build_trainer
+    from m2f_lightning.cli.builders import build_trainer
     from tests.helpers import TINY_OVERRIDES, compose
 
     cfg = compose("train", TINY_OVERRIDES, tmp_path)  # pytest captures stdout: not a terminal

@@ -3,7 +3,7 @@
 import numpy as np
 
 from m2f_lightning.data.io import id_to_rgb
-from m2f_lightning.visualize import overlay
+from m2f_lightning.outputs.visualize import overlay
 
 
 def whole_image_overlay(image, class_map, colors, alpha=0.55, segment_map=None, ignore=255):

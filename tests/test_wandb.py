@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from m2f_lightning.commands import train
+from m2f_lightning.cli.commands import train
 from m2f_lightning.data.synthetic import write_dataset
-from m2f_lightning.wandb_run import wandb_group, wandb_run_id
+from m2f_lightning.runs.wandb_run import wandb_group, wandb_run_id
 from tests.helpers import compose, synthetic_panoptic
 from tests.wandb_records import config, history, read_records, run_files, run_id
 

@@ -7,8 +7,8 @@ from typing import Any
 import lightning as L
 import torch.distributed as dist
 
-from ..prediction_writer import PredictionWriter
-from ..preemption import Interrupted
+from ..outputs.prediction_writer import PredictionWriter
+from ..runs.preemption import Interrupted
 from ..types import Batch, SegmentationResult
 
 

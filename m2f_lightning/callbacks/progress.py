@@ -7,7 +7,7 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
-from ..run_log import log_only
+from ..runs.run_log import log_only
 
 HEADLINE_METRICS = ("PQ", "PQ_th", "PQ_st", "AP", "AP50", "mIoU")
 

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from ..report import ReportCollector, write_report
+from ..outputs.report import ReportCollector, write_report
 from ..types import Batch, SegmentationResult
 from .wandb_media import image_at_original_size
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..outputs.visualize import class_map, overlay_panel, segment_map
 from ..types import Batch, SegmentationResult
-from ..visualize import class_map, overlay_panel, segment_map
 
 
 def _wandb_logger(trainer: L.Trainer):

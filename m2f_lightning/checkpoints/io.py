@@ -7,10 +7,10 @@ from typing import Any
 import torch
 
 from ..classes import match_classes
-from ..dtypes import refuse_half_weights
 from ..errors import CheckpointError, CheckpointMismatchError, MissingCheckpointError
 from ..modeling import Mask2Former
 from ..modeling.d2_format import read_d2_pickle
+from ..modeling.dtypes import refuse_half_weights
 from .d2 import convert_d2_state_dict
 from .hf import convert_hf_state_dict, read_hf_checkpoint
 from .hub import resolve_weights

@@ -19,7 +19,7 @@ from ..checkpoints.stored import (
     StoredSettings,
     read_stored_settings,
 )
-from ..config_schema import FROM_CHECKPOINT
+from ..cli.config_schema import FROM_CHECKPOINT
 from ..data.catalog import DatasetMetadata
 from ..inference import InferenceSettings
 from ..modeling import Mask2Former
@@ -56,7 +56,7 @@ def resolve_task_choice(cfg: DictConfig, stored: StoredSettings) -> DictConfig:
 def model_from_checkpoint(cfg: DictConfig) -> tuple[DictConfig, Mask2Former, DatasetMetadata]:
     """(`cfg` with the checkpoint's task, test sizes and threshold filled in, the model, its
     classes) for `dataset=checkpoint`."""
-    from ..commands import read_model  # the commands' one way of reading weights
+    from ..cli.commands import read_model  # the commands' one way of reading weights
 
     path = str(cfg.checkpoint)
     stored = read_stored_settings(path)

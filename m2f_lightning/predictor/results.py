@@ -91,7 +91,7 @@ class SegmenterResult:
     def overlay(self, score_threshold: float = 0.5) -> Image.Image:
         """The overlay panel m2f-predict writes (the image | the prediction with class names);
         instances below `score_threshold` are not drawn."""
-        from ..prediction_writer import overlay_of
+        from ..outputs.prediction_writer import overlay_of
 
         return Image.fromarray(overlay_of(self.raw, self.image, self.metadata, score_threshold))
 
@@ -106,7 +106,7 @@ def save_results(
     """The files m2f-predict writes for these images (named by their file stems) under
     `folder`: overlays, the task's maps and its JSON list (panoptic.json or
     instances_results.json) of all of them."""
-    from ..prediction_writer import PredictionWriter
+    from ..outputs.prediction_writer import PredictionWriter
 
     if not results:
         return []

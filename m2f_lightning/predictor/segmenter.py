@@ -21,10 +21,10 @@ from ..checkpoints.stored import (
     read_stored_settings,
 )
 from ..data.catalog import DatasetMetadata
-from ..dtypes import autocast_dtype
 from ..errors import CheckpointError, ConfigError
 from ..inference import InferenceSettings, predict_images
 from ..modeling import Mask2Former
+from ..modeling.dtypes import autocast_dtype
 from .classes import checkpoint_metadata, no_class_names, resolve_task, thing_flags
 from .inputs import ImageInput, is_single, load_input
 from .results import SegmenterResult
@@ -58,7 +58,7 @@ class Segmenter:
         checkpoint: str | Path | None = None,
     ) -> None:
         from ..data.transforms import eval_resize
-        from ..runtimes import build_runtime
+        from .runtimes import build_runtime
 
         if runtime == "onnxruntime" and (device.type != "cpu" or mixed is not None):
             raise ConfigError(

@@ -22,8 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from .errors import ConfigError
-from .precision import VALID as PRECISIONS
+from ..errors import ConfigError
+from ..runs.precision import VALID as PRECISIONS
 
 COMMANDS = ("train", "evaluate", "predict", "doctor", "export")
 # predict's task and dataset options that mean "the checkpoint's own"
@@ -159,7 +159,7 @@ def weights_source(null: bool = False) -> Check:
     fetched (or found in the HF cache) when the weights are read."""
 
     def check(value: Any) -> str | None:
-        from .checkpoints.hub import is_hub_id
+        from ..checkpoints.hub import is_hub_id
 
         if existing_path(null)(value) is None or (isinstance(value, str) and is_hub_id(value)):
             return None
@@ -367,7 +367,7 @@ def _dataset(cfg: DictConfig) -> Iterator[str]:
         return
     if FROM_CHECKPOINT in (cfg.dataset.name, cfg.task.name):
         return  # _from_checkpoint's
-    from .data import check_task
+    from ..data import check_task
 
     try:
         check_task(cfg.dataset.name, cfg.task.name, _get(cfg, "dataset.source") or None)
@@ -382,8 +382,8 @@ def _backbone(cfg: DictConfig) -> Iterator[str]:
         return
     import timm
 
-    from .modeling.backbone import ALIASES, resolve_backbone_name
-    from .modeling.backbone_weights import is_weights_file, weights_tag_problem
+    from ..modeling.backbone import ALIASES, resolve_backbone_name
+    from ..modeling.backbone_weights import is_weights_file, weights_tag_problem
 
     if not isinstance(name, str) or not timm.is_model(resolve_backbone_name(name)):
         near = difflib.get_close_matches(str(name), [*ALIASES, *timm.list_models()], n=3)
@@ -424,9 +424,9 @@ def _class_map(cfg: DictConfig) -> Iterator[str]:
             "checkpoint's); set init_weights or remove class_map",
         )
         return
-    from .classes import normalize_name
-    from .data import metadata_for
-    from .errors import UserError
+    from ..classes import normalize_name
+    from ..data import metadata_for
+    from ..errors import UserError
 
     try:
         names = metadata_for(
@@ -453,7 +453,7 @@ def _inference(cfg: DictConfig) -> Iterator[str]:
     """The post-processing settings, checked by `InferenceSettings` itself."""
     if "inference" not in cfg:
         return
-    from .inference import InferenceSettings
+    from ..inference import InferenceSettings
 
     settings = _get(cfg, "inference")
     try:
@@ -596,11 +596,11 @@ def _machine(cfg: DictConfig, command: str, gpus: int | None) -> Iterator[str]:
 def _signature_keys(section: str) -> set[str]:
     """The keyword arguments the consumer of a strict section takes."""
     if section == "model.net":
-        from .modeling import Mask2Former
+        from ..modeling import Mask2Former
 
         return {*inspect.signature(Mask2Former).parameters, "_target_"} - {"num_classes"}
     if section == "model.criterion":
-        from .losses import SetCriterion
+        from ..losses import SetCriterion
 
         return {*inspect.signature(SetCriterion).parameters, "_target_"} - {"num_classes"}
     if section == "trainer":
@@ -610,19 +610,19 @@ def _signature_keys(section: str) -> set[str]:
     if section == "inference":
         import dataclasses
 
-        from .inference import InferenceSettings
+        from ..inference import InferenceSettings
 
         return {f.name for f in dataclasses.fields(InferenceSettings)}
     if section == "optimizer":
-        from .optim import build_optimizer
+        from ..runs.optim import build_optimizer
 
         return set(inspect.signature(build_optimizer).parameters) - {"model"}
     if section == "scheduler":
-        from .optim import lr_lambda
+        from ..runs.optim import lr_lambda
 
         return set(inspect.signature(lr_lambda).parameters) - {"max_steps"}
     if section == "dataset":  # read by the datamodule, or through interpolations
-        from .data import SegmentationDataModule
+        from ..data import SegmentationDataModule
 
         return set(inspect.signature(SegmentationDataModule).parameters)
     return set()

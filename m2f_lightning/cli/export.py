@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .modeling import Mask2Former
-from .modeling.ms_deform_attn import set_ms_deform_attn_backend
+from ..modeling import Mask2Former
+from ..modeling.ms_deform_attn import set_ms_deform_attn_backend
 
 FORMATS = ("onnx", "torch_export")
 SUFFIXES = {"onnx": ".onnx", "torch_export": ".pt2"}
@@ -171,7 +171,7 @@ def check_parity(
 def default_output(checkpoint: str, fmt: str) -> Path:
     """Beside the checkpoint file, with the format's suffix; for a hub id (`owner/name`), the
     model's name in the working directory."""
-    from .checkpoints.hub import parse_hub_id
+    from ..checkpoints.hub import parse_hub_id
 
     hub = parse_hub_id(checkpoint)
     if hub is not None:
@@ -182,8 +182,8 @@ def default_output(checkpoint: str, fmt: str) -> Path:
 def export(cfg) -> dict[str, Any]:
     """`m2f-export checkpoint=... format=onnx|torch_export out=FILE image_size=[H,W]`: export,
     check parity, and write `<out>.json` with the class names, thing flags and input size."""
+    from ..checkpoints import load_model
     from .builders import validate_config
-    from .checkpoints import load_model
 
     validate_config(cfg, "export")  # format, image_size, opset among the rest
     fmt = str(cfg.format)

@@ -209,3 +209,12 @@ def plain_console(stderr: bool = False) -> "Any":
 
     stream = sys.stderr if stderr else sys.stdout
     return Console(stderr=stderr, width=None if stream.isatty() else PLAIN_WIDTH)
+
+
+def print_error(message: str) -> None:
+    from rich.markup import escape
+
+    # soft_wrap: one line however long, so that logs and greps see the whole message
+    plain_console(stderr=True).print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
+    )

@@ -10,8 +10,8 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
-from .errors import CheckpointError, MissingCheckpointError, RefusedPickleError
-from .lightning_module import Mask2FormerModule
+from ..errors import CheckpointError, MissingCheckpointError, RefusedPickleError
+from ..lightning_module import Mask2FormerModule
 from .preemption import PREEMPTED_CHECKPOINT
 
 
@@ -50,7 +50,7 @@ def folder_checkpoints(output_dir: Path) -> list[Path]:
 def _newest_readable(candidates: list[Path]) -> str | None:
     from lightning.pytorch.utilities import rank_zero_warn
 
-    from .checkpoints.reading import load_torch_file
+    from ..checkpoints.reading import load_torch_file
 
     unreadable: list[str] = []
     for path in candidates:
@@ -120,7 +120,7 @@ def check_resume_fits(ckpt_path: str, module: Mask2FormerModule, cfg: DictConfig
     """Fail before training when the checkpoint `fit` would resume from was saved by another
     model config (another size, backbone or class count): Lightning would answer with dozens of
     "size mismatch" lines and no word about the old checkpoint it found."""
-    from .checkpoints.reading import load_torch_file, warn_if_newer_lightning
+    from ..checkpoints.reading import load_torch_file, warn_if_newer_lightning
 
     try:
         ckpt = load_torch_file(ckpt_path, mmap=True)
@@ -195,7 +195,7 @@ def load_init_weights(
     others start fresh."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from .checkpoints import init_from_weights
+    from ..checkpoints import init_from_weights
 
     report = init_from_weights(module.model, path, list(module.hparams.class_names), class_map)
     if rank_zero_only.rank == 0:

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
 from .preemption import slurm_job_id
 
 LOCK_NAME = "run.lock"

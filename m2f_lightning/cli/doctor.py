@@ -17,13 +17,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..data import build_reader, metadata_for
+from ..data.catalog import DatasetMetadata
+from ..data.datasets.base import Reader, Sample
+from ..data.io import WIDE_GREY_MODES, image_mode
+from ..data.validation import DataWarning, collecting
+from ..errors import DataError, UserError
 from .builders import validate_config
-from .data import build_reader, metadata_for
-from .data.catalog import DatasetMetadata
-from .data.datasets.base import Reader, Sample
-from .data.io import WIDE_GREY_MODES, image_mode
-from .data.validation import DataWarning, collecting
-from .errors import DataError, UserError
 
 SPLITS = ("train", "val")
 

@@ -40,9 +40,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .data.catalog import DatasetMetadata
-from .data.io import id_to_rgb, read_image
-from .types import SegmentationResult
+from ..data.catalog import DatasetMetadata
+from ..data.io import id_to_rgb, read_image
+from ..types import SegmentationResult
 from .visualize import class_map, overlay_panel, segment_map
 
 COCO_SPLITS = {"train": "train2017", "val": "val2017", "test": "test-dev2017"}

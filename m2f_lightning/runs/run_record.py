@@ -42,7 +42,7 @@ def read_summary(output_dir: Path) -> dict[str, Any] | None:
 def error_line(err: BaseException) -> str:
     """The first line of what the user saw: a `UserError`'s or a pre-emption's message, or
     `Type: message`."""
-    from .errors import UserError
+    from ..errors import UserError
     from .preemption import Preempted
 
     text = str(err).strip()

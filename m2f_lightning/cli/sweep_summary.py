@@ -28,8 +28,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .errors import UserError
-from .run_record import FAILED, FINISHED, RUNNING, read_summary, write_text_atomically
+from ..errors import UserError
+from ..runs.run_record import FAILED, FINISHED, RUNNING, read_summary, write_text_atomically
 
 # the final metrics shown per task (panoptic: the paper's PQ with its thing / stuff split)
 TASK_METRICS = {"panoptic": ("PQ", "PQ_th", "PQ_st"), "instance": ("AP",), "semantic": ("mIoU",)}
@@ -143,7 +143,7 @@ def _still_running(folder: Path, summary: dict[str, Any]) -> bool:
     killed without recording how. A run on another host cannot be checked: taken as running."""
     import socket
 
-    from .run_lock import LOCK_NAME, _process_start, _runs
+    from ..runs.run_lock import LOCK_NAME, _process_start, _runs
 
     holder = _load_yaml(folder / LOCK_NAME)  # JSON is YAML
     holder = holder if isinstance(holder, dict) else summary
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         print_summary(args.folder)
     except UserError as err:
-        from .cli import print_error
+        from .main import print_error
 
         print_error(str(err))
         raise SystemExit(1) from None

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .types import SegmentationResult
+from ..types import SegmentationResult
 
 
 def colorize(

@@ -12,16 +12,16 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from ..data import SegmentationDataModule
+from ..data.catalog import DatasetMetadata
+from ..errors import CheckpointError, ConfigError, DataError, UserError
+from ..inference import InferenceSettings
+from ..lightning_module import Mask2FormerModule
+from ..losses import SetCriterion
+from ..modeling import Mask2Former
+from ..modeling.backbone_weights import weights_from_config
+from ..runs.precision import trainer_precision
 from .config_schema import check_config
-from .data import SegmentationDataModule
-from .data.catalog import DatasetMetadata
-from .errors import CheckpointError, ConfigError, DataError, UserError
-from .inference import InferenceSettings
-from .lightning_module import Mask2FormerModule
-from .losses import SetCriterion
-from .modeling import Mask2Former
-from .modeling.backbone_weights import weights_from_config
-from .precision import trainer_precision
 
 
 def validate_config(cfg: DictConfig, command: str = "train", gpus: int | None = None) -> None:
@@ -219,10 +219,10 @@ def build_callbacks(
     TensorBoard) for training."""
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from .callbacks import StepProgressBar, TextProgress, ValidationMedia
-    from .callbacks.checkpointing import CheckedModelCheckpoint
-    from .callbacks.run_summary import RunSummary, run_details
-    from .resume_state import RandomState
+    from ..callbacks import StepProgressBar, TextProgress, ValidationMedia
+    from ..callbacks.checkpointing import CheckedModelCheckpoint
+    from ..callbacks.run_summary import RunSummary, run_details
+    from ..runs.resume_state import RandomState
 
     callbacks: list[L.Callback] = [
         CheckedModelCheckpoint(
@@ -257,7 +257,7 @@ def quiet_lightning() -> None:
     """Silence third-party lines that do not apply here (`console_noise`), among them
     Lightning's "`srun` is available but not used" (SLURM jobs are launched by submitit or
     scripts/, which use srun; a login-node run is meant to be local) and the litlogger tip."""
-    from .console_noise import quiet_third_party
+    from ..runs.console_noise import quiet_third_party
 
     quiet_third_party()
 
@@ -288,7 +288,7 @@ def build_trainer(
         kwargs["limit_val_batches"] = kwargs.get("limit_val_batches", 0)
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from .callbacks.checkpointing import AtomicCheckpointIO
+    from ..callbacks.checkpointing import AtomicCheckpointIO
 
     plugins: list[Any] = [AtomicCheckpointIO()]  # whole checkpoints or none, never truncated
     if SLURMEnvironment.detect():
@@ -299,7 +299,7 @@ def build_trainer(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.callbacks.progress import ProgressBar
 
-    from .callbacks import StepProgressBar, TextProgress
+    from ..callbacks import StepProgressBar, TextProgress
 
     if not any(isinstance(c, TextProgress) for c in callbacks):  # evaluate, predict
         every = cfg.get("progress_every_n_steps", 50)

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .modeling import Mask2Former
+from ..errors import ConfigError
+from ..modeling import Mask2Former
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
 # parity of the first image: largest |difference| of class and mask logits, and the share of
@@ -154,7 +154,7 @@ class OnnxRuntime:
 
     def _open(self, shape: tuple[int, int]) -> Any:
         """The session of padded inputs of `shape`, exported first unless cached."""
-        from . import export
+        from ..cli.main import export
 
         ort = require_onnxruntime()
         self.key = self.key or weights_key(self.model)

@@ -9,7 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .errors import OutputFolderError, UserError
+from ..errors import OutputFolderError, UserError
 
 
 def check_writable_folder(folder: Path, what: str) -> None:
@@ -51,7 +51,7 @@ class CheckRunDir(Callback):
             check_writable_folder(run_dir, "the run's outputs")
             RunLock(run_dir).check()
         except UserError as err:
-            from .cli import print_error
+            from .run_log import print_error
 
             print_error(str(err))
             raise SystemExit(1) from None

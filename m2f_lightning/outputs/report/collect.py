@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..metrics import panoptic_to_pairs
-from ..types import EvalTarget, SegmentationResult
+from ...metrics import panoptic_to_pairs
+from ...types import EvalTarget, SegmentationResult
 from ..visualize import class_map, overlay, segment_map
 from .scores import (
     PanopticTally,

@@ -5,7 +5,7 @@ a half type (`model.half()`) are refused at the forward with an error saying wha
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 # the names a user may give → the autocast dtype (None: fp32, no autocast)
 NAMES: dict[str, torch.dtype | None] = {

@@ -16,11 +16,12 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from ..errors import ConfigError, UserError
+from ..runs.run_log import print_error
 from .commands import evaluate, predict, train
-from .errors import ConfigError, UserError
 from .help_text import register_help_resolver
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # m2f_lightning/
 # `m2f_lightning/conf` links to the checkout's `conf/`; an installed wheel holds a copy of it
 CONFIG_DIR = PACKAGE_DIR / "conf"
 # outputs/ and datasets/ live in the checkout (editable install, `python train.py`); with the
@@ -87,17 +88,6 @@ def _remove_unused_run_dir() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def print_error(message: str) -> None:
-    from rich.markup import escape
-
-    from .run_log import plain_console
-
-    # soft_wrap: one line however long, so that logs and greps see the whole message
-    plain_console(stderr=True).print(
-        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
-    )
-
-
 def command_log_path() -> Path | None:
     """`<output dir>/<job name>.log`, the file Hydra's job logging opens (train.log, ...); None
     outside Hydra, or where the output folder is the current one (m2f-doctor writes no files
@@ -118,8 +108,8 @@ def run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     (`errors.UserError`, or a file that is not there) ends the process with one `error:` message
     and exit code 1, no traceback unless asked for (`HYDRA_FULL_ERROR=1` or `verbose=true`);
     anything else is a bug and keeps its traceback (in the log file too)."""
-    from .console_noise import quiet_third_party
-    from .run_log import console_log, log_only
+    from ..runs.console_noise import quiet_third_party
+    from ..runs.run_log import console_log, log_only
 
     quiet_third_party()  # third-party lines that say nothing here, each filtered by its message
     with console_log(command_log_path()):
@@ -132,7 +122,7 @@ def _run_command(command: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .run_log import log_only
+    from ..runs.run_log import log_only
 
     try:
         return command(cfg)

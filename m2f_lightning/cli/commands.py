@@ -11,6 +11,21 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..classes import check_classes_agree
+from ..data import SegmentationDataModule
+from ..errors import CheckpointError, ConfigError, UserError
+from ..modeling import Mask2Former
+from ..runs.preemption import Interrupted, SlurmPreemption, StopAtNextBatch
+from ..runs.resume import (
+    check_resume_fits,
+    load_init_weights,
+    resume_path,
+    retire_preemption_checkpoint,
+    set_aside_earlier_checkpoints,
+)
+from ..runs.run_lock import RunLock
+from ..runs.run_record import RunRecord
+from ..runs.wandb_run import build_logger, check_wandb_folder, finish_wandb, log_world
 from .builders import (
     build_callbacks,
     build_datamodule,
@@ -22,21 +37,6 @@ from .builders import (
     validate_config,
     warn_if_not_the_recipe_batch,
 )
-from .classes import check_classes_agree
-from .data import SegmentationDataModule
-from .errors import CheckpointError, ConfigError, UserError
-from .modeling import Mask2Former
-from .preemption import Interrupted, SlurmPreemption, StopAtNextBatch
-from .resume import (
-    check_resume_fits,
-    load_init_weights,
-    resume_path,
-    retire_preemption_checkpoint,
-    set_aside_earlier_checkpoints,
-)
-from .run_lock import RunLock
-from .run_record import RunRecord
-from .wandb_run import build_logger, check_wandb_folder, finish_wandb, log_world
 
 
 def hydra_output_dir() -> Path:
@@ -142,7 +142,7 @@ def maybe_compile(cfg: DictConfig, model: Mask2Former) -> None:
 def use_runtime(cfg: DictConfig, module: Any) -> None:
     """`runtime=eager|compile|onnxruntime` of evaluate and predict (`runtimes.build_runtime`):
     what runs the network in `predict_batch`. `compile=true` is `runtime=compile`."""
-    from .runtimes import build_runtime
+    from ..predictor.runtimes import build_runtime
 
     name = str(cfg.get("runtime") or "eager")
     if cfg.get("compile"):
@@ -162,7 +162,7 @@ def use_runtime(cfg: DictConfig, module: Any) -> None:
 def read_model(cfg: DictConfig, path: str, num_classes: int | None) -> Mask2Former:
     """The model stored at `path` (any format `load_model` reads). A model-zoo `.pkl` holds no
     architecture: it comes from the `model`/`backbone` groups, with `num_classes`."""
-    from .checkpoints import load_model
+    from ..checkpoints import load_model
 
     overrides: dict[str, Any] = {}
     if str(path).endswith(".pkl"):
@@ -224,7 +224,7 @@ def _evaluate(cfg: DictConfig, output_dir: Path | None, stop: L.Callback) -> dic
     output_dir.mkdir(parents=True, exist_ok=True)
     callbacks: list[L.Callback] = []
     if cfg.get("save_predictions"):
-        from .callbacks import PredictionSaver
+        from ..callbacks import PredictionSaver
 
         callbacks.append(
             PredictionSaver(prediction_writer(cfg, dm, output_dir / "predictions", "val"))
@@ -253,8 +253,8 @@ def _evaluate(cfg: DictConfig, output_dir: Path | None, stop: L.Callback) -> dic
 
 def report_writer(cfg: DictConfig, dm: SegmentationDataModule, output_dir: Path) -> L.Callback:
     """The callback of `report=true`: per-image scores during the test, report.html at the end."""
-    from .callbacks import ReportWriter
-    from .report import ReportCollector
+    from ..callbacks import ReportWriter
+    from ..outputs.report import ReportCollector
 
     meta = dm.metadata
     collector = ReportCollector(
@@ -293,7 +293,7 @@ def prediction_writer(
 ):
     """The writer of predict (`split` None: folder inputs) or of evaluate's save_predictions;
     `settings` (predict): the fingerprint that lets a rerun resume the folder."""
-    from .prediction_writer import PredictionWriter
+    from ..outputs.prediction_writer import PredictionWriter
 
     return PredictionWriter(
         cfg.task.name,
@@ -319,7 +319,7 @@ def prediction_settings(cfg: DictConfig) -> str:
     config = OmegaConf.to_container(cfg, resolve=False)
     for key in _NOT_SETTINGS:
         config.pop(key, None)
-    from .checkpoints.hub import resolve_weights
+    from ..checkpoints.hub import resolve_weights
 
     try:  # a hub id: its snapshot folder in the HF cache, named by the commit
         checkpoint = resolve_weights(str(cfg.checkpoint), local_only=True)
@@ -347,10 +347,10 @@ def predict(cfg: DictConfig, output_dir: Path | None = None) -> list[Path]:
 
 
 def _predict(cfg: DictConfig, output_dir: Path | None, stop: L.Callback) -> list[Path]:
-    from .callbacks import PredictionSaver
-    from .checkpoints.stored import read_stored_settings
-    from .prediction_writer import PROGRESS_FILE
-    from .predictor.from_checkpoint import (
+    from ..callbacks import PredictionSaver
+    from ..checkpoints.stored import read_stored_settings
+    from ..outputs.prediction_writer import PROGRESS_FILE
+    from ..predictor.from_checkpoint import (
         FROM_CHECKPOINT,
         model_from_checkpoint,
         resolve_task_choice,
@@ -411,7 +411,7 @@ def _predict(cfg: DictConfig, output_dir: Path | None, stop: L.Callback) -> list
 def print_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from .run_log import plain_console
+    from ..runs.run_log import plain_console
 
     table = Table(title="m2f-lightning", show_header=False)
     table.add_row("outputs", summary["output_dir"])
