@@ -12,12 +12,13 @@ import torch
 from omegaconf import OmegaConf
 
 from m2f_lightning.classes import match_classes
+from m2f_lightning.cli import config_schema
 from m2f_lightning.cli.builders import validate_config
 from m2f_lightning.cli.commands import evaluate, predict, train
 from m2f_lightning.cli.config_schema import config_problems
 from m2f_lightning.cli.doctor import doctor
 from m2f_lightning.cli.export import export
-from m2f_lightning.cli.main import config_schema, run_command
+from m2f_lightning.cli.main import run_command
 from m2f_lightning.errors import CheckpointError, ConfigError, RefusedPickleError, UserError
 from tests.helpers import compose, synthetic_panoptic, tiny_model
 

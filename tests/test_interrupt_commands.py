@@ -247,7 +247,7 @@ def test_each_command_log_holds_its_console(
     # the summary whole: its longest row is not cut at 80 columns, in the console or the log
     metrics_row = f"metrics file | {train_run / 'metrics.json'}"
     assert _row(done.stdout, "metrics file") == _row(log, "metrics file") == metrics_row
-    assert "Trainable params" in log  # Lightning's model summary (Rich, on stdout)
+    assert "model       Mask2Former" in log  # the run's start block (callbacks.RunSummary)
     assert "`Trainer.fit` stopped: `max_steps=2` reached." in log  # Lightning's log handler
     # every line the console showed (warnings, Lightning's messages, the tables) is in the log
     assert _missing(done, log) == []

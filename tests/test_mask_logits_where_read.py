@@ -98,14 +98,23 @@ def task_targets(task: str, height: int, width: int) -> list[dict[str, torch.Ten
 
 @pytest.mark.parametrize("task", ["semantic", "instance", "panoptic"])
 @pytest.mark.parametrize("num_points", [100, 500])  # < and > the 16 x 24 mask-feature pixels
-def test_training_step_gives_the_same_matches_losses_and_gradients(task, num_points) -> None:
+@pytest.mark.parametrize("importance", [0.0, 0.75])
+def test_training_step_gives_the_same_matches_losses_and_gradients(
+    task, num_points, importance
+) -> None:
+    """The loss's points: uniform (importance 0.0, the same points on both paths: equal within
+    rounding, 1e-5), or the official 3x-oversampled most-uncertain ones (0.75): a point whose
+    uncertainty ties another's within rounding may be picked on one path and not on the other
+    (the logits differ by a few ulps: another order of summation; it shows with one thread), so
+    there the losses agree to 1e-3 and the gradients are compared only with uniform points."""
+    tol = 1e-5 if importance == 0.0 else 1e-3
     torch.manual_seed(0)
     model = tiny_model(num_classes=5).train()
     images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0)) * 255
     targets = task_targets(task, 64, 96)
     runs = {}
     for full_masks in (True, False):  # True: today's path (full logits, sampled / indexed)
-        criterion = SetCriterion(5, num_points=num_points)
+        criterion = SetCriterion(5, num_points=num_points, importance_sample_ratio=importance)
         criterion.rand = criterion.matcher.rand = seeded_rand(4)
         model.zero_grad()
         outputs = model(images, full_masks=full_masks)
@@ -125,12 +134,14 @@ def test_training_step_gives_the_same_matches_losses_and_gradients(task, num_poi
             assert torch.equal(ref_src, src) and torch.equal(ref_tgt, tgt)
     assert losses.keys() == ref_losses.keys() and len(losses) == 3 * 4 + 1
     for name, value in ref_losses.items():
-        torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(losses[name], value, rtol=tol, atol=tol / 10, msg=name)
     assert grads.keys() == ref_grads.keys()
     assert len(grads) > 0.9 * sum(1 for _ in model.parameters())
+    if importance:
+        return
     for name, ref in ref_grads.items():
         scale = ref.abs().max().item()
-        torch.testing.assert_close(grads[name], ref, rtol=1e-5, atol=1e-5 * scale, msg=name)
+        torch.testing.assert_close(grads[name], ref, rtol=tol, atol=tol * scale, msg=name)
 
 
 def test_bf16_autocast_step_gives_the_losses_of_the_full_logits() -> None:

@@ -120,7 +120,7 @@ def test_cocoeval_on_instance_results_equals_evaluate(tmp_path: Path) -> None:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    root, ckpt = _trained(tmp_path, "coco_instance", "coco", "instance", steps=200)
+    root, ckpt = _trained(tmp_path, "coco_instance", "coco", "instance", steps=300)
     ours = _evaluate(tmp_path, root, ckpt, "coco", "instance")
     assert ours["AP50"] > 0  # not a 0 = 0 comparison
     pred = _predict(tmp_path, root, ckpt, "coco", "instance", "val")

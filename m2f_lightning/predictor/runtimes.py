@@ -154,7 +154,7 @@ class OnnxRuntime:
 
     def _open(self, shape: tuple[int, int]) -> Any:
         """The session of padded inputs of `shape`, exported first unless cached."""
-        from ..cli.main import export
+        from ..cli import export
 
         ort = require_onnxruntime()
         self.key = self.key or weights_key(self.model)
