@@ -103,8 +103,6 @@ class Mask2FormerModule(L.LightningModule):
         # what runs the network in predict_batch (evaluate, predict): `runtimes.build_runtime`'s
         # callable; None: the model itself
         self.runtime: Callable[..., Any] | None = None
-        # `train/skipped_steps` kept on the device: logging a Python number copies it there
-        self.register_buffer("_skipped_steps", torch.zeros(()), persistent=False)
 
     def forward(self, images: torch.Tensor, image_sizes=None) -> ModelOutput:
         return self.model(images, image_sizes)
@@ -124,13 +122,19 @@ class Mask2FormerModule(L.LightningModule):
         return losses["loss"]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Drop the update of a step that saw a non-finite loss (see `NonFiniteGuard`)."""
-        # the guard's one host read per optimiser step, after the backward has been queued
-        skip = self.nonfinite.end_step(self.global_step, reduce=self._sum_over_ranks)
-        self._skipped_steps.fill_(self.nonfinite.skipped)  # a kernel argument, not a copy
-        self.log("train/skipped_steps", self._skipped_steps)
-        if skip:
-            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        """Drop the update of a step that saw a non-finite loss (see `NonFiniteGuard`).
+
+        With the fused AdamW (`configure_optimizers`) the skip flag stays on the device: the
+        optimiser takes it as `found_inf` and leaves parameters, moments and its step count as
+        they were, so the step needs no host read. fp16's GradScaler (and an optimiser state
+        resumed from a non-fused run) read the flag on the host instead."""
+        step = self.global_step
+        skip = self.nonfinite.close_step(step, reduce=self._sum_over_ranks)
+        self.log("train/skipped_steps", self.nonfinite.skipped_steps)
+        if self._skips_on_device(optimizer):
+            optimizer.found_inf = skip.float()
+        elif bool(skip):
+            scaler = self._grad_scaler()
             for group in optimizer.param_groups:
                 for param in group["params"]:
                     if param.grad is None:
@@ -139,6 +143,47 @@ class Mask2FormerModule(L.LightningModule):
                         param.grad = None  # torch optimisers leave a parameter without grad as is
                     else:  # fp16's GradScaler skips a step whose gradients are not finite
                         param.grad.fill_(float("nan"))
+        if self._is_check_step(step):
+            self.nonfinite.check(step)
+
+    def on_train_end(self) -> None:
+        self.nonfinite.check(self.global_step)  # the skips since the last logging interval
+
+    def _is_check_step(self, step: int) -> bool:
+        """The guard reads its counters when Lightning reads the logged values (every
+        `log_every_n_steps`) and at the last step, not on every step."""
+        every = max(1, int(getattr(self.trainer, "log_every_n_steps", 1) or 1))
+        last = self.trainer.max_steps is not None and step + 1 >= self.trainer.max_steps > 0
+        return (step + 1) % every == 0 or last
+
+    def _grad_scaler(self) -> Any:
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    def _skips_on_device(self, optimizer: torch.optim.Optimizer) -> bool:
+        """The optimiser applies `found_inf` itself: torch's fused AdamW, without a GradScaler
+        (which sets `found_inf` itself)."""
+        fused = all(group.get("fused") for group in optimizer.param_groups)
+        return fused and self._grad_scaler() is None
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's clipping, except under bf16-mixed with the fused AdamW: Lightning's
+        mixed-precision plugin refuses to clip for any optimiser that can unscale gradients
+        itself (it guards fp16's GradScaler, which bf16 has none of), so clip with torch."""
+        if not gradient_clip_val or not self._skips_on_device(optimizer):
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
 
     def _sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(value, reduce_op="sum")
@@ -190,7 +235,14 @@ class Mask2FormerModule(L.LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.model, **(self.hparams.optimizer or {}))
+        # fused AdamW (CPU and CUDA) applies the non-finite guard's skip on the device; fp16's
+        # GradScaler needs Lightning to unscale and clip before the step, which it refuses to
+        # do for an optimiser that could unscale itself
+        fused = self._grad_scaler() is None and all(
+            p.device.type in ("cpu", "cuda") and p.is_floating_point()
+            for p in self.model.parameters()
+        )
+        optimizer = build_optimizer(self.model, fused=fused, **(self.hparams.optimizer or {}))
         max_steps = self.hparams.max_steps
         if max_steps is None or max_steps <= 0:
             max_steps = int(self.trainer.estimated_stepping_batches)
@@ -211,59 +263,117 @@ class NonFiniteLossError(UserError, RuntimeError):
 class NonFiniteGuard:
     """Bookkeeping of steps with a non-finite loss: a step (all micro-batches of an accumulated
     step) with one is skipped; `limit` consecutive skipped steps raise `NonFiniteLossError`
-    naming the step and the last finite loss."""
+    naming the step and the last finite loss.
+
+    The bookkeeping lives on the loss's device, so that deciding a skip needs no host read:
+    `close_step` returns the step's skip flag as a device tensor (a fused optimiser takes it as
+    `found_inf` and leaves every parameter and moment as they were). `check` reads the counters
+    in one copy — warns of the steps skipped since the last check and raises once the limit
+    was reached — and runs every `log_every_n_steps`, when Lightning reads the logged values
+    anyway. `end_step` does both at once (the host-read path: fp16's GradScaler, tests)."""
+
+    _COUNTERS = ("skipped", "consecutive", "last_skipped_step", "limit_step", "last_finite_step")
 
     def __init__(self, limit: int = 10) -> None:
         self.limit = limit
-        self.skipped = 0  # steps skipped in this run
-        self.consecutive = 0
-        self.last_finite_loss: torch.Tensor | None = None
-        self.last_finite_step: int | None = None
         # a micro-batch of the current optimiser step was not finite (a device flag once a
-        # loss was recorded: read by the host once, in `end_step`)
+        # loss was recorded)
         self._bad: torch.Tensor | bool = False
         self._step_loss: torch.Tensor | None = None
+        # device counters (float64: exact integers): steps skipped in this run, skipped in a
+        # row, the last skipped step, the step at which `limit` in a row was first reached,
+        # the last finite step (-1: none) and its loss
+        self._counts: torch.Tensor | None = None
+        self._last_finite_loss: torch.Tensor | None = None
+        self._skipped_at_check = 0
 
     def record(self, finite: torch.Tensor | bool, loss: torch.Tensor) -> None:
         """Note a micro-batch's loss and whether it is finite, without reading either."""
         self._step_loss = loss.detach()  # used only when every micro-batch was finite
         self._bad = self._bad | ~torch.as_tensor(finite, device=loss.device)
 
+    def close_step(
+        self, step: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Close optimiser step `step` on the device: a bool tensor, True when its update must
+        be skipped. `reduce` sums a tensor over DDP ranks, so that every rank skips when one
+        saw a non-finite loss. No host read."""
+        bad, self._bad = self._bad, False
+        device = self._step_loss.device if self._step_loss is not None else None
+        bad = torch.as_tensor(bad, device=device)
+        if reduce is not None:
+            bad = reduce(bad.float()) > 0
+        if self._counts is None:
+            self._counts = torch.tensor([0.0, 0.0, -1.0, -1.0, -1.0], device=bad.device)
+            self._last_finite_loss = torch.full((), float("nan"), device=bad.device)
+        skipped, consecutive, last_skipped, limit_step, last_finite = self._counts.unbind()
+        consecutive = torch.where(bad, consecutive + 1, 0.0)
+        reached = bad & (consecutive >= self.limit) & (limit_step < 0) & (self.limit > 0)
+        self._counts = torch.stack(
+            [
+                skipped + bad.float(),
+                consecutive,
+                torch.where(bad, float(step), last_skipped),
+                torch.where(reached, float(step), limit_step),
+                torch.where(bad, last_finite, float(step)),
+            ]
+        )
+        if self._step_loss is not None:
+            self._last_finite_loss = torch.where(
+                bad, self._last_finite_loss, self._step_loss.float()
+            )
+        return bad
+
+    @property
+    def skipped_steps(self) -> torch.Tensor:
+        """Steps skipped in this run, on the device (for logging without a host read)."""
+        return self._counts[0] if self._counts is not None else torch.zeros(())
+
+    @property
+    def skipped(self) -> int:
+        """Steps skipped in this run (a host read)."""
+        return int(self.skipped_steps)
+
+    def check(self, step: int) -> None:
+        """Read the counters (one copy): warn of the steps skipped since the last check, raise
+        `NonFiniteLossError` when `limit` consecutive steps were skipped."""
+        if self._counts is None:
+            return
+        values = torch.cat([self._counts, self._last_finite_loss[None].to(self._counts)])
+        skipped, consecutive, last_skipped, limit_step, last_finite, last_loss = (
+            values.cpu().tolist()
+        )
+        skipped, new = int(skipped), int(skipped) - self._skipped_at_check
+        self._skipped_at_check = skipped
+        if new:
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"step {int(last_skipped)}: loss is not finite; skipped the optimiser step "
+                f"({new} skipped since the last check, {int(consecutive)} in a row, "
+                f"{skipped} in this run)"
+            )
+        if limit_step < 0:
+            return
+        last = (
+            f"the last finite loss was {last_loss:.4f} at step {int(last_finite)}"
+            if last_finite >= 0
+            else "no step had a finite loss"
+        )
+        seen = f" (seen at step {step})" if step != int(limit_step) else ""
+        raise NonFiniteLossError(
+            f"training stopped at step {int(limit_step)}{seen}: the loss was NaN or infinite "
+            f"for {self.limit} consecutive steps (max_nonfinite_steps={self.limit}); {last}. "
+            "Lower the learning rate, check the data, or use precision=32."
+        )
+
     def end_step(
         self, step: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
     ) -> bool:
-        """Close optimiser step `step`; True when its update must be skipped. `reduce` sums a
-        tensor over DDP ranks, so that every rank skips when one saw a non-finite loss."""
-        bad, self._bad = self._bad, False
-        if reduce is not None and isinstance(bad, torch.Tensor):
-            bad = reduce(bad.float()) > 0
-        skip = bool(bad)  # the guard's only host read, once per optimiser step
-        if not skip:
-            self.consecutive = 0
-            if self._step_loss is not None:
-                self.last_finite_loss, self.last_finite_step = self._step_loss, step
-            return False
-        self.skipped += 1
-        self.consecutive += 1
-        from lightning.pytorch.utilities import rank_zero_warn
-
-        rank_zero_warn(
-            f"step {step}: loss is not finite; skipped the optimiser step "
-            f"({self.consecutive} in a row, {self.skipped} in this run)"
-        )
-        if self.limit and self.consecutive >= self.limit:
-            last = (
-                f"the last finite loss was {float(self.last_finite_loss):.4f} at step "
-                f"{self.last_finite_step}"
-                if self.last_finite_loss is not None
-                else "no step had a finite loss"
-            )
-            raise NonFiniteLossError(
-                f"training stopped at step {step}: the loss was NaN or infinite for "
-                f"{self.consecutive} consecutive steps (max_nonfinite_steps={self.limit}); "
-                f"{last}. Lower the learning rate, check the data, or use precision=32."
-            )
-        return True
+        """`close_step` and `check` at once: True when the update of `step` must be skipped."""
+        skip = bool(self.close_step(step, reduce))
+        self.check(step)
+        return skip
 
 
 def _scored(results: list[SegmentationResult], batch: Batch) -> tuple[list, list]:

@@ -171,7 +171,9 @@ class TrainStep:
             self.pixels = (self.images - mean) / std
             self.mask_labels = [t["masks"].float() for t in self.targets]
             self.class_labels = [t["labels"] for t in self.targets]
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
+        # ours: the fused AdamW the training module uses; HF: torch's default AdamW
+        fused = True if side == "ours" else None
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=fused)
 
     def loss(self) -> torch.Tensor:
         if self.side == "ours":

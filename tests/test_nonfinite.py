@@ -106,7 +106,7 @@ class NaNAt:
         return outputs
 
 
-def trainer(tmp_path: Path, steps: int) -> L.Trainer:
+def trainer(tmp_path: Path, steps: int, log_every: int = 1, **kwargs) -> L.Trainer:
     return L.Trainer(
         accelerator="cpu",
         max_steps=steps,
@@ -115,7 +115,8 @@ def trainer(tmp_path: Path, steps: int) -> L.Trainer:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        log_every_n_steps=1,
+        log_every_n_steps=log_every,
+        **kwargs,
     )
 
 
@@ -140,8 +141,61 @@ def test_a_nan_step_is_skipped_and_training_goes_on(tmp_path: Path) -> None:
     ]
     assert changed == [False, True]  # step 1 (NaN) left every weight as it was; step 2 trained
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
-    first_moments = [s["exp_avg"] for s in fit.optimizers[0].state.values()]
+    optimizer = fit.optimizers[0]
+    first_moments = [s["exp_avg"] for s in optimizer.state.values()]
     assert all(torch.isfinite(m).all() for m in first_moments)
+    # the fused AdamW skipped the step on the device: its step count is that of 2 updates
+    assert all(group["fused"] for group in optimizer.param_groups)
+    assert {float(s["step"]) for s in optimizer.state.values()} == {2.0}
+
+
+def test_bf16_mixed_with_clipping_skips_a_nan_step_on_the_device(tmp_path: Path) -> None:
+    """Lightning's mixed-precision plugin refuses to clip for a fused optimiser; the module
+    clips itself under bf16-mixed, and the NaN step is still skipped whole."""
+    module = make_module()
+    module.model.forward = NaNAt(module.model, bad_calls={1})
+    before = {}
+
+    class Snapshot(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx == 1:
+                before.update({k: v.clone() for k, v in pl_module.model.state_dict().items()})
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if batch_idx == 1:
+                after = pl_module.model.state_dict()
+                assert all(torch.equal(before[k], after[k]) for k in after)
+
+    fit = trainer(tmp_path, 3, precision="bf16-mixed", gradient_clip_val=0.01)
+    fit.callbacks.append(Snapshot())
+    fit.fit(module, train_dataloaders=loader(3))
+    assert fit.global_step == 3 and module.nonfinite.skipped == 1
+    assert all(group["fused"] for group in fit.optimizers[0].param_groups)
+
+
+def test_the_guard_checks_at_the_logging_interval_naming_the_step_the_limit_was_reached(
+    tmp_path: Path,
+) -> None:
+    """Between logging intervals the guard reads nothing; the check at the next interval
+    stops the run naming the step where `max_nonfinite_steps` in a row was reached."""
+    module = make_module()
+    module.nonfinite.limit = 2
+    module.model.forward = NaNAt(module.model, bad_calls={1, 2, 3, 4, 5})
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"stopped at step 2 \(seen at step 4\).*finite loss was \S+ at step 0",
+    ):
+        trainer(tmp_path, 6, log_every=5).fit(module, train_dataloaders=loader(6))
+
+
+def test_guard_close_step_reads_nothing_and_check_warns_once_per_interval() -> None:
+    guard = NonFiniteGuard(limit=0)  # never stop
+    for step, finite in enumerate([True, False, False, True]):
+        guard.record(finite, torch.tensor(1.0 if finite else float("nan")))
+        assert isinstance(guard.close_step(step), torch.Tensor)
+    with pytest.warns(UserWarning, match=r"step 2: .*2 skipped since the last check, 0 in a row"):
+        guard.check(3)
+    assert guard.skipped == 2
 
 
 def test_consecutive_nan_steps_stop_the_run_naming_step_and_last_loss(tmp_path: Path) -> None:

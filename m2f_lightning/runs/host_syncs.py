@@ -341,12 +341,13 @@ def optimizer_host_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tenso
 def count_training_step(
     module: Any, batch: Any, step: int = 0, device: str = "cpu"
 ) -> HostSyncCounter:
-    """Run `step + 1` training steps of a LightningModule on `batch` (no logger, no checkpoints,
-    no progress bar) and count the host round trips of the last one, from `on_train_batch_start`
-    to `on_train_batch_end`: training_step (forward, matching, losses, `self.log`), backward,
-    `on_before_optimizer_step` and the optimiser step. Lightning's own per-interval work after
-    the batch (pushing logged values to loggers and progress bars every `log_every_n_steps`) is
-    not part of it. On CUDA (`device="cuda"`) the step also runs under
+    """Run `step + 2` training steps of a LightningModule on `batch` (no logger, no checkpoints,
+    no progress bar, gradients clipped as the recipes do) and count the host round trips of step
+    `step`, from `on_train_batch_start` to `on_train_batch_end`: training_step (forward,
+    matching, losses, `self.log`), backward, `on_before_optimizer_step`, clipping and the
+    optimiser step. The work of every `log_every_n_steps`-th step and of the last step (Lightning
+    pushing logged values to loggers and progress bars; the non-finite guard's check, which
+    rides on it) is not part of it: choose `step` so that `step + 1` is not a multiple of it. On CUDA (`device="cuda"`) the step also runs under
     `torch.cuda.set_sync_debug_mode("warn")`, whose warnings land in `counter.sync_warnings`."""
     import warnings
 
@@ -384,14 +385,15 @@ def count_training_step(
     trainer = L.Trainer(
         accelerator="gpu" if cuda else "cpu",
         devices=1,
-        max_steps=step + 1,
+        max_steps=step + 2,
         limit_val_batches=0,
+        gradient_clip_val=0.01,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[Count()],
     )
-    loader = torch.utils.data.DataLoader([batch] * (step + 1), batch_size=None)
+    loader = torch.utils.data.DataLoader([batch] * (step + 2), batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
     return counter

@@ -90,9 +90,12 @@ def build_optimizer(
     backbone_multiplier: float = 0.1,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
+    """AdamW over `build_param_groups`. `fused`: torch's fused kernel (CPU and CUDA), which
+    also takes a device-side `found_inf` flag to skip a step without a host read."""
     groups = build_param_groups(model, lr, weight_decay, backbone_multiplier)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
 
 
 def build_scheduler(
