@@ -280,7 +280,7 @@ class NonFiniteGuard:
         # loss was recorded)
         self._bad: torch.Tensor | bool = False
         self._step_loss: torch.Tensor | None = None
-        # device counters (float64: exact integers): steps skipped in this run, skipped in a
+        # device counters (float32: exact integers up to 2^24 steps): steps skipped in this run, skipped in a
         # row, the last skipped step, the step at which `limit` in a row was first reached,
         # the last finite step (-1: none) and its loss
         self._counts: torch.Tensor | None = None
