@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 
 from .errors import UserError
 from .inference import InferenceSettings, predict_images
@@ -110,14 +111,15 @@ class Mask2FormerModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         # no full mask logits: the criterion makes them only where it reads them (exact)
         outputs = self.model(batch.images, batch.image_sizes, full_masks=False)
-        losses = self.criterion(outputs, batch.targets)
+        losses = self.criterion(outputs, batch.targets, batch.point_seeds)
         # non-finite loss guard: a device flag here (no host read), decided on all ranks alike
         # and acted on in on_before_optimizer_step (after the backward, so DDP's gradient
         # all-reduce still runs). Logged values stay tensors: nothing is read by the host here.
         self.nonfinite.record(torch.isfinite(losses["loss"].detach()), losses["loss"])
-        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=len(batch))
+        logged = _mean_over_ranks(losses)  # the backward takes this rank's own loss
+        self.log("train/loss", logged["loss"], prog_bar=True, batch_size=len(batch))
         self.log_dict(
-            {f"train/{k}": v for k, v in losses.items() if k != "loss"}, batch_size=len(batch)
+            {f"train/{k}": v for k, v in logged.items() if k != "loss"}, batch_size=len(batch)
         )
         return losses["loss"]
 
@@ -374,6 +376,17 @@ class NonFiniteGuard:
         skip = bool(self.close_step(step, reduce))
         self.check(step)
         return skip
+
+
+def _mean_over_ranks(losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The loss terms averaged over DDP ranks, as detectron2 logs them: one all-reduce of all of
+    them, queued on the device; unchanged with one process. Not `strategy.reduce`: it puts a
+    barrier first, which on NCCL blocks the host until the device has caught up."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return losses
+    stacked = torch.stack([value.detach().float() for value in losses.values()])
+    dist.all_reduce(stacked)
+    return dict(zip(losses, (stacked / dist.get_world_size()).unbind(), strict=True))
 
 
 def _scored(results: list[SegmentationResult], batch: Batch) -> tuple[list, list]:

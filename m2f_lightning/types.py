@@ -134,6 +134,9 @@ class Batch:
     # prediction: (input, reason) of the inputs of this batch that could not be read; they hold
     # no image in the batch (which may then be empty)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    # training: each image's seed of its sampled loss points (its `(seed, epoch, index)` seed,
+    # data/sampling.py), so they do not depend on the rank or the batch; None: global generator
+    point_seeds: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.file_names)

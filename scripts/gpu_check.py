@@ -386,7 +386,8 @@ def check_syncs(args: argparse.Namespace, device: torch.device) -> dict[str, Any
         images = torch.rand(2, 3, size, size, generator=gen) * 255
         sizes = [(size, size)] * 2
         targets = synthetic_targets(2, size, torch.device("cpu"), gen)
-        batch = Batch(images, sizes, sizes, ["a", "b"], [0, 1], targets=targets)
+        # per-sample point seeds, as the training data gives them (generators on the device)
+        batch = Batch(images, sizes, sizes, ["a", "b"], [0, 1], targets=targets, point_seeds=[7, 8])
         counter = count_training_step(module, batch, step=1, device=where)
         result[where] = {
             "count": counter.count,

@@ -147,14 +147,18 @@ def test_datamodule_serves_training_and_eval_batches(tmp_path, fmt, dataset, tas
     )
     assert dm.metadata.num_classes > 0  # known before setup (the model needs it)
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    loader = dm.train_dataloader()
+    batch = next(iter(loader))
     assert batch.images.shape[0] == 2 and batch.images.shape[-1] % 32 == 0
+    # each sample's point seed is its (seed, epoch, index) augmentation seed
+    assert batch.point_seeds == [key.aug_seed for key in list(loader.sampler)[:2]]
     for target in batch.targets:
         assert target["masks"].shape[-2:] == batch.images.shape[-2:]
         assert target["labels"].max() < dm.metadata.num_classes if len(target["labels"]) else True
     val = next(iter(dm.val_dataloader()))
     key = {"panoptic": "panoptic", "instance": "instances", "semantic": "sem_seg"}[task]
     (target,) = val.eval_targets
+    assert val.point_seeds is None
     assert getattr(target, key) is not None and len(val.orig_sizes) == 1
 
 

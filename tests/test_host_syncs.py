@@ -2,6 +2,7 @@
 most of it dispatches nothing), a step makes exactly the one copy it is allowed, and matching
 every prediction set from one copy gives the losses, gradients and matches of the per-set path."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -66,7 +67,9 @@ def test_a_training_step_copies_to_the_host_once_for_matching() -> None:
     else (the guard's skip flag goes to the optimiser as a device tensor). A new `.item()`,
     `.cpu()`, boolean mask or blocking copy in the step fails here, naming where it came from."""
     torch.manual_seed(0)
-    syncs = count_training_step(make_module(), make_batch(), step=1)
+    # per-sample point seeds, as the training data gives them: generators made on the host
+    batch = dataclasses.replace(make_batch(), point_seeds=[7, 8])
+    syncs = count_training_step(make_module(), batch, step=1)
     where = [(e.kind, e.op, e.where.split("m2f_lightning/")[-1]) for e in syncs.events]
     assert len(where) == 1, where
     ((copy_kind, copy_op, copy_at),) = where

@@ -41,6 +41,8 @@ def collate(items: list[dict[str, Any]], size_divisibility: int = 32) -> Batch:
             full = torch.zeros((len(masks), pad_h, pad_w), dtype=torch.bool)
             full[:, : masks.shape[1], : masks.shape[2]] = masks
             batch.targets.append({"labels": item["targets"]["labels"], "masks": full})
+        if all("point_seed" in item for item in items):
+            batch.point_seeds = [int(item["point_seed"]) for item in items]
     if "eval_target" in items[0]:
         batch.eval_targets = [item["eval_target"] for item in items]
         batch.scored = [bool(item.get("scored", True)) for item in items]

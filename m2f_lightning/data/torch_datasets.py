@@ -73,6 +73,8 @@ class SegmentationDataset(Dataset):
         if self.train:
             image, target = self._augment(sample)
             item["targets"] = target
+            if aug_seed is not None:  # the seed of the criterion's points for this sample
+                item["point_seed"] = aug_seed
         else:
             image = self.transform(image=sample.image)["image"]
             item["eval_target"] = eval_targets(self.task, self.metadata, sample)

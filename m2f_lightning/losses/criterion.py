@@ -9,10 +9,12 @@ from torch import nn
 
 from .matcher import HungarianMatcher, Match
 from .point_sampling import (
+    RandFn,
     point_sample,
     selected_mask_logits,
     uncertain_point_coords_with_randomness,
 )
+from .point_seeds import LOSS_STREAM, MATCHER_STREAM, image_rands, rows_rand
 
 
 def global_num_masks(targets: list[dict[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
@@ -62,6 +64,11 @@ class SetCriterion(nn.Module):
     weight 0.1) and, for matched queries, BCE + dice on `num_points` importance-sampled points
     (a different set per pair), or on full masks when `point_sampled=False` (the memory
     baseline of the paper). `forward` returns every weighted term and their sum under `loss`.
+
+    The points are drawn from `rand` (the matcher's from `matcher.rand`): torch's global
+    generator unless replaced. Given `point_seeds` (one per image), each image's points come
+    from generators of its own seed instead (losses/point_seeds.py), so that they do not
+    depend on the rank or the batch the image is in.
     """
 
     def __init__(
@@ -111,9 +118,12 @@ class SetCriterion(nn.Module):
         matches: list[Match],
         num_masks: torch.Tensor,
         float_masks: list[torch.Tensor] | None = None,
+        rands: list[RandFn] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """BCE + dice of the matched queries' masks; `prediction` holds `pred_masks` or their
-        factors (`mask_embed`, `mask_features`: then only the matched queries' logits are made)."""
+        factors (`mask_embed`, `mask_features`: then only the matched queries' logits are made).
+        `rands`: each image's point stream, which draws its matched masks' points; None: all
+        masks' points in one draw of `self.rand`."""
         device = prediction["pred_logits"].device
         if float_masks is None:
             float_masks = [t["masks"] for t in targets]
@@ -128,13 +138,14 @@ class SetCriterion(nn.Module):
             [m[tgt.to(device)] for m, (_, tgt) in zip(float_masks, matches, strict=True)]
         )[:, None].to(preds.dtype)
         if self.point_sampled:
+            rand = self.rand if rands is None else rows_rand(rands, [len(s) for s, _ in matches])
             with torch.no_grad():
                 coords = uncertain_point_coords_with_randomness(
                     preds,
                     self.num_points,
                     self.oversample_ratio,
                     self.importance_sample_ratio,
-                    rand=self.rand,
+                    rand=rand,
                 )
                 labels = point_sample(masks, coords)[:, 0]
             logits = point_sample(preds, coords)[:, 0]
@@ -152,19 +163,32 @@ class SetCriterion(nn.Module):
         num_masks: torch.Tensor,
         float_masks: list[torch.Tensor] | None,
         matches: list[Match],
+        rands: list[RandFn] | None = None,
     ) -> dict[str, torch.Tensor]:
-        loss_mask, loss_dice = self.loss_masks(outputs, targets, matches, num_masks, float_masks)
+        loss_mask, loss_dice = self.loss_masks(
+            outputs, targets, matches, num_masks, float_masks, rands
+        )
         loss_ce = self.loss_labels(outputs["pred_logits"], targets, matches)
         return {"loss_mask": loss_mask, "loss_dice": loss_dice, "loss_ce": loss_ce}
 
     def forward(
-        self, outputs: dict[str, object], targets: list[dict[str, torch.Tensor]]
+        self,
+        outputs: dict[str, object],
+        targets: list[dict[str, torch.Tensor]],
+        point_seeds: list[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        if len(targets) != outputs["pred_logits"].shape[0]:
-            raise ValueError(
-                f"{len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]} images"
-            )
+        """`point_seeds`: one seed per image for its sampled points (see the class docstring);
+        None: the `rand` hooks (torch's global generator)."""
+        batch = outputs["pred_logits"].shape[0]
+        if len(targets) != batch:
+            raise ValueError(f"{len(targets)} targets for a batch of {batch} images")
+        if point_seeds is not None and len(point_seeds) != batch:
+            raise ValueError(f"{len(point_seeds)} point seeds for a batch of {batch} images")
         device = outputs["pred_logits"].device
+        match_rands = loss_rands = None
+        if point_seeds is not None and self.point_sampled:
+            match_rands = image_rands(point_seeds, MATCHER_STREAM, device)
+            loss_rands = image_rands(point_seeds, LOSS_STREAM, device)
         device_type = device.type
         with torch.autocast(device_type=device_type, enabled=False):
             num_masks = global_num_masks(targets, device)
@@ -174,12 +198,13 @@ class SetCriterion(nn.Module):
             # every set matched at once: one device-to-host copy of all cost matrices, and one
             # (non-blocking) copy of all their matches back to the device
             matches = matches_to_device(
-                self.matcher.match_sets([outputs, *aux_sets], targets, float_masks), device
+                self.matcher.match_sets([outputs, *aux_sets], targets, float_masks, match_rands),
+                device,
             )
-            raw = self._set_losses(outputs, targets, num_masks, float_masks, matches[0])
+            raw = self._set_losses(outputs, targets, num_masks, float_masks, matches[0], loss_rands)
             for i, aux in enumerate(aux_sets):
                 for name, value in self._set_losses(
-                    aux, targets, num_masks, float_masks, matches[i + 1]
+                    aux, targets, num_masks, float_masks, matches[i + 1], loss_rands
                 ).items():
                     raw[f"{name}_{i}"] = value
         losses = {

@@ -75,15 +75,16 @@ class HungarianMatcher(torch.nn.Module):
         targets: list[dict[str, torch.Tensor]],
         num_max: int,
         float_masks: list[torch.Tensor] | None = None,
+        rands: list[RandFn] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prediction [B, Q, P] and padded target [B, Nmax, P] mask values at shared points.
         `prediction` holds `pred_masks` or their factors (`mask_embed`, `mask_features`).
-        `float_masks`: the targets' masks already as float [N, H, W] (shared by the callers)."""
+        `float_masks`: the targets' masks already as float [N, H, W] (shared by the callers).
+        `rands`: each image's point stream (losses/point_seeds.py); None: `self.rand` for all."""
         batch, device = prediction["pred_logits"].shape[0], prediction["pred_logits"].device
         if self.point_sampled:
-            coords = torch.cat(
-                [self.rand(1, self.num_points, 2, device=device) for _ in range(batch)]
-            )
+            rands = rands or [self.rand] * batch
+            coords = torch.cat([rand(1, self.num_points, 2, device=device) for rand in rands])
             pred = mask_logits_at_points(prediction, coords)
             target = pred.new_zeros(batch, num_max, self.num_points)
             for i, t in enumerate(targets):
@@ -107,6 +108,7 @@ class HungarianMatcher(torch.nn.Module):
         outputs: dict[str, torch.Tensor],
         targets: list[dict[str, torch.Tensor]],
         float_masks: list[torch.Tensor] | None = None,
+        rands: list[RandFn] | None = None,
     ) -> torch.Tensor:
         """The (sanitised) cost of every (prediction, target) pair, on the outputs' device:
         [B, Q, Nmax] (targets padded to the batch's largest count)."""
@@ -123,7 +125,7 @@ class HungarianMatcher(torch.nn.Module):
             for i, t in enumerate(targets):
                 labels[i, : counts[i]] = t["labels"]
             cost_class = -torch.gather(probs, 2, labels[:, None, :].expand(-1, num_queries, -1))
-            pred, target = self._sample(outputs, targets, num_max, float_masks)
+            pred, target = self._sample(outputs, targets, num_max, float_masks, rands)
             cost = (
                 self.cost_mask * pairwise_sigmoid_bce(pred, target)
                 + self.cost_class * cost_class
@@ -137,15 +139,17 @@ class HungarianMatcher(torch.nn.Module):
         sets: list[dict[str, torch.Tensor]],
         targets: list[dict[str, torch.Tensor]],
         float_masks: list[torch.Tensor] | None = None,
+        rands: list[RandFn] | None = None,
     ) -> list[list[Match]]:
         """Matches of several prediction sets (the final one and the auxiliary ones) to the same
         targets: all their cost matrices are built on the device and copied to the host in one
-        transfer (the step's only device-to-host copy), then solved on the CPU."""
+        transfer (the step's only device-to-host copy), then solved on the CPU. `rands`: each
+        image's point stream, drawn from set after set."""
         counts = [len(t["labels"]) for t in targets]
         if max(counts, default=0) == 0:  # nothing to match: no transfer at all
             empty = torch.empty(0, dtype=torch.int64)
             return [[(empty, empty) for _ in targets] for _ in sets]
-        costs = torch.stack([self.costs(outputs, targets, float_masks) for outputs in sets])
+        costs = torch.stack([self.costs(outputs, targets, float_masks, rands) for outputs in sets])
         cost_host = costs.cpu().double().numpy()  # one transfer for every set and image
         matches = []
         for set_costs in cost_host:
