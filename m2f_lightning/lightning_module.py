@@ -131,7 +131,7 @@ class Mask2FormerModule(L.LightningModule):
         they were, so the step needs no host read. fp16's GradScaler (and an optimiser state
         resumed from a non-fused run) read the flag on the host instead."""
         step = self.global_step
-        skip = self.nonfinite.close_step(step, reduce=self._sum_over_ranks)
+        skip = self.nonfinite.close_step(step, reduce=_sum_over_ranks)
         self.log("train/skipped_steps", self.nonfinite.skipped_steps)
         if self._skips_on_device(optimizer):
             optimizer.found_inf = skip.float()
@@ -186,9 +186,6 @@ class Mask2FormerModule(L.LightningModule):
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
         else:
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-
-    def _sum_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
-        return self.trainer.strategy.reduce(value, reduce_op="sum")
 
     def predict_batch(self, batch: Batch) -> list[SegmentationResult]:
         """Post-processed results of a batch, at each image's original size."""
@@ -378,15 +375,28 @@ class NonFiniteGuard:
         return skip
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """`value` summed over DDP ranks by one all-reduce queued on the device (unchanged with one
+    process). Not `strategy.reduce`: it puts a barrier first, which on NCCL blocks the host
+    until the device has caught up."""
+    if _world_size() == 1:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value
+
+
 def _mean_over_ranks(losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The loss terms averaged over DDP ranks, as detectron2 logs them: one all-reduce of all of
-    them, queued on the device; unchanged with one process. Not `strategy.reduce`: it puts a
-    barrier first, which on NCCL blocks the host until the device has caught up."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    them; unchanged with one process."""
+    if _world_size() == 1:
         return losses
-    stacked = torch.stack([value.detach().float() for value in losses.values()])
-    dist.all_reduce(stacked)
-    return dict(zip(losses, (stacked / dist.get_world_size()).unbind(), strict=True))
+    stacked = _sum_over_ranks(torch.stack([value.detach().float() for value in losses.values()]))
+    return dict(zip(losses, (stacked / _world_size()).unbind(), strict=True))
 
 
 def _scored(results: list[SegmentationResult], batch: Batch) -> tuple[list, list]:

@@ -2,6 +2,7 @@
 step with a non-finite loss is skipped (no optimiser update, `train/skipped_steps`), and
 `max_nonfinite_steps` consecutive skips stop the run with the step and the last finite loss."""
 
+import dataclasses
 from pathlib import Path
 
 import lightning as L
@@ -10,7 +11,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from scipy.optimize import linear_sum_assignment
 
-from m2f_lightning.lightning_module import NonFiniteGuard, NonFiniteLossError
+from m2f_lightning.lightning_module import Mask2FormerModule, NonFiniteGuard, NonFiniteLossError
 from m2f_lightning.losses import HungarianMatcher
 from m2f_lightning.losses.matcher import NONFINITE_COST, sanitize_cost
 from tests.test_lightning_module import loader, make_module
@@ -206,3 +207,51 @@ def test_consecutive_nan_steps_stop_the_run_naming_step_and_last_loss(tmp_path: 
         NonFiniteLossError, match=r"stopped at step 2.*last finite loss was \S+ at step 0"
     ):
         trainer(tmp_path, 4).fit(module, train_dataloaders=loader(4))
+
+
+class NaNImagesOnRank1(Mask2FormerModule):
+    """Rank 1's second batch is NaN: only that rank sees a non-finite loss."""
+
+    def training_step(self, batch, batch_idx):
+        if self.global_rank == 1 and batch_idx == 1:
+            batch = dataclasses.replace(batch, images=batch.images * float("nan"))
+        return super().training_step(batch, batch_idx)
+
+
+class SaveWeights(L.Callback):
+    """Each rank writes its weights after every step (rank, step) to `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        state = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
+        torch.save(state, self.folder / f"rank{trainer.global_rank}_step{batch_idx}.pt")
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_ddp_rank_skips_the_step_on_every_rank(tmp_path: Path) -> None:
+    """The flag is summed over ranks on the device: both ranks skip step 1 (weights as after
+    step 0), train on at step 2, and stay identical and finite."""
+    made = make_module()
+    module = NaNImagesOnRank1(
+        made.model, **{k: v for k, v in made.hparams.items() if k != "model_config"}
+    )
+    module.criterion = made.criterion
+    fit = trainer(tmp_path, 3, strategy="ddp_spawn", devices=2)
+    fit.callbacks.append(SaveWeights(tmp_path))
+    fit.fit(module, train_dataloaders=loader(6))
+    weights = {
+        (rank, step): torch.load(tmp_path / f"rank{rank}_step{step}.pt", weights_only=True)
+        for rank in (0, 1)
+        for step in range(3)
+    }
+
+    def same(a: dict, b: dict) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    for step in range(3):
+        assert same(weights[0, step], weights[1, step]), f"ranks differ after step {step}"
+        assert all(torch.isfinite(v).all() for v in weights[0, step].values())
+    assert same(weights[0, 0], weights[0, 1])  # step 1 skipped on rank 0 too
+    assert not same(weights[0, 1], weights[0, 2])  # and step 2 trained
