@@ -183,7 +183,10 @@ class SlurmPreemption(_SignalStop):
         self._stop_if_signalled(trainer, "training")
 
     def on_validation_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
-        self._stop_if_signalled(trainer, "validation")
+        # a signal during the sanity check waits for the first training step: a checkpoint
+        # taken in it resumed with every logged step one later than the step it trained
+        if not trainer.sanity_checking:
+            self._stop_if_signalled(trainer, "validation")
 
     def on_test_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
         self._stop_if_signalled(trainer, "the test after training")
