@@ -95,3 +95,38 @@ def test_the_last_step_loss_is_logged_before_a_preemption(
     (row,) = [r for r in _rows(tmp_path, 0) if r.get("train/loss")]
     assert int(row["step"]) == 1  # the second step (Lightning counts logged steps from 0)
     assert float(row["train/loss"]) > 0
+
+
+class _SignalInSanityCheck(L.Callback):
+    def on_sanity_check_start(self, trainer, *args) -> None:
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_sanity_check_stops_at_the_first_step(
+    datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """SLURM's time-limit warning can come while a job still starts. Before: the run stopped in
+    the sanity check at step 0, and the resumed run logged every step one later than the step it
+    trained (its first loss at step 1, the last at step 4 of a 4-step run)."""
+    overrides = synthetic_panoptic(
+        datasets,
+        "dataset.max_steps=4",
+        "dataset.val_every_n_steps=4",
+        "logger=csv",
+        "trainer.log_every_n_steps=1",
+        "test_after_training=false",
+    )
+    build_callbacks = commands.build_callbacks
+    monkeypatch.setattr(
+        commands, "build_callbacks", lambda *a: [*build_callbacks(*a), _SignalInSanityCheck()]
+    )
+    with pytest.raises(Preempted):
+        train(compose("train", overrides, tmp_path), tmp_path)
+    monkeypatch.undo()
+    printed = capsys.readouterr().out
+    assert train(compose("train", overrides, tmp_path), tmp_path)["global_step"] == 4
+    versions = sorted(int(p.parent.name[8:]) for p in tmp_path.glob("csv/version_*/metrics.csv"))
+    logged = [[int(r["step"]) for r in _rows(tmp_path, v) if r.get("train/loss")] for v in versions]
+    assert logged == [[0], [1, 2, 3]]  # each start's steps, as Lightning counts them (from 0)
+    assert "pre-empted (SIGUSR1 during training): saved" in printed

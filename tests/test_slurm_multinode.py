@@ -9,7 +9,9 @@ checkpoint, one requeue; the per-step losses of the pre-empted and resumed two-n
 of the one-node job to float32 rounding (rel 1e-6: same ranks, same data and random streams per
 rank, the same gloo all-reduce over 4 ranks, only the placement differs; most steps agree bit for
 bit, one step 1 ulp apart was seen); the final validation on 4 ranks over 2 nodes equals a
-single-device evaluation of the same weights (1e-6).
+single-device evaluation of the same weights (1e-6). A third two-node job, given a 2-minute time
+limit and `--signal=USR1@30` through the launcher config, is pre-empted by SLURM's own warning
+(no scancel) and must pass the same pre-emption checks.
 
 Not compared: a one-process run with the same global batch. The logged `train/loss` is rank 0's
 loss of its own shard (the class term is a mean over that rank's queries; the mask terms divide
@@ -25,9 +27,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -73,9 +77,16 @@ pytestmark = [
 
 
 def _sweep(
-    folder: Path, datasets: Path, nodes: int, devices: int, checkpoint_every: int = 10 * MAX_STEPS
+    folder: Path,
+    datasets: Path,
+    nodes: int,
+    devices: int,
+    checkpoint_every: int = 10 * MAX_STEPS,
+    timeout_min: int = 10,
+    launcher: tuple[str, ...] = (),
 ) -> subprocess.Popen:
-    """A one-job sweep of the tiny panoptic model, `nodes` × `devices` CPU ranks."""
+    """A one-job sweep of the tiny panoptic model, `nodes` × `devices` CPU ranks; `launcher`:
+    more `hydra.launcher.*` overrides."""
     tiny = [o for o in TINY_OVERRIDES if not o.startswith(("logger=", "trainer="))]
     command = [
         sys.executable,
@@ -102,7 +113,8 @@ def _sweep(
         f"hydra.launcher.partition={PARTITION}",
         "hydra.launcher.gpus_per_node=null",
         "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.timeout_min=10",
+        f"hydra.launcher.timeout_min={timeout_min}",
+        *launcher,
     ]
     # the jobs import this checkout's package (not another install's) on every node
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
@@ -175,6 +187,8 @@ def test_nodes_reach_sbatch_and_each_rank_gets_its_node(runs: dict) -> None:
     sweep, job_id = runs["root"] / "two_nodes", runs["job_id"]
     script = (sweep / ".submitit" / job_id / f"{job_id}_submission.sh").read_text()
     assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=2" in script
+    # the launcher's time-limit warning (conf/hydra/launcher/slurm.yaml), not submitit's USR2
+    assert "#SBATCH --signal=USR1@120" in script
     out = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "NNodes,NodeList"],
         capture_output=True,
@@ -192,7 +206,12 @@ def test_nodes_reach_sbatch_and_each_rank_gets_its_node(runs: dict) -> None:
 
 
 def test_preemption_reaches_both_nodes_and_resumes_exactly(runs: dict) -> None:
-    sweep, job_id = runs["root"] / "two_nodes", runs["job_id"]
+    _check_preempted_once_and_resumed(runs["root"] / "two_nodes", runs["job_id"], runs)
+
+
+def _check_preempted_once_and_resumed(sweep: Path, job_id: str, runs: dict) -> None:
+    """Every rank on both nodes got SIGUSR1 itself and stopped at one step; one checkpoint, one
+    requeue; the losses of both runs of the job are the uninterrupted one-node job's."""
     logs = _task_logs(sweep, job_id)
     stops = {}
     for task, text in logs.items():
@@ -237,6 +256,133 @@ def test_validation_on_two_nodes_equals_one_device(runs: dict, tmp_path: Path) -
     assert {k: on_two_nodes[f"val/{k}"] for k in HEADLINE} == pytest.approx(
         {k: one[k] for k in HEADLINE}, abs=1e-6, rel=0
     )
+
+
+TIME_LIMIT_MIN, SIGNAL_LEAD = 2, 30  # sbatch --time=2 --signal=USR1@30: the warning 60-90 s in
+
+
+def _rank_processes(job_id: str) -> dict[int, int]:
+    """The job's training ranks now running, {SLURM_PROCID: pid}, read from /proc (the nodes'
+    namespaces share this machine's process table): the Python processes of submitit's task
+    command (not `srun`, whose command line holds the same words) with this job's id."""
+    ranks = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"submitit.core._submit" not in argv or not argv[0].split(b"/")[-1].startswith(
+                b"python"
+            ):
+                continue
+            env = dict(
+                item.split("=", 1)
+                for item in (proc / "environ").read_bytes().decode(errors="replace").split("\0")
+                if "=" in item
+            )
+        except (OSError, ValueError):
+            continue  # gone, or not ours to read
+        if env.get("SLURM_JOB_ID") == job_id and "SLURM_PROCID" in env:
+            ranks[int(env["SLURM_PROCID"])] = int(proc.name)
+    return ranks
+
+
+def _pending(pid: int, signum: int) -> bool:
+    """Whether `signum` waits, undelivered, for the (stopped) process `pid`."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    masks = re.findall(r"^(?:SigPnd|ShdPnd):\s*([0-9a-f]+)$", status, re.M)
+    return any(int(mask, 16) >> (signum - 1) & 1 for mask in masks)
+
+
+def _hold_until_slurm_signals(sweep: Path, process: subprocess.Popen) -> tuple[str, set[int]]:
+    """Once the job trains, stop its four ranks (SIGSTOP) until SLURM's time-limit warning is
+    pending in them, then let them go (SIGCONT): the 12 tiny steps take ~3 s, slurmctld sends the
+    warning at one of its checks, every 30 s, so without the pause the run would mostly be over
+    by then. A warning that came while the ranks still started (held by `early_signal`) was acted
+    on at the first step: nothing is pending then. Returns the job id and the ranks the warning
+    was seen pending in."""
+    deadline = time.monotonic() + 420
+    while not _job_printed(sweep, f"step 1/{MAX_STEPS}"):
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, "the two-node job printed no training step in 420 s"
+        time.sleep(0.1)
+    (job_id,) = _job_ids(sweep)
+    if _job_printed(sweep, "stopping at step"):
+        return job_id, set()  # warned while starting: the ranks stop at the first step
+    ranks = _rank_processes(job_id)
+    assert sorted(ranks) == [0, 1, 2, 3], ranks
+    for pid in ranks.values():
+        os.kill(pid, signal.SIGSTOP)
+    pending: set[int] = set()
+    try:
+        # the latest the warning comes: SIGNAL_LEAD s before the job's end (2 s for the RPCs)
+        end = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%e"], capture_output=True, text=True
+        ).stdout.strip()
+        latest = datetime.fromisoformat(end) - timedelta(seconds=SIGNAL_LEAD - 2)
+        while not pending and not _job_printed(sweep, "stopping at step"):
+            pending = {r for r, pid in ranks.items() if _pending(pid, signal.SIGUSR1)}
+            if datetime.now() > latest:
+                break
+            time.sleep(0.2)
+        time.sleep(1)  # one RPC per node: let the other node's signal land too
+        pending = {r for r, pid in ranks.items() if _pending(pid, signal.SIGUSR1)}
+    finally:
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGCONT)
+    return job_id, pending
+
+
+def test_the_time_limit_signal_reaches_both_nodes_and_the_job_resumes_exactly(
+    runs: dict,
+) -> None:
+    """SLURM's own time-limit warning, not scancel: the launcher config gives the two-node job
+    `timeout_min=2` and `additional_parameters.signal=USR1@30` (sbatch `--time=2
+    --signal=USR1@30`), and slurmctld sends SIGUSR1 to every task on both nodes 60-90 s after the
+    start (at its first check, every 30 s, at most 30 s before the job's end; the ranks train
+    from ~25 s on, and are paused until the warning, see `_hold_until_slurm_signals`). The ranks stop at one step, save once, rank 0 requeues the job;
+    the test then raises the requeued job's limit to 10 minutes (`scontrol update`, as an admin
+    would), so the resumed run finishes instead of being warned again a minute later, and its
+    losses must be the uninterrupted one-node job's."""
+    sweep = runs["root"] / "time_limit"
+    sweep.mkdir()
+    process = _sweep(
+        sweep,
+        runs["datasets"],
+        nodes=2,
+        devices=2,
+        timeout_min=TIME_LIMIT_MIN,
+        launcher=(f"hydra.launcher.additional_parameters.signal=USR1@{SIGNAL_LEAD}",),
+    )
+    job_id = None
+    try:
+        job_id, pending = _hold_until_slurm_signals(sweep, process)
+        requeued = f"requeued SLURM job {job_id}"
+        deadline = time.monotonic() + 120
+        while not _job_printed(sweep, requeued) and process.poll() is None:
+            assert time.monotonic() < deadline, f"job {job_id} not requeued in 120 s"
+            time.sleep(0.5)
+        stops = [
+            re.findall(r"rank \d on \S+: stopping at step.*", text)
+            for text in _task_logs(sweep, job_id).values()
+        ]
+        assert _job_printed(sweep, requeued), (
+            f"no time-limit pre-emption: SIGUSR1 pending in ranks {sorted(pending)} of the "
+            f"stopped job, the ranks printed {stops}"
+        )
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=10"], check=True)
+        _finish(process, timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            if job_id is not None:
+                subprocess.run(["scancel", job_id], check=False)
+    script = (sweep / ".submitit" / job_id / f"{job_id}_submission.sh").read_text()
+    assert f"#SBATCH --signal=USR1@{SIGNAL_LEAD}" in script
+    assert f"#SBATCH --time={TIME_LIMIT_MIN}" in script
+    _check_preempted_once_and_resumed(sweep, job_id, runs)
+    limit = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "Timelimit"], capture_output=True, text=True
+    ).stdout.split()
+    assert limit == ["00:10:00"], limit  # the resumed run finished under the raised limit
 
 
 def _lose_node(node: str) -> None:

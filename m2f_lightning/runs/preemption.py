@@ -25,6 +25,8 @@ from typing import Any
 
 import lightning as L
 
+from . import early_signal
+
 PREEMPTED_CHECKPOINT = "preempted.ckpt"
 
 
@@ -60,8 +62,10 @@ class Interrupted(SystemExit):
 class _SignalStop(L.Callback):
     """Records SIGUSR1/SIGTERM in a handler (a flag only: data loader workers inherit the handler
     and a handler may run anywhere) so that a callback hook acts on it at a batch boundary. Call
-    `install()` as early as possible (SLURM may signal while the job is still starting) and
-    `uninstall()` when the command is done."""
+    `install()` as early as possible (SLURM may signal while the job is still starting; a SIGUSR1
+    from before, held by `early_signal`, is taken over) and `uninstall()` when the command is
+    done (the handler from before comes back: in a SLURM job, `early_signal`'s recorder, so a late
+    warning cannot kill the process while it writes its results)."""
 
     REQUEUE_ON = (signal.SIGUSR1,)
 
@@ -74,6 +78,9 @@ class _SignalStop(L.Callback):
     def install(self) -> None:
         self._previous = {s: signal.signal(s, self._record) for s in self.signums}
         self._pid = os.getpid()
+        early = early_signal.take()  # a SIGUSR1 that came while the process was starting
+        if early in self.signums and self._signalled is None:
+            self._signalled = early
 
     def uninstall(self) -> None:
         if self._pid == os.getpid():
@@ -176,7 +183,10 @@ class SlurmPreemption(_SignalStop):
         self._stop_if_signalled(trainer, "training")
 
     def on_validation_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
-        self._stop_if_signalled(trainer, "validation")
+        # a signal during the sanity check waits for the first training step: a checkpoint
+        # taken in it resumed with every logged step one later than the step it trained
+        if not trainer.sanity_checking:
+            self._stop_if_signalled(trainer, "validation")
 
     def on_test_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
         self._stop_if_signalled(trainer, "the test after training")
