@@ -25,6 +25,7 @@ Skipped unless the partition has two nodes; M2F_REQUIRE_SLURM_MULTINODE=1 (set b
 its two-node cluster is up) turns the skip into a failure.
 """
 
+import contextlib
 import csv
 import json
 import os
@@ -315,7 +316,7 @@ def _rank_processes(job_id: str) -> dict[int, int]:
     """The job's training ranks now running, {SLURM_PROCID: pid}, read from /proc (the nodes'
     namespaces share this machine's process table): the Python processes of submitit's task
     command (not `srun`, whose command line holds the same words) with this job's id."""
-    ranks = {}
+    ranks: dict[int, list[int]] = {}
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
@@ -330,9 +331,22 @@ def _rank_processes(job_id: str) -> dict[int, int]:
             )
         except (OSError, ValueError):
             continue  # gone, or not ours to read
-        if env.get("SLURM_JOB_ID") == job_id and "SLURM_PROCID" in env:
-            ranks[int(env["SLURM_PROCID"])] = int(proc.name)
-    return ranks
+        if env.get("SLURM_JOB_ID") == job_id and "SLURM_PROCID" in env and _alive(proc):
+            ranks.setdefault(int(env["SLURM_PROCID"]), []).append(int(proc.name))
+    # a rank's own children (if any) share its command line and environment: keep the eldest
+    return {rank: min(pids, key=_start_time) for rank, pids in ranks.items()}
+
+
+def _alive(proc: Path) -> bool:
+    """Not a zombie (an exited process not yet reaped still lists its command line)."""
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_time(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
 def _pending(pid: int, signum: int) -> bool:
@@ -377,7 +391,8 @@ def _hold_until_slurm_signals(sweep: Path, process: subprocess.Popen) -> tuple[s
         pending = {r for r, pid in ranks.items() if _pending(pid, signal.SIGUSR1)}
     finally:
         for pid in ranks.values():
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # gone: the checks below say what ran
+                os.kill(pid, signal.SIGCONT)
     return job_id, pending
 
 
