@@ -257,3 +257,31 @@ def test_the_cityscapes_writer_names_missing_scores_and_mismatched_lengths(tmp_p
     with pytest.raises(ValueError):
         bad = InstanceSet(masks, torch.tensor([0]), scores=torch.tensor([0.9, 0.8]))
         evaluator.update(bad, str(tmp_path / "b.png"))
+
+
+def test_cityscapes_ap_of_a_class_whose_predictions_all_lie_on_ignored_pixels_is_zero(
+    tmp_path,
+) -> None:
+    """cityscapesScripts' evaluator stops with an IndexError (an empty cumsum) when a class has
+    ground truth and predictions but every prediction is ignored (on void pixels) and no ground
+    truth is matched; a model early in training makes that case. The class then gets AP 0, the
+    value the evaluator itself gives a class with ground truth and nothing predicted."""
+    from PIL import Image
+
+    from m2f_lightning.metrics.instance import CityscapesInstanceAP
+
+    ids = np.full((200, 200), 7, np.uint16)  # road (gtFine instanceIds PNGs are 16-bit)
+    ids[:50] = 24001  # one person (label 24), 10,000 pixels
+    ids[150:] = 0  # unlabeled: ignored in evaluation
+    gt = tmp_path / "frankfurt_000000_000000_gtFine_instanceIds.png"
+    Image.fromarray(ids).save(gt)
+    on_void = torch.zeros(1, 200, 200, dtype=torch.bool)
+    on_void[0, 150:] = True
+    evaluator = CityscapesInstanceAP([24, 25, 23])  # contiguous 0 = person
+    evaluator.update(InstanceSet(on_void, torch.tensor([0]), scores=torch.tensor([0.9])), str(gt))
+    assert evaluator.compute() == {"AP": 0.0, "AP50": 0.0}
+    hit = torch.zeros(1, 200, 200, dtype=torch.bool)
+    hit[0, :50] = True  # the same evaluator scores a found person 100
+    evaluator.reset()
+    evaluator.update(InstanceSet(hit, torch.tensor([0]), scores=torch.tensor([0.9])), str(gt))
+    assert evaluator.compute() == {"AP": 100.0, "AP50": 100.0}

@@ -144,8 +144,6 @@ class CityscapesInstanceAP:
         import os
         import tempfile
 
-        import numpy as np
-
         records = self._gathered()
         if not records:
             return {}
@@ -158,10 +156,7 @@ class CityscapesInstanceAP:
             args.JSONOutput, args.quiet, args.colorized, args.csv = False, True, False, False
             cwd = os.getcwd()
             os.chdir(work)  # in case the evaluator writes to the working directory
-            # cityscapesScripts 2.3 calls np.in1d, which numpy 2.4 removed: lend it for the call
-            shim = not hasattr(np, "in1d")
-            if shim:
-                np.in1d = lambda a, b, **kw: np.isin(np.ravel(a), b, **kw)
+            numpy, cs_eval.np = cs_eval.np, _NumpyForCityscapesScripts()
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
                     # evaluateImgLists' steps, less its debug dump of the matches (matches.json,
@@ -175,8 +170,7 @@ class CityscapesInstanceAP:
                     averages = cs_eval.computeAverages(cs_eval.evaluateMatches(matches, args), args)
             finally:
                 os.chdir(cwd)
-                if shim:
-                    del np.in1d
+                cs_eval.np = numpy
         return {"AP": 100 * float(averages["allAp"]), "AP50": 100 * float(averages["allAp50%"])}
 
     def reset(self) -> None:
@@ -185,6 +179,35 @@ class CityscapesInstanceAP:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.records = []
+
+
+class _NumpyForCityscapesScripts:
+    """numpy as cityscapesScripts 2.3's instance evaluator needs it, lent to that module alone
+    during `compute`: `in1d`, which numpy 2.4 removed (as `isin` of the flattened array); and a
+    `cumsum` that gives [0] for an empty array. The evaluator takes the cumsum's last entry as the
+    number of true positives of a class that has ground truth and predictions; when every one of
+    those predictions lies on ignored pixels and no ground truth is matched, the array is empty
+    and the evaluator stops with an IndexError. With [0] it finishes its own computation: no
+    true positive, precision-recall curve of its one artificial point, AP 0 — the value its
+    `elif haveGt` branch gives a class with ground truth and nothing predicted."""
+
+    def __getattr__(self, name: str) -> Any:
+        import numpy as np
+
+        return getattr(np, name)
+
+    @staticmethod
+    def in1d(a: Any, b: Any, **kwargs: Any) -> Any:
+        import numpy as np
+
+        return np.isin(np.ravel(a), b, **kwargs)
+
+    @staticmethod
+    def cumsum(a: Any, *args: Any, **kwargs: Any) -> Any:
+        import numpy as np
+
+        out = np.cumsum(a, *args, **kwargs)
+        return out if out.size else np.zeros(1, dtype=out.dtype)
 
 
 def _with_area(item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
