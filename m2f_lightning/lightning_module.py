@@ -189,7 +189,7 @@ class Mask2FormerModule(L.LightningModule):
 
     def predict_batch(self, batch: Batch) -> list[SegmentationResult]:
         """Post-processed results of a batch, at each image's original size."""
-        net = self.model if self.runtime is None else self.runtime
+        net = self.model.infer if self.runtime is None else self.runtime
         results = predict_images(
             net,
             batch.images,

@@ -8,7 +8,10 @@ Rows (ours | reference):
 - FLOPs of one train step (forward, loss, backward) at 512², as torch.profiler counts them;
 - peak RSS of one process doing that train step at 512² (one child process per side), and
   again with ours under activation checkpointing (`Mask2Former(checkpointing=True)`);
-- inference, batch 1, 512² (eval, no grad);
+- inference, batch 1, 512² (eval, no grad): ours as evaluate and predict run it (`Mask2Former.infer`:
+  the output set's mask logits only; on CPU the deformable attention's "gather" backend) | HF's
+  forward; the row's `check` is the mask agreement with our forward in the official arithmetic
+  (grid_sample, every set's full mask logits);
 - the same with ours under `runtime=onnxruntime` (`m2f_lightning.predictor.runtimes`: the network exported
   to ONNX, cached in build/onnx_cache, run by ONNX Runtime), with the mask agreement with our
   eager output in the row's `check`;
@@ -248,6 +251,9 @@ def bench_train(hf_dir: str, cfg: dict, size: int, compile_cache: str | None = N
 def bench_inference(hf_dir: str, cfg: dict, compile_cache: str | None = None) -> dict:
     from transformers import Mask2FormerForUniversalSegmentation
 
+    from m2f_lightning.modeling import set_ms_deform_attn_backend
+    from m2f_lightning.predictor.runtimes import parity
+
     torch._dynamo.reset()
     size = cfg["infer_size"]
     ours = load_model(hf_dir).eval()
@@ -257,11 +263,20 @@ def bench_inference(hf_dir: str, cfg: dict, compile_cache: str | None = None) ->
     images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
     pixels = (images - ours.pixel_mean) / ours.pixel_std
     with torch.inference_mode():
-        compile_s = first_call(lambda: ours(images)) if compile_cache else None
-        a, b = alternate(lambda: ours(images), lambda: hf(pixel_values=pixels), cfg["infer_rounds"])
+        compile_s = first_call(lambda: ours.infer(images)) if compile_cache else None
+        a, b = alternate(
+            lambda: ours.infer(images), lambda: hf(pixel_values=pixels), cfg["infer_rounds"]
+        )
+        # `check`: against the official arithmetic (grid_sample, every set's full mask logits)
+        reference = load_model(hf_dir).eval()
+        set_ms_deform_attn_backend(reference, "torch")
+        official = reference(images)
+        out = ours.infer(images)
+        diff, agreement = parity(official, out["pred_logits"].numpy(), out["pred_masks"].numpy())
     row = time_row(
         f"inference, batch 1, {size}²{compiled_suffix(compile_cache)}", "HF transformers", a, b
     )
+    row["check"] = {"mask_agreement": agreement, "max_abs_logit_diff": diff}
     return {**row, "first_call_s": compile_s} if compile_cache else row
 
 
@@ -286,7 +301,7 @@ def bench_runtimes(hf_dir: str, cfg: dict) -> list[dict]:
             raise RuntimeError("runtime=onnxruntime fell back to eager (see the warning)")
         out = runtime(images)
         diff, agreement = parity(
-            ours(images), out["pred_logits"].numpy(), out["pred_masks"].numpy()
+            ours.infer(images), out["pred_logits"].numpy(), out["pred_masks"].numpy()
         )
         a, b = alternate(
             lambda: runtime(images), lambda: hf(pixel_values=pixels), cfg["infer_rounds"]

@@ -161,3 +161,51 @@ def test_bf16_autocast_step_gives_the_losses_of_the_full_logits() -> None:
         losses.append(criterion(outputs, targets)["loss"])
     assert torch.isfinite(losses[1])
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-2, atol=1e-2)
+
+
+def test_inference_makes_the_output_sets_mask_logits_only() -> None:
+    """`Mask2Former.infer` (what evaluate, predict, the Segmenter and export run) makes the full
+    mask logits of the output set only, and they are today's full path's within rounding."""
+    torch.manual_seed(0)
+    model = tiny_model(num_classes=5).eval()
+    images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1)) * 255
+    with torch.no_grad():
+        every = model(images)
+        last = model.infer(images)
+    assert all("pred_masks" in a for a in every["aux_outputs"])
+    assert not any("pred_masks" in a for a in last["aux_outputs"])
+    assert len(last["aux_outputs"]) == len(every["aux_outputs"])
+    assert last["pred_masks"].shape == every["pred_masks"].shape == (2, 8, 16, 24)
+    torch.testing.assert_close(last["pred_masks"], every["pred_masks"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last["pred_logits"], every["pred_logits"], rtol=1e-4, atol=1e-4)
+    for aux_last, aux_every in zip(last["aux_outputs"], every["aux_outputs"], strict=True):
+        torch.testing.assert_close(aux_last["pred_logits"], aux_every["pred_logits"])
+    with pytest.raises(ValueError, match="full_masks must be True, False or 'last'"):
+        model(images, full_masks="first")
+
+
+def test_every_inference_path_runs_infer(monkeypatch) -> None:
+    """build_runtime's eager callable and the Lightning module's predict_batch run
+    `Mask2Former.infer` (the output set's masks only), not the every-set forward."""
+    from m2f_lightning.lightning_module import Mask2FormerModule
+    from m2f_lightning.predictor.runtimes import build_runtime
+    from m2f_lightning.types import Batch
+
+    model = tiny_model(num_classes=5).eval()
+    seen = []
+    decoder_forward = model.transformer_decoder.forward
+
+    def spy(features, mask_features, full_masks=True):
+        seen.append(full_masks)
+        return decoder_forward(features, mask_features, full_masks)
+
+    monkeypatch.setattr(model.transformer_decoder, "forward", spy)
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 255
+    with torch.no_grad():
+        outputs = build_runtime(model, "eager")(images)
+        assert "pred_masks" in outputs and seen == ["last"]
+        module = Mask2FormerModule(
+            model, task="panoptic", class_names=list("abcde"), thing_ids=[2, 3, 4], stuff_ids=[0, 1]
+        )
+        module.predict_batch(Batch(images, [(64, 64)], [(64, 64)], ["a.png"], [1]))
+    assert seen == ["last", "last"]

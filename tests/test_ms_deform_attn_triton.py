@@ -32,13 +32,22 @@ def _inputs(batch=2, heads=2, head_dim=8, points=2, queries=5, shapes=ODD_SHAPES
     return value, [tuple(s) for s in shapes], locations, weights
 
 
-def test_auto_backend_is_torch_on_cpu():
+def test_auto_backend_on_cpu_is_torch_for_training_and_gather_for_inference():
     assert resolve_backend("auto", "cpu") == "torch"
+    assert resolve_backend("auto", "cpu", needs_grad=False) == "gather"
     assert resolve_backend("torch", "cuda") == "torch"
+    assert resolve_backend("torch", "cpu", needs_grad=False) == "torch"
     value, shapes, locations, weights = _inputs()
+    value.requires_grad_(True)
     auto = ms_deform_attn_core(value, shapes, locations, weights)
     torch_out = ms_deform_attn_core(value, shapes, locations, weights, backend="torch")
     assert torch.equal(auto, torch_out)
+    with torch.no_grad():  # no gradient needed: the gather path, bit for bit
+        auto = ms_deform_attn_core(value, shapes, locations, weights)
+        gather = ms_deform_attn_core(value, shapes, locations, weights, backend="gather")
+    assert torch.equal(auto, gather)
+    value.requires_grad_(False)  # nothing requires grad: gather even with grad mode on
+    assert torch.equal(ms_deform_attn_core(value, shapes, locations, weights), gather)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -49,9 +58,9 @@ def test_auto_backend_is_triton_on_cuda():
 
 def test_unknown_backend_names_the_choices():
     value, shapes, locations, weights = _inputs()
-    with pytest.raises(ValueError, match="'cuda'.*auto, torch, triton"):
+    with pytest.raises(ValueError, match="'cuda'.*auto, torch, gather, triton"):
         ms_deform_attn_core(value, shapes, locations, weights, backend="cuda")
-    with pytest.raises(ValueError, match="auto, torch, triton"):
+    with pytest.raises(ValueError, match="auto, torch, gather, triton"):
         MSDeformAttn(32, 3, 4, 2, backend="Triton")
 
 
@@ -76,7 +85,7 @@ def test_pixel_decoder_passes_the_backend_and_models_can_switch_it():
     assert len(attns) == 2 and all(m.backend == "torch" for m in attns)
     assert set_ms_deform_attn_backend(decoder, "triton") == 2
     assert all(m.backend == "triton" for m in attns)
-    with pytest.raises(ValueError, match="auto, torch, triton"):
+    with pytest.raises(ValueError, match="auto, torch, gather, triton"):
         set_ms_deform_attn_backend(decoder, "cuda")
 
 

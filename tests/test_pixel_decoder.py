@@ -105,11 +105,12 @@ def _bilinear(value: torch.Tensor, x: float, y: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_ms_deform_attn_matches_naive_loop():
+@pytest.mark.parametrize("backend", ["torch", "gather"])
+def test_ms_deform_attn_matches_naive_loop(backend):
     torch.manual_seed(1)
     d_model, heads, levels, points = 8, 2, 2, 3
     shapes = [(3, 5), (2, 3)]
-    attn = MSDeformAttn(d_model, levels, heads, points)
+    attn = MSDeformAttn(d_model, levels, heads, points, backend=backend)
     with torch.no_grad():
         for p in attn.parameters():
             p.normal_(0, 0.5)

@@ -30,8 +30,9 @@ def images(h: int, w: int, seed: int, batch: int = 1) -> torch.Tensor:
 
 
 def eager(model: Mask2Former, x: torch.Tensor, sizes=None) -> dict:
+    """What runtime=eager gives (inference: no gradient, the output set's masks)."""
     with torch.no_grad():
-        return model.eval()(x, sizes)
+        return model.eval().infer(x, sizes)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,10 @@ def test_a_failed_export_falls_back_to_eager_with_a_warning(tmp_path, monkeypatc
     model = tiny_model(num_classes=5).eval()
     runtime = build_runtime(model, "onnxruntime", checkpoint=tmp_path / "tiny.pt")
     x = images(64, 64, seed=5)
-    with pytest.warns(RuntimeFallback, match="export failed.*unsupported operator"):
+    with (
+        pytest.warns(RuntimeFallback, match="export failed.*unsupported operator"),
+        torch.no_grad(),
+    ):
         got = runtime(x)
     assert runtime.fallback
     assert torch.equal(got["pred_masks"], eager(model, x)["pred_masks"])
@@ -120,7 +124,7 @@ def test_a_failed_parity_check_falls_back_to_eager(exported, monkeypatch) -> Non
     monkeypatch.setattr(runtimes, "PARITY_MASK_AGREEMENT", 1.01)  # no export can pass
     runtime = build_runtime(model, "onnxruntime", checkpoint=checkpoint)
     x = images(64, 96, seed=6)  # the cached size
-    with pytest.warns(RuntimeFallback, match="differs from eager"):
+    with pytest.warns(RuntimeFallback, match="differs from eager"), torch.no_grad():
         got = runtime(x)
     assert runtime.fallback
     assert torch.equal(got["pred_masks"], eager(model, x)["pred_masks"])

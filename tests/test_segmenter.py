@@ -36,6 +36,7 @@ def lightning_checkpoint(path: Path, task: str, **inference) -> Path:
     """A Lightning checkpoint of a tiny random model as training writes it (the module's own
     hyper-parameters) for the synthetic classes."""
     meta = get_metadata("synthetic")
+    torch.manual_seed(0)  # the same weights whichever tests ran before in this process
     model = tiny_model(num_classes=meta.num_classes)
     module = Mask2FormerModule(
         model,

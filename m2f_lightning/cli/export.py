@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..modeling import Mask2Former
-from ..modeling.ms_deform_attn import set_ms_deform_attn_backend
+from ..modeling.ms_deform_attn import MSDeformAttn, set_ms_deform_attn_backend
 
 FORMATS = ("onnx", "torch_export")
 SUFFIXES = {"onnx": ".onnx", "torch_export": ".pt2"}
@@ -42,7 +42,7 @@ class LogitsOnly(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outputs = self.model(images)
+        outputs = self.model.infer(images)
         return outputs["pred_logits"], outputs["pred_masks"]
 
 
@@ -79,10 +79,15 @@ def export_model(
     _check(fmt, image_size, opset)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    backends = {m: m.backend for m in model.modules() if isinstance(m, MSDeformAttn)}
     wrapper = prepared(model)
     example = (example_images(image_size),)
-    with torch.no_grad():
-        program = torch.export.export(wrapper, example)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(wrapper, example)
+    finally:  # the model goes on with its own backend (inference on CPU: "gather")
+        for module, backend in backends.items():
+            module.backend = backend
     if fmt == "torch_export":
         torch.export.save(program, out)
         return out

@@ -170,12 +170,13 @@ class Mask2Former(nn.Module):
         self,
         images: torch.Tensor,
         image_sizes: Sequence[Sequence[int]] | None = None,
-        full_masks: bool = True,
+        full_masks: bool | str = True,
     ) -> ModelOutput:
         """images: [B, 3, H, W] RGB in 0..255; `image_sizes`: the (h, w) of each image when the
-        batch was padded by the caller. Returns the `ModelOutput` of the contract; with
-        `full_masks=False` (training) without `pred_masks`: the criterion makes the mask logits
-        from `mask_embed` and `mask_features` where it reads them."""
+        batch was padded by the caller. Returns the `ModelOutput` of the contract, with the mask
+        logits `pred_masks` of every prediction set (`full_masks=True`), of the output set only
+        (`"last"`: inference, what post-processing reads) or of none (`False`: training, the
+        criterion makes them from `mask_embed` and `mask_features` where it reads them)."""
         x = self.preprocess(images, image_sizes)
         features = self.backbone(x)
         mask_features, multi_scale = self.pixel_decoder(features)
@@ -183,3 +184,13 @@ class Mask2Former(nn.Module):
         outputs["image_size"] = (int(images.shape[2]), int(images.shape[3]))
         outputs["padded_size"] = (int(x.shape[2]), int(x.shape[3]))
         return outputs
+
+    def infer(
+        self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]] | None = None
+    ) -> ModelOutput:
+        """What inference runs (evaluate, predict, `Segmenter`, export): `forward` with the mask
+        logits of the output set only, the only ones post-processing reads. The earlier sets'
+        attention masks then come from the mask features resized to each level, which equals
+        resizing their full logits up to float rounding; that skips 9 of the 10 full-resolution
+        mask products (docs/performance.md)."""
+        return self(images, image_sizes, full_masks="last")

@@ -102,7 +102,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     Runs in fp32 even under autocast (the paper does the same: deformable attention is
     numerically fragile in half precision). `attn_backend` is the deformable attention's
-    implementation ("auto", "torch" or "triton", see `ms_deform_attn_core`).
+    implementation ("auto", "torch", "gather" or "triton", see `ms_deform_attn_core`).
     """
 
     def __init__(

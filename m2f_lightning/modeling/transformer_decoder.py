@@ -174,12 +174,16 @@ class MaskedAttentionDecoder(nn.Module):
         self,
         multi_scale_features: list[torch.Tensor],
         mask_features: torch.Tensor,
-        full_masks: bool = True,
+        full_masks: bool | str = True,
     ) -> dict[str, object]:
         """Every prediction set carries `pred_logits`, `mask_embed` [B, Q, C] and the shared
-        `mask_features` [B, C, h, w]; `pred_masks` (their product, [B, Q, h, w]) only with
-        `full_masks`. Training leaves them out: the criterion makes the logits where it reads
-        them (docs/performance.md)."""
+        `mask_features` [B, C, h, w]; `pred_masks` (their product, [B, Q, h, w]) per
+        `full_masks`: True every set (the official form), "last" the output set only (what
+        post-processing reads: inference), False none (training: the criterion makes the logits
+        where it reads them). Without full logits the attention masks come from the mask features
+        resized to each level, the same logits to float rounding (docs/performance.md)."""
+        if full_masks != "last" and not isinstance(full_masks, bool):
+            raise ValueError(f"full_masks must be True, False or 'last'; got {full_masks!r}")
         if len(multi_scale_features) != self.num_feature_levels:
             raise ValueError(
                 f"expected {self.num_feature_levels} feature levels, got {len(multi_scale_features)}"
@@ -199,7 +203,7 @@ class MaskedAttentionDecoder(nn.Module):
         # linear: without full logits, the mask features resized once per level and projected
         # give the same logits at a 16th to a 64th of the full product (docs/performance.md).
         level_features = None
-        if not full_masks:
+        if full_masks is not True:
             with torch.no_grad():
                 level_features = [
                     F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False)
@@ -210,7 +214,8 @@ class MaskedAttentionDecoder(nn.Module):
         output = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
 
         predictions = []
-        prediction, mask_embed = self._predict(output, mask_features, full_masks)
+        every_set = full_masks is True
+        prediction, mask_embed = self._predict(output, mask_features, every_set)
         predictions.append(prediction)
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
@@ -225,15 +230,18 @@ class MaskedAttentionDecoder(nn.Module):
                 output = checkpoint(self._layer, *args, use_reentrant=False)
             else:
                 output = self._layer(*args)
-            prediction, mask_embed = self._predict(output, mask_features, full_masks)
+            last = i == self.num_layers - 1
+            with_masks = every_set or (last and full_masks == "last")
+            prediction, mask_embed = self._predict(output, mask_features, with_masks)
             predictions.append(prediction)
 
         return {**predictions[-1], "aux_outputs": predictions[:-1]}
 
     def _predict(
-        self, output: torch.Tensor, mask_features: torch.Tensor, full_masks: bool
+        self, output: torch.Tensor, mask_features: torch.Tensor, with_masks: bool
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The prediction set of the queries, and their mask embeddings."""
+        """The prediction set of the queries (with `pred_masks` when `with_masks`), and their
+        mask embeddings."""
         decoded = self.decoder_norm(output)
         mask_embed = self.mask_embed(decoded)
         prediction = {
@@ -241,7 +249,7 @@ class MaskedAttentionDecoder(nn.Module):
             "mask_embed": mask_embed,
             "mask_features": mask_features,
         }
-        if full_masks:
+        if with_masks:
             prediction["pred_masks"] = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
         return prediction, mask_embed
 

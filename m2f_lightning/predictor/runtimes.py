@@ -3,8 +3,8 @@
 model gives post-processing (`pred_logits`, `pred_masks`, `image_size`, `padded_size`), so that
 `predict_results` / `predict_tiled` read them unchanged.
 
-- `eager`: the model itself;
-- `compile`: the model with `torch.compile` on its three parts (`Mask2Former.compile_network`);
+- `eager`: the model itself (`Mask2Former.infer`: the output set's mask logits only);
+- `compile`: the same with `torch.compile` on its three parts (`Mask2Former.compile_network`);
 - `onnxruntime`: the network exported to ONNX (`export.export_model`) once per padded input size
   (test-time resizing gives images their own sizes; each size that comes up is exported when it
   first does) and run by ONNX Runtime on CPU. The files are cached beside the checkpoint (else in
@@ -36,7 +36,7 @@ RUNTIMES = ("eager", "compile", "onnxruntime")
 # mask pixels (queries × pixels, logit > 0) on the same side in both
 PARITY_LOGITS_ATOL = 1e-2
 PARITY_MASK_AGREEMENT = 0.999
-EXPORT_VERSION = 1  # bump when the exported graph changes, so old cached files are not read
+EXPORT_VERSION = 2  # bump when the exported graph changes, so old cached files are not read
 
 
 class RuntimeFallback(UserWarning):
@@ -195,7 +195,7 @@ class OnnxRuntime:
         self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]] | None = None
     ) -> dict[str, Any]:
         if self.fallback:
-            return self.model(images, image_sizes)
+            return self.model.infer(images, image_sizes)
         self.model._check_images(images)
         x = self._padded(images, image_sizes)
         key = (int(x.shape[2]), int(x.shape[3]))
@@ -203,14 +203,14 @@ class OnnxRuntime:
             session = self.sessions.get(key) or self._open(key)
         except Exception as err:  # noqa: BLE001 - any export failure falls back, named
             self._give_up(f"the export failed ({type(err).__name__}: {err})")
-            return self.model(images, image_sizes)
+            return self.model.infer(images, image_sizes)
         names = [o.name for o in session.get_outputs()]
         feed = session.get_inputs()[0].name
         runs = [session.run(names, {feed: x[i : i + 1].cpu().numpy()}) for i in range(len(x))]
         logits = np.concatenate([r[0] for r in runs])
         masks = np.concatenate([r[1] for r in runs])
         if key not in self.parity:  # a session's first batch: checked against eager
-            eager = self.model(images, image_sizes)
+            eager = self.model.infer(images, image_sizes)
             self.parity[key] = diff, agreement = parity(eager, logits, masks)
             if not (diff <= PARITY_LOGITS_ATOL and agreement >= PARITY_MASK_AGREEMENT):
                 self._give_up(
@@ -246,9 +246,9 @@ def build_runtime(
         model.compile_network(
             cache_dir=str(compile_cache_dir) if compile_cache_dir is not None else None
         )
-        return model
+        return model.infer
     if name == "onnxruntime":
         if checkpoint is not None and not Path(checkpoint).exists():
             checkpoint = None  # a hub id: the export goes to cache_dir, not beside a name
         return OnnxRuntime(model, checkpoint, cache_dir, threads)
-    return model
+    return model.infer
