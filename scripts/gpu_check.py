@@ -2,16 +2,18 @@
 designed to stay under 8).
 
 Sections, in this order (each one's failure is recorded and the next one still runs):
-  attention  Triton vs torch (grid_sample) deformable attention at the pixel-decoder size of a
-             1024x1024 image (levels 128², 64², 32²; all 21504 pixels as queries; batch 2,
+  attention  Triton and gather (embedding_bag) vs torch (grid_sample) deformable attention at
+             the pixel-decoder size of a 1024x1024 image (levels 128², 64², 32²; all 21504
+             pixels as queries; batch 2,
              8 heads x 32, 4 points): forward and forward+backward time, peak memory, max
              differences of the output and the three gradients (fp32), and of a bf16 forward.
              If Triton fails or disagrees, the model sections fall back to the torch backend.
   train      R50 and Swin-L Mask2Former (133 classes; Swin-L with 200 queries as the paper's COCO
              panoptic model) trained with AdamW at 1024x1024 in bf16-mixed on synthetic targets:
              images/s, peak memory, and whether the first 20 losses are finite.
-  inference  forward FPS at the COCO test size (800x1333, padded to 800x1344 by the model), batch
-             1, fp32 and bf16 autocast (network only, no post-processing), R50 and Swin-L.
+  inference  forward FPS (`Mask2Former.infer`, what evaluate and predict run) at the COCO test
+             size (800x1333, padded to 800x1344 by the model), batch 1, fp32 and bf16 autocast
+             (network only, no post-processing), R50 and Swin-L.
   cuda_cpu   the same R50 weights on CUDA (torch and triton attention) vs CPU on a small input:
              max difference of the class logits and mask logits (TF32 off).
   syncs      host round trips of one Lightning training step of the R50 model (256², batch 2,
@@ -181,7 +183,7 @@ def check_attention(args: argparse.Namespace, device: torch.device) -> dict[str,
             "points": points,
         },  # fmt: skip
     }
-    backends = ["torch"] + (["triton"] if triton_usable(device) else [])
+    backends = ["torch", "gather"] + (["triton"] if triton_usable(device) else [])
     if "triton" not in backends:
         result["triton"] = "skipped: needs CUDA (or TRITON_INTERPRET=1 on CPU)"
     outputs = {}
@@ -211,8 +213,12 @@ def check_attention(args: argparse.Namespace, device: torch.device) -> dict[str,
             "forward_backward_peak_gib": bwd_mem,
         }
         free(device)
+    names = ("output", "grad_value", "grad_locations", "grad_weights")
+    result["gather_vs_torch_fp32"] = {
+        name: max_diff(got, ref)
+        for name, got, ref in zip(names, outputs["gather"], outputs["torch"], strict=True)
+    }
     if "triton" in outputs:
-        names = ("output", "grad_value", "grad_locations", "grad_weights")
         result["triton_vs_torch_fp32"] = {
             name: max_diff(got, ref)
             for name, got, ref in zip(names, outputs["triton"], outputs["torch"], strict=True)
@@ -325,7 +331,7 @@ def _inference_one(
                 torch.inference_mode(),
                 torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"),
             ):
-                return model(images)
+                return model.infer(images)
 
         base = reset_peak(device)
         seconds = median_time(forward, device, repeats, warmup=1 if args.tiny else 3)
@@ -407,7 +413,7 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     sections = report["sections"]
     attn = sections.get("attention", {})
-    for backend in ("torch", "triton"):
+    for backend in ("torch", "gather", "triton"):
         entry = attn.get(backend)
         if isinstance(entry, dict):
             rows.append(
@@ -422,14 +428,15 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             )
         elif isinstance(entry, str):
             rows.append(("attention", backend, entry))
-    for name, diff in attn.get("triton_vs_torch_fp32", {}).items():
-        rows.append(
-            (
-                "attention",
-                f"|triton-torch| {name}",
-                f"{diff['max_abs']:.2e} (rel {diff['max_rel']:.1e})",
+    for other in ("gather", "triton"):
+        for name, diff in attn.get(f"{other}_vs_torch_fp32", {}).items():
+            rows.append(
+                (
+                    "attention",
+                    f"|{other}-torch| {name}",
+                    f"{diff['max_abs']:.2e} (rel {diff['max_rel']:.1e})",
+                )
             )
-        )
     if "triton_bf16_vs_torch_fp32_output" in attn:
         diff = attn["triton_bf16_vs_torch_fp32_output"]
         rows.append(("attention", "|triton bf16-torch fp32| output", f"{diff['max_abs']:.2e}"))

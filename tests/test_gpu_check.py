@@ -127,6 +127,8 @@ def test_cpu_tiny_run_of_every_section_with_triton_interpreted(tmp_path):
     assert sections["attention"]["triton_ok"] is True
     for diff in sections["attention"]["triton_vs_torch_fp32"].values():
         assert diff["max_rel"] < 1e-5
+    for diff in sections["attention"]["gather_vs_torch_fp32"].values():
+        assert diff["max_rel"] < 1e-5
     for name in ("r50", "swin_l"):
         assert sections["train"][name]["losses_finite"]
         assert len(sections["train"][name]["losses"]) == sections["train"][name]["steps"]
