@@ -66,7 +66,7 @@ FULL = {
     "classes": 150,
     "num_points": 12544,
     "rounds": {256: 3, 512: 3},
-    "infer_rounds": 5,
+    "infer_rounds": 8,
     "criterion_rounds": 5,
     "criterion_size": 512,
     "criterion_queries": 100,

@@ -46,7 +46,8 @@ class DeformableEncoderLayer(nn.Module):
         spatial_shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
         src = self.norm1(src + self.self_attn(src + pos, reference_points, src, spatial_shapes))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        # in place: no second [S, ffn_dim] tensor (its allocation costs as much as the ReLU)
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
 
 
 class DeformableEncoder(nn.Module):
