@@ -19,9 +19,10 @@ $(VENV)/.installed: pyproject.toml
 # Two pytest calls: the tests that need no SLURM cluster spread over $(TEST_WORKERS) processes
 # (pytest-xdist; --dist loadscope keeps a module's tests, and so its module fixtures, on one
 # worker), then the `slurm` tests one at a time (they share one small cluster). Both always run;
-# the target fails if either does. Exit status 5 (nothing selected) counts as passing.
+# the target fails if either does. Exit status 5 (nothing selected) counts as passing. The first
+# call lists its 20 slowest tests (what to look at when CI nears its 30-minute limit).
 TEST_WORKERS ?= 2
-PYTEST_PAR    = $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope
+PYTEST_PAR    = $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=20
 define run_two
 	status=0; \
 	$(PYTEST_PAR) -m "$(1)not slurm" || status=$$?; \
